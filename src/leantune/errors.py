@@ -1,0 +1,27 @@
+"""Errors a user can cause.
+
+Each carries a message that says what was wrong, where, and what to do. The CLI prints it without a
+traceback and exits with `UserError.exit_code`; library callers can catch the class they care about.
+"""
+
+
+class UserError(Exception):
+    """Base class: bad input from the user, never a bug in leantune."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be turned into a valid RunConfig."""
+
+
+class DataError(UserError):
+    """A dataset that is missing, unreadable, malformed or empty."""
+
+
+class ModelError(UserError):
+    """A base model that cannot be found or loaded."""
+
+
+class RunDirError(UserError):
+    """A run directory that does not exist or is not a leantune run."""

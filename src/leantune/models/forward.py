@@ -1,0 +1,46 @@
+"""Forward passes that compute the output layer only where a label is.
+
+For chat data most positions are prompt tokens (for sms-spam ~95%), and the output layer
+(hidden x vocabulary, 49k wide for SmolLM2) plus its fp32 logits is a large share of a step's time and
+memory. We run the decoder, keep the hidden states at positions whose next token is a label, and apply
+the output layer to those rows alone. The loss is identical to the full-logits one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.tokenize import IGNORE
+
+
+def decoder_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def label_logits(model, batch: dict[str, torch.Tensor]):
+    """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
+    decoder, head = decoder_and_head(model)
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    hidden = decoder(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:].to(device)
+    keep = targets != IGNORE
+    rows = torch.arange(targets.shape[0], device=device).unsqueeze(1).expand_as(targets)[keep]
+    logits = head(hidden[:, :-1][keep]).float()
+    return logits, targets[keep], rows
+
+
+def summed_label_loss(model, batch) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over labelled positions, and how many there were."""
+    logits, targets, _ = label_logits(model, batch)
+    return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
+
+
+def sequence_logprobs(model, batch) -> torch.Tensor:
+    """Log-probability of each row's labelled tokens, summed per row: log p(answer | prompt)."""
+    logits, targets, rows = label_logits(model, batch)
+    token_lp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    out = torch.zeros(batch["input_ids"].shape[0], dtype=torch.float32, device=token_lp.device)
+    return out.index_add_(0, rows, token_lp)

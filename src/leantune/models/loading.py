@@ -1,0 +1,152 @@
+"""Load a base model: a Hugging Face model directory, a .gguf file, or a bundled short name.
+
+GGUF files are de-quantised by transformers (with the `gguf` package) into a regular PyTorch model. That
+takes ~25 s for SmolLM2-135M, mostly Python overhead, so the result is converted once and cached as
+safetensors + config + tokenizer; later loads read the cache in about a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_dir
+from ..errors import ModelError
+from .cache import gguf_cache_key, model_cache_dir
+from .registry import BUNDLED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for
+    path: Path  # the HF-format directory the weights were read from
+    load_seconds: float
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """'auto': bf16 where the hardware runs it natively, else fp32 (this project's 2-core AVX2 CPUs run a
+    bf16 matmul ~6x slower than fp32, measured in shared/FINDINGS.md)."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def bundled_gguf_path(name: str) -> Path:
+    entry = BUNDLED[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"Model '{name}' ships in the package '{entry.package}', which is not installed. Install it with: {entry.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
+    if not path.is_file():
+        raise ModelError(f"'{path}' is missing from the installed package '{entry.package}'. Reinstall it with: {entry.install}")
+    return path
+
+
+def check_gguf_architecture(path: Path) -> str:
+    """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        reader = gguf.GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+    except KeyError:
+        raise ModelError(f"'{path}' has no general.architecture field, so its model type is unknown. Is it a complete GGUF model file?") from None
+    except Exception as e:  # gguf raises ValueError/struct errors on anything that is not GGUF
+        raise ModelError(f"'{path}' is not a readable GGUF file ({e}). Check the file, or re-download/convert it.") from None
+    supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if arch not in supported and arch.replace("-", "_") not in supported:
+        raise ModelError(
+            f"'{path}' holds a '{arch}' model; the installed transformers can load GGUF only for: "
+            f"{', '.join(supported)}. Convert the model to a Hugging Face directory (config.json + safetensors) and pass that instead."
+        )
+    return arch
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
+    """De-quantise a GGUF file with transformers and save it as an HF directory under `target`.
+
+    Returns the model as loaded from the GGUF (fp32), so callers can compare it with the cached copy.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf_architecture(gguf_path)
+    log.info("converting %s (first time only; later loads use the cache at %s)", gguf_path, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # transformers marks a GGUF-loaded model as quantised and then refuses save_pretrained, although the
+    # weights are already plain fp32 tensors. Clearing the markers lets it save what it holds.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = str(gguf_path)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "leantune_source.json").write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
+    return model
+
+
+def hf_dir_for(spec: str) -> Path:
+    """The HF-format directory for a model spec, converting (and caching) a GGUF first if needed."""
+    if spec in BUNDLED:
+        gguf_path = bundled_gguf_path(spec)
+        target = model_cache_dir(spec)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelError(f"'{path}' is a folder but has no config.json, so it is not a Hugging Face model directory.")
+            return path
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            gguf_path, target = path, model_cache_dir(gguf_cache_key(path))
+        elif path.is_file():
+            raise ModelError(f"'{path}' is a file but not a .gguf model. Pass a .gguf file, a Hugging Face model directory, or one of: {', '.join(BUNDLED)}.")
+        else:
+            close = difflib.get_close_matches(spec, list(BUNDLED), n=1, cutoff=0.4)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ModelError(
+                f"Unknown model '{spec}': not a built-in name ({', '.join(BUNDLED)}), nor an existing directory or .gguf file.{hint}"
+            )
+    if not (target / "config.json").is_file():
+        convert_gguf(gguf_path, target)
+    return target
+
+
+def load_base(spec: str, dtype: str = "auto", device: str = "cpu") -> BaseModel:
+    """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    path = hf_dir_for(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Cannot load the model in '{path}': {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    return BaseModel(model, tokenizer, spec, path, time.perf_counter() - start)

@@ -1,0 +1,231 @@
+"""The LoRA SFT recipe: setup, train, save_checkpoint, read top to bottom like the algorithm.
+
+One optimizer step = `grad_accum` micro-batches. The loss is the mean over every labelled token of the
+step (summed per micro-batch, divided by the step's token count), so accumulation gives exactly the
+gradient of one big batch; dividing each micro-batch by its own count would weight short examples more.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..config import RunConfig
+from ..data import load_splits
+from ..data.batches import collate, micro_batches_for_step, steps_per_epoch
+from ..data.tokenize import TokenizedExample, tokenize_examples
+from ..errors import DataError, RunDirError
+from ..models import attach_lora, load_base
+from ..models.adapters import trainable_parameter_count
+from ..models.forward import summed_label_loss
+from ..runs.report import write_report
+from ..runs.rundir import RunDir
+from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
+from .progress import TrainingProgress
+from .schedule import warmup_cosine
+from .signals import Preempted, StopOnSignal
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    eval_loss: float | None
+    tokens: int
+    elapsed_s: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    cost_usd: float
+    model: object = field(repr=False, default=None)
+    tokenizer: object = field(repr=False, default=None)
+    eval_examples: list = field(repr=False, default_factory=list)
+
+
+class LoraRecipe:
+    def __init__(self, config: RunConfig, run: RunDir, console: Console | None = None):
+        self.config = config
+        self.run = run
+        self.console = console or Console(stderr=True)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, resume: bool = False) -> None:
+        cfg = self.config
+        if cfg.training.threads:
+            torch.set_num_threads(cfg.training.threads)
+        train_examples, self.eval_examples = load_splits(
+            cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples
+        )
+        base = load_base(cfg.model.base, cfg.model.dtype, self.device)
+        self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
+        self.tokenizer = base.tokenizer
+        self.train_data, stats = tokenize_examples(self.tokenizer, train_examples, cfg.data.max_seq_len)
+        self.eval_data, _ = tokenize_examples(self.tokenizer, self.eval_examples, cfg.data.max_seq_len)
+        self.note(
+            f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.tokens} tokens "
+            f"({stats.label_tokens} trained), longest {stats.longest}; truncated to data.max_seq_len={cfg.data.max_seq_len}: "
+            f"{stats.truncated}, dropped with nothing left to learn: {stats.dropped_no_labels}"
+        )
+        if not self.train_data:
+            raise DataError(f"Every training example lost its assistant reply to truncation at data.max_seq_len={cfg.data.max_seq_len}. Raise it.")
+
+        if cfg.training.gradient_checkpointing:
+            base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = attach_lora(base.model, cfg.method, cfg.training.seed)
+        trainable, total = trainable_parameter_count(self.model)
+        self.note(f"LoRA r={cfg.method.r}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+        t = cfg.training
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
+        self.progress = Progress()
+        self.pad_id = self.tokenizer.pad_token_id
+
+        # RNG last, after everything that draws from it (weight init, LoRA init): a fresh run and a resumed
+        # one then see the same random stream from their first step on.
+        checkpoints = list_checkpoints(self.run.checkpoints)
+        if resume and checkpoints:
+            self.progress = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            self.run.truncate_metrics(self.progress.step)
+            self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
+        else:
+            if resume:
+                self.note("no checkpoint yet in this run: starting from step 0")
+                self.run.truncate_metrics(0)
+            torch.manual_seed(t.seed)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> TrainResult:
+        cfg, t = self.config, self.config.training
+        self.run.update_info(status="running", total_steps=self.total_steps)
+        self.model.train()
+        loss = float("nan")
+        eval_loss = None
+        with StopOnSignal() as stop, TrainingProgress(self.total_steps, self.progress.step, self.console) as bar:
+            while self.progress.step < self.total_steps:
+                started = time.perf_counter()
+                loss, tokens = self.train_step(self.progress.step)
+                elapsed = time.perf_counter() - started
+                self.progress.step += 1
+                self.progress.tokens += tokens
+                self.progress.elapsed_s += elapsed
+                record = self.log_step(loss, tokens, elapsed)
+                bar.update(record)
+
+                if t.eval_every and self.progress.step % t.eval_every == 0 and self.progress.step < self.total_steps:
+                    eval_loss = self.log_eval()
+                if self.progress.step % t.checkpoint_every == 0 or stop.signum is not None:
+                    path = self.save_checkpoint()
+                    if stop.signum is not None:
+                        self.run.update_info(status="preempted", stopped_at_step=self.progress.step)
+                        resume = f"leantune train --resume {shlex.quote(str(self.run.path))}"
+                        raise Preempted(stop.signum, str(path), resume)
+
+        eval_loss = self.log_eval() if self.eval_data else eval_loss
+        self.save_adapter()
+        result = self.result(loss, eval_loss)
+        write_report(self.run, cfg, result)
+        self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss)
+        return result
+
+    def train_step(self, step: int) -> tuple[float, int]:
+        t = self.config.training
+        micro_batches = micro_batches_for_step(self.train_data, step, t.micro_batch_size, t.grad_accum, t.seed)
+        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
+        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
+        total = 0.0
+        for examples in micro_batches:
+            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
+            (summed / n_labels).backward()
+            total += summed.item()
+        if t.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / n_labels, n_tokens
+
+    def log_step(self, loss: float, tokens: int, step_seconds: float) -> dict:
+        p = self.progress
+        record = {
+            "step": p.step,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens": p.tokens,
+            "tokens_per_s": tokens / step_seconds,
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "elapsed_s": round(p.elapsed_s, 3),
+            "cost_usd": p.elapsed_s / 3600 * self.config.cost.usd_per_hour,
+        }
+        self.run.append_metrics(record)
+        return record
+
+    @torch.no_grad()
+    def evaluate_loss(self, data: list[TokenizedExample]) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        size = self.config.training.micro_batch_size
+        for i in range(0, len(data), size):
+            summed, n = summed_label_loss(self.model, collate(data[i : i + size], self.pad_id))
+            total, count = total + summed.item(), count + n
+        self.model.train(was_training)
+        return total / max(count, 1)
+
+    def log_eval(self) -> float:
+        eval_loss = self.evaluate_loss(self.eval_data)
+        if self.progress.best_eval_loss is None or eval_loss < self.progress.best_eval_loss:
+            self.progress.best_eval_loss = eval_loss
+        self.run.append_metrics({"step": self.progress.step, "eval_loss": eval_loss})
+        self.note(f"step {self.progress.step}: eval loss {eval_loss:.4f} on {len(self.eval_data)} examples")
+        return eval_loss
+
+    # ------------------------------------------------------------------ save
+    def save_checkpoint(self) -> Path:
+        return save_checkpoint(
+            self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress, self.config.training.keep_checkpoints
+        )
+
+    def save_adapter(self) -> None:
+        from ..atomic import atomic_dir
+
+        with atomic_dir(self.run.adapter) as tmp:
+            self.model.save_pretrained(tmp)
+
+    def result(self, loss: float, eval_loss: float | None) -> TrainResult:
+        p = self.progress
+        return TrainResult(
+            run_dir=self.run.path,
+            steps=p.step,
+            final_loss=loss,
+            eval_loss=eval_loss,
+            tokens=p.tokens,
+            elapsed_s=p.elapsed_s,
+            tokens_per_s=p.tokens / p.elapsed_s if p.elapsed_s else 0.0,
+            peak_memory_mb=peak_memory_mb(),
+            cost_usd=p.elapsed_s / 3600 * self.config.cost.usd_per_hour,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            eval_examples=self.eval_examples,
+        )
