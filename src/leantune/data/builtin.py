@@ -14,7 +14,9 @@ from pathlib import Path
 from ..errors import DataError
 from .records import ChatExample
 
-SMS_INSTRUCTION = "Is the following SMS message spam or ham (not spam)? Answer with one word: spam or ham."
+# Kept short on purpose: on a CPU every prompt token is paid for in every step (the median example is ~50 tokens).
+SMS_SYSTEM = "You label SMS messages."
+SMS_INSTRUCTION = "Is this SMS spam or ham?"
 SMS_LABELS = ("ham", "spam")
 
 
@@ -36,6 +38,7 @@ def sms_spam_file() -> Path:
 
 def sms_example(text: str, label: str, source: str) -> ChatExample:
     messages = (
+        {"role": "system", "content": SMS_SYSTEM},
         {"role": "user", "content": f"{SMS_INSTRUCTION}\n\n{text}"},
         {"role": "assistant", "content": label},
     )

@@ -34,22 +34,19 @@ class BaseModel:
     load_seconds: float
 
 
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
-    """'auto': bf16 where the hardware runs it natively, else fp32 (this project's 2-core AVX2 CPUs run a
-    bf16 matmul ~6x slower than fp32, measured in shared/FINDINGS.md)."""
+    """'auto': bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU.
+
+    CPUs differ: on AVX2-only cores a bf16 matmul runs ~6x slower than fp32 (shared/FINDINGS.md); on this
+    project's AVX512-BF16 machine a 512x576x1536 bf16 matmul was 2.1x faster, but a whole LoRA step of
+    SmolLM2-135M only ~1.25x, and the demo's bf16 run learned worse. fp32 is the safe CPU default; set
+    model.dtype=bfloat16 to try it.
+    """
     if name != "auto":
         return getattr(torch, name)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.float32
 
 
 def bundled_gguf_path(name: str) -> Path:
@@ -135,10 +132,22 @@ def hf_dir_for(spec: str) -> Path:
     return target
 
 
+def quiet_transformers() -> None:
+    """transformers draws a progress bar per load and save; leantune reports loads itself."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu") -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     start = time.perf_counter()
     path = hf_dir_for(spec)
     try:

@@ -1,0 +1,52 @@
+import json
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test session gets its own model cache unless a test sets LEANTUNE_HOME itself."""
+    if "LEANTUNE_TEST_HOME" not in os.environ:
+        os.environ["LEANTUNE_TEST_HOME"] = str(tmp_path_factory.mktemp("leantune-home"))
+    monkeypatch.setenv("LEANTUNE_HOME", os.environ["LEANTUNE_TEST_HOME"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from leantune.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def chat_row(user: str, reply: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    """A small, learnable chat dataset: the reply is a fixed function of the prompt."""
+    path = tmp_path / "chat.jsonl"
+    rows = [chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham") for i in range(48)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_overrides(model_dir, data, runs_dir, **extra) -> list[str]:
+    """Overrides for a fast, deterministic run on the tiny model."""
+    values = {
+        "model.base": str(model_dir),
+        "model.dtype": "float32",  # exact comparisons below; auto may pick bf16 on CPUs that have it
+        "data.train": str(data),
+        "data.eval_size": 8,
+        "data.max_seq_len": 64,
+        "method.dropout": 0.1,
+        "training.micro_batch_size": 4,
+        "training.lr": 3e-3,
+        "training.max_steps": 12,
+        "training.checkpoint_every": 4,
+        "training.threads": 1,
+        "output.runs_dir": str(runs_dir),
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,144 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from leantune.errors import ConfigError, RunDirError
+from leantune.runs.rundir import RunDir
+from leantune.train import train
+
+
+def losses(run_dir) -> list[float]:
+    return [m["loss"] for m in RunDir(Path(run_dir)).read_metrics() if "loss" in m]
+
+
+def test_run_directory_holds_everything(tiny_model_dir, chat_file, tmp_path):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
+    run = Path(result.run_dir)
+    for name in ("config.yaml", "metrics.jsonl", "run.json", "report.md", "loss.png", "adapter/adapter_config.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000008", "step-000012"]  # keep 2
+    records = RunDir(run).read_metrics()
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert {"lr", "tokens", "tokens_per_s", "peak_memory_mb", "elapsed_s", "cost_usd"} <= set(steps[0])
+    assert records[-1]["eval_loss"] == pytest.approx(result.eval_loss)
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert "| eval loss |" in (run / "report.md").read_text()
+
+
+def test_training_learns_the_task(tiny_model_dir, chat_file, tmp_path):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"training.max_steps": 40, "training.lr": 2e-2}))
+    seen = losses(result.run_dir)
+    assert sum(seen[-5:]) / 5 < 0.5 * sum(seen[:5]) / 5
+
+
+def test_saved_adapter_loads_with_peft_and_gives_the_same_logits(tiny_model_dir, chat_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), Path(result.run_dir) / "adapter")
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    result.model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, result.model(input_ids=ids).logits)
+    with torch.no_grad(), result.model.disable_adapter():
+        base_logits = result.model(input_ids=ids).logits
+    assert not torch.allclose(base_logits, reloaded(input_ids=ids).logits)  # the adapter changed something
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, chat_file, tmp_path):
+    common = {"method.dropout": 0.0, "training.max_steps": 4, "training.max_grad_norm": "null"}
+    big = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "a", **common, **{"training.micro_batch_size": 8}))
+    accum = train(None, tiny_overrides(
+        tiny_model_dir, chat_file, tmp_path / "b", **common, **{"training.micro_batch_size": 2, "training.grad_accum": 4}
+    ))
+    assert losses(big.run_dir) == pytest.approx(losses(accum.run_dir), rel=1e-4)
+
+
+def cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "leantune.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"}, **kwargs,
+    )
+
+
+def wait_for(path: Path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {path} appeared: {proc.communicate()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.02)
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+LONG = {"training.max_steps": 60, "training.checkpoint_every": 10}
+
+
+def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, chat_file, tmp_path):
+    reference = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **LONG))
+
+    runs = tmp_path / "killed"
+    proc = cli("train", *tiny_overrides(tiny_model_dir, chat_file, runs, **LONG))
+    wait_for(runs, proc)
+    wait_for(only_run(runs) / "checkpoints" / "step-000020", proc)
+    proc.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
+    proc.wait()
+    run = only_run(runs)
+    assert not (run / "adapter").exists()
+
+    resumed = cli("train", "--resume", str(run))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in err
+    assert losses(run) == losses(reference.run_dir)  # exactly, not approximately
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_sigterm_checkpoints_prints_the_resume_command_and_exits_nonzero(tiny_model_dir, chat_file, tmp_path):
+    runs = tmp_path / "runs"
+    proc = cli("train", *tiny_overrides(tiny_model_dir, chat_file, runs, **{"training.max_steps": 400, "training.checkpoint_every": 1000}))
+    wait_for(runs, proc)
+    run = only_run(runs)
+    wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert f"leantune train --resume {run}" in " ".join(err.split())
+    checkpoints = list((run / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1
+    stopped_at = json.loads((run / "run.json").read_text())
+    assert stopped_at["status"] == "preempted" and checkpoints[0].name == f"step-{stopped_at['stopped_at_step']:06d}"
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunDirError, match="not a leantune run"):
+        train(resume=tmp_path)
+    with pytest.raises(RunDirError, match="not a directory"):
+        train(resume=tmp_path / "missing")
+
+
+def test_resume_refuses_a_new_config(tmp_path):
+    with pytest.raises(ConfigError, match="--resume continues a run"):
+        train(None, ["training.lr=1"], resume=tmp_path)
+
+
+def test_target_modules_that_match_nothing(tiny_model_dir, chat_file, tmp_path):
+    with pytest.raises(ConfigError, match="matches no layer.*q_proj"):
+        train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.target_modules": "[attn_qkv]"}))
