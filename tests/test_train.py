@@ -109,6 +109,8 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     assert "resumed from" in err
     assert losses(run) == losses(reference.run_dir)  # exactly, not approximately
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    with pytest.raises(RunDirError, match="already completed"):
+        train(resume=run)
 
 
 def test_sigterm_checkpoints_prints_the_resume_command_and_exits_nonzero(tiny_model_dir, chat_file, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import RunConfig, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
 from ..runs.rundir import create_run_dir, open_run_dir
 from .recipe import LoraRecipe, TrainResult
 from .signals import Preempted
@@ -24,6 +24,8 @@ def train(
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
         run = open_run_dir(resume)
+        if run.info().get("status") == "completed":
+            raise RunDirError(f"Run '{run.path}' has already completed; its adapter is in {run.adapter}. Start a new run to train further.")
         recipe = LoraRecipe(run.config(), run, console)
         recipe.setup(resume=True)
     else:
