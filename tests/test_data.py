@@ -107,3 +107,22 @@ def test_truncation_is_counted_never_silent(tiny_model_dir):
     out, stats = tokenize_examples(tok, [short, long_prompt], max_seq_len=32)
     assert stats.truncated == 1 and stats.dropped_no_labels == 1 and stats.examples == 1
     assert len(out) == 1 and stats.longest > 32
+
+
+def test_json_list_files_are_read_too(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([json.loads(GOOD), json.loads(GOOD)]))
+    assert len(load_examples(str(path))) == 2
+    path.write_text(json.dumps([json.loads(GOOD), {"text": "x"}]))
+    with pytest.raises(DataError, match=r"d.json\[1\]: expected an object"):
+        load_examples(str(path))
+    path.write_text(json.dumps(json.loads(GOOD)))
+    with pytest.raises(DataError, match="must hold a list of rows"):
+        load_examples(str(path))
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(GOOD.replace("hello", "h\xe9llo").encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_chat_jsonl(path)

@@ -26,7 +26,7 @@ DEMO_OVERRIDES = {
     "model": {"base": "smollm2-135m"},
     "data": {"train": "sms-spam", "eval_size": 200, "max_seq_len": 256},
     "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
-    "training": {"max_steps": 80, "micro_batch_size": 8, "lr": 5e-4, "warmup_ratio": 0.1, "checkpoint_every": 20, "seed": 0},
+    "training": {"max_steps": 80, "micro_batch_size": 8, "lr": 5e-4, "warmup_ratio": 0.1, "checkpoint_every": 20, "eval_every": 40, "seed": 0},
     "output": {"name": "demo-sms-spam"},
 }
 

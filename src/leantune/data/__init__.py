@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .builtin import BUILTIN, stratified_split
-from .records import ChatExample, read_chat_jsonl
+from .records import ChatExample, read_chat_json, read_chat_jsonl
 
 
 def load_examples(spec: str) -> list[ChatExample]:
@@ -17,7 +17,7 @@ def load_examples(spec: str) -> list[ChatExample]:
     if path.suffix.lower() not in (".jsonl", ".json") and not path.exists():
         names = ", ".join(BUILTIN)
         raise DataError(f"Dataset '{spec}' is neither a built-in dataset ({names}) nor an existing file. Check data.train.")
-    return read_chat_jsonl(path)
+    return read_chat_json(path) if path.suffix.lower() == ".json" else read_chat_jsonl(path)
 
 
 def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None):
@@ -34,4 +34,4 @@ def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_tra
     return train_examples, eval_examples
 
 
-__all__ = ["ChatExample", "load_examples", "load_splits", "read_chat_jsonl", "stratified_split"]
+__all__ = ["ChatExample", "load_examples", "load_splits", "read_chat_json", "read_chat_jsonl", "stratified_split"]

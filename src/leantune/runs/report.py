@@ -1,0 +1,71 @@
+"""report.md and loss.png: what a person reads after a run."""
+
+from __future__ import annotations
+
+from .. import atomic
+from .rundir import RunDir
+
+
+def plot_loss(run: RunDir) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = run.read_metrics()
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    if not train:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    losses = [v for _, v in train + evals if v > 0]
+    if losses and max(losses) / min(losses) > 50:
+        ax.set_yscale("log")  # fine-tunes often fall from ~10 to ~0.01; a linear axis hides the tail
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean over trained tokens)")
+    ax.set_title(run.id, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(run.path / "loss.png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def write_report(run: RunDir, config, result, extra: str = "") -> None:
+    has_plot = plot_loss(run)
+    m, t = config.method, config.training
+    lines = [
+        f"# Run {run.id}",
+        "",
+        f"- base model: `{config.model.base}`",
+        f"- data: `{config.data.train}`" + (f", eval `{config.data.eval}`" if config.data.eval else f", {len(result.eval_examples)} held-out eval examples"),
+        f"- method: {m.name} r={m.r} alpha={m.alpha} dropout={m.dropout} targets={m.target_modules}",
+        f"- training: {result.steps} steps, micro-batch {t.micro_batch_size} x accumulation {t.grad_accum}, lr {t.lr}, seed {t.seed}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| final train loss | {result.final_loss:.4f} |",
+        f"| eval loss | {'-' if result.eval_loss is None else f'{result.eval_loss:.4f}'} |",
+        f"| tokens processed | {result.tokens:,} |",
+        f"| training time | {result.elapsed_s:.1f} s |",
+        f"| throughput | {result.tokens_per_s:.0f} tokens/s |",
+        f"| peak memory | {result.peak_memory_mb:,.0f} MiB |",
+        f"| cost | ${result.cost_usd:.4f} at ${config.cost.usd_per_hour}/h |",
+        "",
+    ]
+    if has_plot:
+        lines += ["![loss](loss.png)", ""]
+    lines += ["The adapter is in `adapter/` (PEFT format: `PeftModel.from_pretrained(base, 'adapter')`).", ""]
+    if extra:
+        lines += [extra, ""]
+    atomic.write_text(run.report_path, "\n".join(lines))
+
+
+def append_to_report(run: RunDir, section: str) -> None:
+    text = run.report_path.read_text(encoding="utf-8") if run.report_path.is_file() else ""
+    atomic.write_text(run.report_path, text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")

@@ -1,0 +1,95 @@
+"""runs/<run-id>/ holds everything about one run; see shared/DESIGN.md for the layout.
+
+run.json records the status (running / completed / preempted / failed), so a directory explains itself
+without an index.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import atomic
+from ..config import RunConfig, load_config
+from ..errors import RunDirError
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    adapter = property(lambda self: self.path / "adapter")
+    report_path = property(lambda self: self.path / "report.md")
+    info_path = property(lambda self: self.path / "run.json")
+
+    def config(self) -> RunConfig:
+        return load_config(self.config_path)
+
+    def info(self) -> dict:
+        return json.loads(self.info_path.read_text()) if self.info_path.is_file() else {}
+
+    def update_info(self, **fields) -> None:
+        info = self.info()
+        info.update(fields)
+        atomic.write_json(self.info_path, info)
+
+    def append_metrics(self, record: dict) -> None:
+        # Appending one line is not atomic, but a torn last line only loses that line: readers skip it
+        # and a resume rewrites the file up to its checkpoint.
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        records = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+        return records
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop records past `last_step`: after a crash they describe steps the resume will redo."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
+
+
+def create_run_dir(config: RunConfig) -> RunDir:
+    root = Path(config.output.runs_dir)
+    name = config.output.name or f"{config.method.name}-{Path(config.model.base).stem}-{Path(config.data.train).stem}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{_slug(name)}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{stamp}-{_slug(name)}-{suffix}"
+    path.mkdir(parents=True)
+    run = RunDir(path)
+    atomic.write_text(run.config_path, config.to_yaml())
+    run.update_info(id=run.id, name=name, status="created", created=time.time())
+    return run
+
+
+def open_run_dir(path: str | Path) -> RunDir:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"'{path}' is not a directory. Pass the folder of a run, for example runs/20261123-101500-lora-smollm2-135m-sms-spam.")
+    if not (path / "config.yaml").is_file():
+        raise RunDirError(f"'{path}' is not a leantune run: it has no config.yaml. Pass the folder that `leantune train` created.")
+    return RunDir(path)
