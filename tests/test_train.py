@@ -65,6 +65,16 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, chat_file, 
     assert losses(big.run_dir) == pytest.approx(losses(accum.run_dir), rel=1e-4)
 
 
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model_dir, chat_file, tmp_path):
+    common = {"method.dropout": 0.0, "training.max_steps": 3}
+    plain = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "a", **common))
+    checkpointed = train(None, tiny_overrides(
+        tiny_model_dir, chat_file, tmp_path / "b", **common, **{"training.gradient_checkpointing": "true"}
+    ))
+    assert checkpointed.model.get_base_model().is_gradient_checkpointing
+    assert losses(plain.run_dir) == pytest.approx(losses(checkpointed.run_dir), rel=1e-5)
+
+
 def cli(*args, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "leantune.cli", *args],
