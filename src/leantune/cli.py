@@ -56,6 +56,70 @@ def generate(
 
 
 @app.command()
+def plan(
+    config: Optional[str] = typer.Argument(None, help="a run config (the YAML `leantune train` takes); options below override it"),
+    model: Optional[str] = typer.Option(None, "--model", help="preset name, HF model directory, config.json or .gguf"),
+    method: Optional[str] = typer.Option(None, "--method", help="auto | full | lora | qlora | dora"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU type (see --list-gpus); omit to compare all"),
+    gpus: int = typer.Option(1, "--gpus", help="GPU count (with --gpu)"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="micro-batch per GPU"),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="training tokens, e.g. 20M"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="count tokens from this dataset instead"),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank"),
+    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw8bit"),
+    sharding: str = typer.Option("none", "--sharding", help="none | zero1 | zero2 | zero3 | fsdp"),
+    attention: str = typer.Option("sdpa", "--attention", help="sdpa | eager"),
+    dpo: bool = typer.Option(False, "--dpo", help="plan a DPO run (pairs of sequences, a reference pass)"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="dollars available"),
+    spot: bool = typer.Option(False, "--spot", help="rank by spot prices"),
+    mfu: Optional[float] = typer.Option(None, "--mfu", help="override the assumed model-FLOPs utilisation"),
+    prices: Optional[str] = typer.Option(None, "--prices", help="JSON file overriding the GPU price table"),
+    as_json: bool = typer.Option(False, "--json"),
+    list_models: bool = typer.Option(False, "--list-models"),
+    list_gpus: bool = typer.Option(False, "--list-gpus"),
+):
+    """Memory, time and cost of a fine-tune before a GPU-hour is spent; ranks the setups that fit."""
+    import json as _json
+
+    from .plan import load_catalog, make_plan
+    from .plan.render import print_gpus, print_models, print_plan
+    from .plan.setup import Setup
+
+    if list_models or list_gpus:
+        print_models() if list_models else print_gpus(load_catalog(prices))
+        return
+    fields, from_config = {}, {}
+    if config:
+        from .config import load_config
+
+        run = load_config(config)
+        from_config = {"model": run.model.base, "method": run.method.name, "dataset": run.data.train, "epochs": float(run.training.epochs)}
+        fields = {"seq_len": run.data.max_seq_len, "micro_batch": run.training.micro_batch_size, "lora_rank": run.method.r,
+                  "lora_dropout": run.method.dropout, "grad_checkpointing": run.training.gradient_checkpointing}
+    given = {"seq_len": seq_len, "micro_batch": batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    fields.update(optimizer=optimizer, sharding=sharding, attention=attention, gpus=gpus, objective="dpo" if dpo else "sft")
+    model = model or from_config.get("model")
+    if not model:
+        raise ConfigError("Say which model: --model llama-3.1-8b (see --list-models), a model directory, or a run config file.")
+    result = make_plan(
+        model, method or from_config.get("method", "auto"), gpu,
+        tokens=tokens, dataset=dataset or (None if tokens else from_config.get("dataset")),
+        epochs=epochs or from_config.get("epochs", 1.0), setup=Setup(**fields),
+        budget=budget, spot=spot, mfu=mfu, prices=prices,
+    )
+    if as_json:
+        print(_json.dumps(result.to_dict(), indent=2))
+    else:
+        print_plan(result)
+    if result.chosen is not None and not result.chosen.fits:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="optimizer steps (default: the demo's tuned value)"),
@@ -70,7 +134,7 @@ def main() -> None:
     from .train.signals import Preempted
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of typer.Exit instead of exiting
     except UserError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(e.exit_code)
@@ -89,6 +153,7 @@ def main() -> None:
             e.show()
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""The planner: memory, time and dollars before a GPU-hour is spent.
+
+Pure functions over model shapes, a GPU catalog and a price table. Nothing here imports torch or
+transformers (except tokens.py when it is asked to count a dataset with a real tokenizer), so
+`leantune plan` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import ConfigError
+from .catalog import GPU, find_gpu, load_catalog
+from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
+from .recommend import Candidate, evaluate, recommend
+from .setup import METHODS, Setup
+from .shapes import ModelShape, resolve_shape
+from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap
+from .tokens import count_dataset_tokens, parse_token_count
+
+
+@dataclass
+class Plan:
+    shape: ModelShape
+    tokens: float
+    tokens_note: str
+    chosen: Candidate | None  # the setup asked for, when method and GPU were both given
+    ranked: list[Candidate] = field(default_factory=list)
+    not_fitting: list[str] = field(default_factory=list)
+    gap: PretrainingGap | None = None
+    budget: float | None = None
+    spot: bool = False
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.chosen if self.chosen is not None else (self.ranked[0] if self.ranked else None)
+
+    def to_dict(self) -> dict:
+        def cand(c: Candidate | None):
+            if c is None:
+                return None
+            return {
+                "setup": asdict(c.setup), "gpu": c.gpu.key, "fits": c.fits, "gpu_memory_gib": c.gpu.memory_gib,
+                "memory_gib": c.memory.as_gib(), "time": asdict(c.time),
+            }
+
+        return {
+            "model": {"name": self.shape.name, "params": self.shape.total_params, "active_params": self.shape.active_params},
+            "tokens": self.tokens, "tokens_note": self.tokens_note, "chosen": cand(self.chosen),
+            "ranked": [cand(c) for c in self.ranked], "not_fitting": self.not_fitting,
+            "pretraining_gap": asdict(self.gap) if self.gap else None, "budget_usd": self.budget, "spot": self.spot,
+        }
+
+
+def make_plan(
+    model: str,
+    method: str = "auto",
+    gpu: str | None = None,
+    tokens: str | float | None = None,
+    dataset: str | None = None,
+    epochs: float = 1.0,
+    setup: Setup | None = None,
+    budget: float | None = None,
+    spot: bool = False,
+    mfu: float | None = None,
+    prices: str | Path | None = None,
+    top: int = 10,
+) -> Plan:
+    """Plan a fine-tune. `setup` carries seq_len, micro_batch, rank, ... (its method and gpus are used
+    when `method` is not 'auto')."""
+    shape = resolve_shape(model)
+    catalog = load_catalog(prices)
+    setup = setup or Setup()
+    if method != "auto":
+        setup = replace(setup, method=method)
+    setup.validate(shape.hidden)
+    if method != "auto" and method not in METHODS:
+        raise ConfigError(f"--method '{method}' is not one of auto, {', '.join(METHODS)}.")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu {mfu} must be in (0, 1].")
+
+    if tokens is not None and dataset is not None:
+        raise ConfigError("Give either --tokens or --dataset, not both.")
+    if tokens is not None:
+        n_tokens, note = (parse_token_count(tokens) if isinstance(tokens, str) else float(tokens)), "as given"
+    elif dataset is not None:
+        per_epoch, note = count_dataset_tokens(dataset, Path(model) if Path(model).is_dir() else None)
+        n_tokens, note = per_epoch * epochs, f"{note}, x {epochs:g} epoch(s)"
+    else:
+        raise ConfigError("Say how much training there is: --tokens 20M, or --dataset data.jsonl [--epochs 3].")
+
+    gpus = [find_gpu(catalog, gpu)] if gpu else list(catalog.values())
+    for g in gpus:
+        if (spot and g.spot_usd is None) or (not spot and g.on_demand_usd is None):
+            raise ConfigError(f"No {'spot' if spot else 'on-demand'} price for {g.name}; add one with --prices FILE.")
+
+    chosen = None
+    ranked, not_fitting = [], []
+    if method != "auto" and gpu:
+        chosen = evaluate(shape, setup, gpus[0], n_tokens, mfu)
+        if not chosen.fits:  # say what would fit on the same GPU type with the same method
+            ranked, not_fitting = recommend(shape, setup, gpus, n_tokens, [method], spot, mfu)
+            ranked = ranked[:top]
+    else:
+        methods = list(METHODS) if method == "auto" else [method]
+        ranked, not_fitting = recommend(shape, setup, gpus, n_tokens, methods, spot, mfu)
+        if budget is not None:
+            ranked = [c for c in ranked if c.price(spot) <= budget] or ranked
+        ranked = ranked[:top]
+    plan = Plan(shape, n_tokens, note, chosen, ranked, not_fitting, budget=budget, spot=spot)
+    if plan.best is not None:
+        plan.gap = pretraining_gap(shape, plan.best.gpu, plan.best.time)
+    return plan
+
+
+__all__ = [
+    "GPU", "Candidate", "MemoryBreakdown", "ModelShape", "Plan", "PretrainingGap", "Setup", "TimeEstimate",
+    "GiB", "estimate_peak_memory", "estimate_time", "load_catalog", "make_plan", "resolve_shape", "trainable_params",
+]

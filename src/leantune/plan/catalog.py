@@ -1,0 +1,61 @@
+"""The GPU catalog and price table: one data file (gpus.json), optionally overridden by a user's file."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+CATALOG_FILE = Path(__file__).with_name("gpus.json")
+
+
+@dataclass(frozen=True)
+class GPU:
+    key: str
+    name: str
+    memory_gib: float
+    bf16_tflops: float
+    bandwidth_tbs: float
+    on_demand_usd: float | None
+    spot_usd: float | None
+    price_date: str = ""
+    price_source: str = ""
+
+
+def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:
+    """The built-in catalog; entries (or single fields) in `prices` replace or extend it."""
+    entries = json.loads(CATALOG_FILE.read_text())["gpus"]
+    if prices:
+        path = Path(prices)
+        try:
+            override = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"Price file '{path}' does not exist.") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"Price file {path}:{e.lineno}: not valid JSON ({e.msg}).") from None
+        for key, fields in override.get("gpus", override).items():
+            if key.startswith("_"):
+                continue
+            if not isinstance(fields, dict):
+                raise ConfigError(f"Price file '{path}': entry '{key}' must be an object like {{\"on_demand_usd\": 2.5}}.")
+            merged = {**entries.get(key, {}), **fields}
+            missing = {"name", "memory_gib", "bf16_tflops", "bandwidth_tbs"} - set(merged)
+            if missing:
+                raise ConfigError(f"Price file '{path}': new GPU '{key}' needs {', '.join(sorted(missing))}.")
+            entries[key] = merged
+    catalog = {}
+    for key, e in entries.items():
+        catalog[key] = GPU(key=key, **{k: e.get(k) for k in GPU.__dataclass_fields__ if k != "key"})
+    return catalog
+
+
+def find_gpu(catalog: dict[str, GPU], name: str) -> GPU:
+    key = name.lower().replace("_", "-").replace(" ", "-")
+    if key in catalog:
+        return catalog[key]
+    close = difflib.get_close_matches(key, list(catalog), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"Unknown GPU '{name}'.{hint} Known: {', '.join(catalog)}; add others with --prices FILE.")

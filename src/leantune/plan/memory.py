@@ -1,0 +1,156 @@
+"""Peak training memory per GPU, term by term. Every term is a formula with its source; MEMORY_MODEL.md
+beside this file walks through them with a worked example.
+
+Notation: N parameters, b micro-batch, s sequence length, h hidden size, i MLP intermediate size,
+q = heads x head_dim, kv = kv_heads x head_dim, V vocabulary, L layers, p bytes per activation element
+(2 for bf16, 4 for fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .setup import Setup
+from .shapes import ModelShape
+
+GiB = 2**30
+
+# NF4 (Dettmers et al. 2023, QLoRA): 4 bits per weight + one fp32 absmax per 64-weight block = 4.5 bits;
+# double quantisation stores the absmax in 8 bits with one fp32 constant per 256 blocks:
+# 4 + 8/64 + 32/(64*256) = 4.127 bits.
+NF4_BITS_DOUBLE_QUANT = 4 + 8 / 64 + 32 / (64 * 256)
+# Adam keeps two moments per trainable parameter: fp32 8 bytes; bitsandbytes 8-bit Adam 2 bytes
+# (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization").
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}
+# A CUDA context with cuBLAS/cuDNN workspaces takes ~0.5-1 GiB before any tensor (PyTorch forum
+# measurements on A100/H100); the caching allocator's fragmentation adds a few percent of the rest.
+CUDA_CONTEXT_BYTES = 0.75 * GiB
+ALLOCATOR_MARGIN = 0.05
+# On CPU the process itself (Python, torch, transformers imported) is resident before any weight:
+# 0.45 GiB measured on this project's machine (bench/memory_model.py calibrates it).
+CPU_PROCESS_BYTES = 0.45 * GiB
+
+
+@dataclass
+class MemoryBreakdown:
+    weights: float
+    trainable_weights: float  # adapters (fp32) or fp32 master weights for full mixed-precision training
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    reference_model: float  # DPO with full fine-tuning keeps a frozen copy
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        return sum(asdict(self).values())
+
+    def as_gib(self) -> dict[str, float]:
+        return {k: v / GiB for k, v in asdict(self).items()} | {"total": self.total / GiB}
+
+
+def trainable_params(shape: ModelShape, setup: Setup) -> int:
+    if setup.method == "full":
+        return shape.total_params
+    lora = shape.lora_params(setup.lora_rank, setup.lora_targets)
+    if setup.method == "dora":  # DoRA adds a magnitude vector of d_out per adapted layer (Liu et al. 2024)
+        lora += shape.layers * sum(copies * d_out for name, _, d_out, copies in shape.linear_layers()
+                                   if setup.lora_targets == "all-linear" or name in setup.lora_targets)
+    return lora
+
+
+def weight_bytes(shape: ModelShape, setup: Setup) -> float:
+    """Frozen or trained base weights. QLoRA: block linears in NF4, embeddings / head / norms in 16-bit."""
+    if setup.method == "qlora":
+        rest = shape.total_params - shape.block_linear_params
+        return shape.block_linear_params * NF4_BITS_DOUBLE_QUANT / 8 + rest * 2
+    return shape.total_params * setup.act_bytes
+
+
+def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float:
+    """What one decoder layer keeps for the backward pass, for a HF-style Llama block.
+
+    Starts from Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models"), sbh(34 + 5as/h) bytes for a GPT block with 16-bit activations, and recounts it for this
+    architecture: no dropout, RMSNorm (HF upcasts to fp32: input and normalised copies in fp32 plus the
+    16-bit output, (4 + 2p) bytes per element, twice per layer), rotary embeddings (q, k kept before and
+    after rotation), grouped-query k/v (kv instead of h wide), SwiGLU (gate, SiLU, up and their product,
+    four i-wide tensors). SDPA / flash attention keep only the output and a log-sum-exp row per head;
+    eager attention keeps the softmax (fp32) and its 16-bit cast: b*heads*s^2*(4 + p).
+    """
+    s, h, p = setup.seq_len, shape.hidden, setup.act_bytes
+    tokens = b * s
+    norms = 2 * tokens * h * (4 + 2 * p)
+    attention = p * tokens * (4 * shape.q_dim + 4 * shape.kv_dim) + 4 * b * shape.heads * s
+    if setup.attention == "eager":
+        attention += b * shape.heads * s * s * (4 + (p if p < 4 else 0))
+    mlp = 4 * p * tokens * shape.intermediate
+    adapters = 0.0
+    if setup.is_adapter:
+        for name, d_in, d_out, copies in shape.linear_layers():
+            if setup.lora_targets != "all-linear" and name not in setup.lora_targets:
+                continue
+            active = min(copies, shape.experts_per_token or 1)
+            adapters += active * tokens * setup.lora_rank * p  # x @ A, kept for B's gradient
+            if setup.lora_dropout > 0:  # dropout(x) is a new tensor plus a 1-byte mask, per adapted layer
+                adapters += active * tokens * d_in * (p + 1)
+    if shape.experts:  # each token's MLP activations exist once per chosen expert
+        mlp *= shape.experts_per_token
+    return norms + attention + mlp + adapters
+
+
+def activation_bytes(shape: ModelShape, setup: Setup) -> float:
+    b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)  # DPO: chosen and rejected
+    per_layer = activation_bytes_per_layer(shape, setup, b)
+    embeddings_and_final_norm = b * setup.seq_len * shape.hidden * (setup.act_bytes + 4 + 2 * setup.act_bytes)
+    if setup.grad_checkpointing:
+        # Keep only each layer's input; recompute one layer at a time in the backward pass.
+        return shape.layers * b * setup.seq_len * shape.hidden * setup.act_bytes + per_layer + embeddings_and_final_norm
+    transient = 0.0
+    if setup.method == "qlora":  # one de-quantised weight matrix exists at a time
+        transient = max(d_in * d_out for _, d_in, d_out, _ in shape.linear_layers()) * 2
+    return shape.layers * per_layer + embeddings_and_final_norm + transient
+
+
+def logits_bytes(shape: ModelShape, setup: Setup) -> float:
+    """Logits in the compute dtype, their fp32 copy for the loss, and the fp32 log-softmax kept for
+    the backward: b*s*V*(p + 4 + 4) (fp32: the copy is the same tensor, 8 bytes). For 150k-256k
+    vocabularies this is often the largest single term."""
+    b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)
+    p = setup.act_bytes
+    per_element = p + 4 + (4 if p < 4 else 0)
+    return b * setup.seq_len * setup.loss_positions * shape.vocab * per_element
+
+
+def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
+    """Peak memory on one GPU (or the CPU process) for one training step of `setup`."""
+    n_train = trainable_params(shape, setup)
+    weights = weight_bytes(shape, setup)
+    if setup.method == "full":
+        # Mixed precision keeps fp32 master weights beside 16-bit ones (Micikevicius et al. 2018;
+        # with Adam: the 16 bytes/param of the ZeRO paper, Rajbhandari et al. 2020).
+        trainable_weights = n_train * 4 if setup.dtype == "bf16" else 0
+        gradients = n_train * setup.act_bytes
+    else:
+        trainable_weights = n_train * 4  # PEFT keeps adapter weights in fp32
+        gradients = n_train * 4
+    optimizer = n_train * OPTIMIZER_BYTES[setup.optimizer]
+    reference = weights if (setup.objective == "dpo" and setup.method == "full") else 0.0
+
+    n = setup.gpus
+    if setup.sharding in ("zero1", "zero2", "zero3", "fsdp"):
+        optimizer /= n
+        trainable_weights /= n
+    if setup.sharding in ("zero2", "zero3", "fsdp"):
+        gradients /= n
+    if setup.sharding in ("zero3", "fsdp"):
+        weights /= n
+        reference /= n
+
+    activations = activation_bytes(shape, setup)
+    logits = logits_bytes(shape, setup)
+    subtotal = weights + trainable_weights + gradients + optimizer + activations + logits + reference
+    base = CUDA_CONTEXT_BYTES if setup.device == "cuda" else CPU_PROCESS_BYTES
+    overhead = base + ALLOCATOR_MARGIN * subtotal
+    return MemoryBreakdown(weights, trainable_weights, gradients, optimizer, activations, logits, reference, overhead)

@@ -1,0 +1,57 @@
+"""One training setup the planner prices: method, shapes of the batch, memory switches, hardware."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+
+METHODS = ("full", "lora", "qlora", "dora")
+SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
+
+
+@dataclass(frozen=True)
+class Setup:
+    method: Literal["full", "lora", "qlora", "dora"] = "lora"
+    seq_len: int = 2048
+    micro_batch: int = 1
+    grad_checkpointing: bool = False
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    lora_rank: int = 16
+    lora_targets: str | tuple[str, ...] = "all-linear"
+    lora_dropout: float = 0.0
+    dtype: Literal["bf16", "fp32"] = "bf16"  # weights (when not quantised) and activations
+    attention: Literal["sdpa", "eager"] = "sdpa"  # sdpa/flash never store the s x s score matrix
+    objective: Literal["sft", "dpo"] = "sft"
+    gpus: int = 1
+    sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp"] = "none"
+    device: Literal["cuda", "cpu"] = "cuda"
+    loss_positions: float = 1.0  # share of positions whose logits are computed (leantune: labelled ones only)
+
+    @property
+    def act_bytes(self) -> int:
+        return 2 if self.dtype == "bf16" else 4
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.method != "full"
+
+    def validate(self, hidden: int | None = None) -> "Setup":
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method '{self.method}' is not one of {', '.join(METHODS)}")
+        for name in ("seq_len", "micro_batch", "gpus", "lora_rank"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if hidden is not None and self.is_adapter and self.lora_rank > hidden:
+            problems.append(f"LoRA rank {self.lora_rank} is larger than the model's hidden size {hidden}; a rank that high is a full-rank update")
+        if self.sharding not in SHARDING:
+            problems.append(f"sharding '{self.sharding}' is not one of {', '.join(SHARDING)}")
+        if self.sharding != "none" and self.gpus == 1:
+            problems.append(f"sharding '{self.sharding}' needs more than one GPU (--gpus)")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append("LoRA dropout must be in [0, 1)")
+        if problems:
+            raise ConfigError("Impossible plan: " + "; ".join(problems) + ".")
+        return self
