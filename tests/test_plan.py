@@ -1,0 +1,211 @@
+"""The planner: each formula against a hand-computed case, presets against published counts, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leantune.errors import ConfigError, ModelError
+from leantune.plan import GiB, make_plan, resolve_shape
+from leantune.plan.catalog import find_gpu, load_catalog
+from leantune.plan.memory import (
+    NF4_BITS_DOUBLE_QUANT, activation_bytes, activation_bytes_per_layer, estimate_peak_memory, logits_bytes, trainable_params,
+)
+from leantune.plan.presets import PRESETS
+from leantune.plan.setup import Setup
+from leantune.plan.shapes import ModelShape, shape_from_dir
+from leantune.plan.timing import flops_per_token, pretraining_gap, estimate_time
+from leantune.plan.tokens import parse_token_count
+
+# Exact counts from the model cards / safetensors metadata of the released checkpoints.
+PUBLISHED = {
+    "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824, "llama-3.1-8b": 8_030_261_248,
+    "llama-3.1-70b": 70_553_706_496, "llama-3.1-405b": 405_853_388_800, "mistral-7b": 7_241_732_096,
+    "mixtral-8x7b": 46_702_792_704, "gemma-2-2b": 2_614_341_888, "gemma-2-9b": 9_241_705_984,
+    "phi-3-mini": 3_821_079_552, "smollm2-135m": 134_515_008,
+}
+# Qwen3 model cards: (total, non-embedding) in billions, rounded as published.
+QWEN3_CARDS = {"qwen3-0.6b": (0.6, 0.44), "qwen3-1.7b": (1.7, 1.4), "qwen3-4b": (4.0, 3.6), "qwen3-8b": (8.2, 6.95),
+               "qwen3-14b": (14.8, 13.2), "qwen3-32b": (32.8, 31.2)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_preset_parameter_counts_match_published_counts(name):
+    assert PRESETS[name].total_params == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("name", sorted(QWEN3_CARDS))
+def test_qwen3_counts_match_their_cards(name):
+    total, non_embedding = QWEN3_CARDS[name]
+    shape = PRESETS[name]
+    digits = 2 if non_embedding * 100 % 10 else 1
+    assert round(shape.total_params / 1e9, 1) == total
+    assert round((shape.total_params - shape.embedding_params - shape.lm_head_params) / 1e9, digits) == non_embedding
+
+
+def test_mixtral_active_parameters():
+    assert round(PRESETS["mixtral-8x7b"].active_params / 1e9, 1) == 12.9  # "12.9B active" (Mistral AI)
+
+
+def test_lora_count_matches_what_peft_created():
+    # PEFT reported 2,442,240 trainable parameters for r=8 on all linear layers of SmolLM2-135M (the demo).
+    assert PRESETS["smollm2-135m"].lora_params(8) == 2_442_240
+
+
+def test_shape_from_a_model_directory_counts_the_real_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape_from_dir(tiny_model_dir).total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_shape_from_the_bundled_gguf_header():
+    from leantune.models.loading import bundled_gguf_path
+
+    shape = resolve_shape(str(bundled_gguf_path("smollm2-135m")))
+    assert shape.total_params == PUBLISHED["smollm2-135m"]
+    assert (shape.layers, shape.heads, shape.kv_heads, shape.tied_embeddings) == (30, 9, 3, True)
+
+
+TINY = ModelShape("t", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=100, tied_embeddings=True)
+
+
+def test_activation_formula_by_hand():
+    s = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16")
+    # norms 2*8*64*(4+2*2) + attention 2*8*(4*64 + 4*32) + lse 4*1*4*8 + MLP 4*2*8*128
+    assert activation_bytes_per_layer(TINY, s, 1) == 8192 + 6144 + 128 + 8192
+    eager = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16", attention="eager")
+    assert activation_bytes_per_layer(TINY, eager, 1) - activation_bytes_per_layer(TINY, s, 1) == 1 * 4 * 8 * 8 * (4 + 2)
+
+
+def test_checkpointing_keeps_layer_inputs_and_one_layer():
+    s = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16")
+    ck = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16", grad_checkpointing=True)
+    per_layer = activation_bytes_per_layer(TINY, s, 1)
+    edges = 1 * 8 * 64 * (2 + 4 + 4)
+    assert activation_bytes(TINY, s) == 2 * per_layer + edges
+    assert activation_bytes(TINY, ck) == 2 * 8 * 64 * 2 + per_layer + edges
+
+
+def test_logits_term_and_dpo_doubling():
+    bf16 = Setup(seq_len=8, micro_batch=2)
+    assert logits_bytes(TINY, bf16) == 2 * 8 * 100 * (2 + 4 + 4)
+    assert logits_bytes(TINY, Setup(seq_len=8, micro_batch=2, dtype="fp32")) == 2 * 8 * 100 * 8
+    assert logits_bytes(TINY, Setup(seq_len=8, micro_batch=2, objective="dpo")) == 2 * logits_bytes(TINY, bf16)
+
+
+def test_full_fine_tuning_is_16_bytes_per_parameter_before_activations():
+    m = estimate_peak_memory(PRESETS["llama-3.1-8b"], Setup(method="full"))
+    n = PRESETS["llama-3.1-8b"].total_params
+    assert m.weights + m.trainable_weights + m.gradients + m.optimizer == 16 * n  # 2 + 4 master + 2 + 8
+    eight_bit = estimate_peak_memory(PRESETS["llama-3.1-8b"], Setup(method="full", optimizer="adamw8bit"))
+    assert eight_bit.optimizer == 2 * n
+
+
+def test_zero3_shards_weights_grads_and_optimizer():
+    one = estimate_peak_memory(PRESETS["llama-3.1-70b"], Setup(method="full"))
+    four = estimate_peak_memory(PRESETS["llama-3.1-70b"], Setup(method="full", gpus=4, sharding="zero3"))
+    for term in ("weights", "gradients", "optimizer", "trainable_weights"):
+        assert getattr(four, term) == pytest.approx(getattr(one, term) / 4)
+    assert four.activations == one.activations
+
+
+def test_qlora_weights_nf4_with_16_bit_embeddings():
+    shape = PRESETS["llama-3.1-8b"]
+    m = estimate_peak_memory(shape, Setup(method="qlora"))
+    assert NF4_BITS_DOUBLE_QUANT == pytest.approx(4.127, abs=1e-3)
+    expected = shape.block_linear_params * NF4_BITS_DOUBLE_QUANT / 8 + (shape.total_params - shape.block_linear_params) * 2
+    assert m.weights == expected
+    assert NF4_BITS_DOUBLE_QUANT / 8 == pytest.approx(0.516, abs=1e-3)  # bytes per quantised weight
+    assert trainable_params(shape, Setup(method="dora")) > trainable_params(shape, Setup(method="lora"))
+
+
+def test_flops_per_token():
+    shape = PRESETS["llama-3.1-8b"]
+    n, attn = shape.total_params, 2 * 2048 * shape.q_dim * shape.layers
+    assert flops_per_token(shape, Setup(method="full")) == 6 * n + 3 * attn
+    assert flops_per_token(shape, Setup(method="lora")) == 4 * n + 3 * attn
+    assert flops_per_token(shape, Setup(method="lora", grad_checkpointing=True)) == 6 * n + 4 * attn
+
+
+def test_time_cost_and_pretraining_gap():
+    catalog = load_catalog()
+    h100 = catalog["h100"]
+    shape = PRESETS["llama-3.1-8b"]
+    t = estimate_time(shape, Setup(method="lora"), h100, 20e6, mfu=0.5)
+    assert t.tokens_per_s == pytest.approx(989e12 * 0.5 / flops_per_token(shape, Setup(method="lora")))
+    assert t.cost_on_demand == pytest.approx(t.hours * h100.on_demand_usd)
+    gap = pretraining_gap(shape, h100, t)
+    assert gap.pretraining_flops == pytest.approx(6 * shape.total_params * 15e12)
+    assert 5 < gap.orders_of_magnitude < 7
+
+
+def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():
+    plan = make_plan("llama-3.1-70b", "auto", None, "10M", setup=Setup(seq_len=2048))
+    costs = [c.price(False) for c in plan.ranked]
+    assert costs == sorted(costs) and all(c.fits for c in plan.ranked)
+    assert any("full on NVIDIA RTX 4090" in line and "needs" in line for line in plan.not_fitting)
+
+
+def test_plan_of_a_setup_that_does_not_fit_offers_one_that_does():
+    plan = make_plan("llama-3.1-8b", "qlora", "rtx-4090", "20M", setup=Setup(seq_len=2048, micro_batch=4))
+    assert not plan.chosen.fits
+    assert plan.ranked and all(c.fits and c.gpu.key == "rtx-4090" for c in plan.ranked)
+
+
+def test_token_counts():
+    assert parse_token_count("20M") == 20e6 and parse_token_count("1.5b") == 1.5e9 and parse_token_count("300") == 300
+    with pytest.raises(ConfigError, match="not a count"):
+        parse_token_count("lots")
+
+
+def test_dataset_tokens_are_counted(tmp_path):
+    plan = make_plan("smollm2-135m", "lora", "t4", dataset="sms-spam", epochs=2, setup=Setup(seq_len=256))
+    assert "x 2 epoch" in plan.tokens_note and 200_000 < plan.tokens < 2_000_000
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model": "llama-3.1-8", "tokens": "1M"}, "Did you mean 'llama-3.1-8b'"),
+    ({"model": "llama-3.1-8b", "gpu": "h1000", "method": "lora", "tokens": "1M"}, "Unknown GPU 'h1000'. Did you mean 'h100'"),
+    ({"model": "llama-3.1-8b", "tokens": "1M", "setup": Setup(micro_batch=-1)}, "micro-batch must be at least 1"),
+    ({"model": "smollm2-135m", "tokens": "1M", "setup": Setup(lora_rank=1024)}, "larger than the model's hidden size 576"),
+    ({"model": "llama-3.1-8b", "tokens": "1M", "setup": Setup(sharding="zero3")}, "needs more than one GPU"),
+    ({"model": "llama-3.1-8b"}, "Say how much training there is"),
+    ({"model": "llama-3.1-8b", "tokens": "1M", "mfu": 1.5}, "--mfu 1.5 must be in"),
+])
+def test_user_errors(kwargs, message):
+    with pytest.raises((ConfigError, ModelError), match=message.replace("(", r"\(").replace(".", r"\.")):
+        make_plan(**kwargs)
+
+
+def test_missing_price(tmp_path):
+    prices = tmp_path / "p.json"
+    prices.write_text(json.dumps({"gpus": {"h100": {"spot_usd": None}}}))
+    with pytest.raises(ConfigError, match="No spot price for NVIDIA H100"):
+        make_plan("llama-3.1-8b", "lora", "h100", "1M", spot=True, prices=prices)
+    prices.write_text(json.dumps({"h100": {"on_demand_usd": 2.0}}))
+    assert find_gpu(load_catalog(prices), "H100").on_demand_usd == 2.0
+
+
+def test_plan_imports_no_torch_and_the_cli_answers():
+    code = "import sys, leantune.cli, leantune.plan; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    out = subprocess.run([sys.executable, "-m", "leantune.cli", "plan", "--model", "llama-3.1-8b", "--method", "lora",
+                          "--gpu", "h100", "--tokens", "20M", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["chosen"]["fits"] and result["pretraining_gap"]["orders_of_magnitude"] > 5
+    too_big = subprocess.run([sys.executable, "-m", "leantune.cli", "plan", "--model", "llama-3.1-70b", "--method", "full",
+                              "--gpu", "rtx-4090", "--tokens", "1M"], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""})
+    assert too_big.returncode == 1 and "does not fit" in too_big.stdout
+
+
+def test_plan_from_a_run_config(tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {base: smollm2-135m}\ndata: {train: sms-spam, max_seq_len: 128}\ntraining: {micro_batch_size: 4}\n")
+    code, out, err = run_cli(monkeypatch, capsys, "plan", config, "--gpu", "t4")
+    assert code == 0, err
+    assert "micro-batch 4 x 128 tokens" in " ".join(out.split())
