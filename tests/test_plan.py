@@ -73,8 +73,14 @@ TINY = ModelShape("t", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, in
 
 def test_activation_formula_by_hand():
     s = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16")
-    # norms 2*8*64*(4+2*2) + attention 2*8*(4*64 + 4*32) + lse 4*1*4*8 + MLP 4*2*8*128
-    assert activation_bytes_per_layer(TINY, s, 1) == 8192 + 6144 + 128 + 8192
+    # norms 2*8*64*(4+2+2) + attention 2*8*(2*64 + 2*32) + lse 4*1*4*8 + MLP 2*8*128*4
+    assert activation_bytes_per_layer(TINY, s, 1) == 8192 + 3072 + 128 + 8192
+    lora = Setup(method="lora", seq_len=8, micro_batch=1, dtype="bf16", lora_rank=2)
+    # LoRA: the norms' normalised copies are not kept (frozen norm weights); + x@A for 7 adapted layers
+    assert activation_bytes_per_layer(TINY, lora, 1) == 8192 - 2 * 8 * 64 * 2 + 3072 + 128 + 8192 + 7 * 8 * 2 * 2
+    qv = Setup(method="lora", seq_len=8, micro_batch=1, dtype="bf16", lora_rank=2, lora_targets=("q_proj", "v_proj"))
+    # only q and v adapted: the MLP norm's output and down_proj's input are not kept
+    assert activation_bytes_per_layer(TINY, qv, 1) == (8 * 64 * 6 + 8 * 64 * 4) + 3072 + 128 + 2 * 8 * 128 * 3 + 2 * 8 * 2 * 2
     eager = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16", attention="eager")
     assert activation_bytes_per_layer(TINY, eager, 1) - activation_bytes_per_layer(TINY, s, 1) == 1 * 4 * 8 * 8 * (4 + 2)
 
@@ -83,15 +89,15 @@ def test_checkpointing_keeps_layer_inputs_and_one_layer():
     s = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16")
     ck = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16", grad_checkpointing=True)
     per_layer = activation_bytes_per_layer(TINY, s, 1)
-    edges = 1 * 8 * 64 * (2 + 4 + 4)
+    edges = 1 * 8 * 64 * (4 + 2)
     assert activation_bytes(TINY, s) == 2 * per_layer + edges
     assert activation_bytes(TINY, ck) == 2 * 8 * 64 * 2 + per_layer + edges
 
 
 def test_logits_term_and_dpo_doubling():
     bf16 = Setup(seq_len=8, micro_batch=2)
-    assert logits_bytes(TINY, bf16) == 2 * 8 * 100 * (2 + 4 + 4)
-    assert logits_bytes(TINY, Setup(seq_len=8, micro_batch=2, dtype="fp32")) == 2 * 8 * 100 * 8
+    assert logits_bytes(TINY, bf16) == 2 * 8 * 100 * 12
+    assert logits_bytes(TINY, Setup(seq_len=8, micro_batch=2, dtype="fp32")) == 2 * 8 * 100 * 12
     assert logits_bytes(TINY, Setup(seq_len=8, micro_batch=2, objective="dpo")) == 2 * logits_bytes(TINY, bf16)
 
 

@@ -154,3 +154,30 @@ def test_resume_refuses_a_new_config(tmp_path):
 def test_target_modules_that_match_nothing(tiny_model_dir, chat_file, tmp_path):
     with pytest.raises(ConfigError, match="matches no layer.*q_proj"):
         train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.target_modules": "[attn_qkv]"}))
+
+
+def test_budget_stops_at_a_step_boundary_with_a_checkpoint(tiny_model_dir, chat_file, tmp_path):
+    from leantune.train import BudgetReached
+
+    # $360/h is 10 cents a second: 5 cents last a few dozen tiny-model steps of the 400
+    overrides = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{
+        "training.max_steps": 400, "training.checkpoint_every": 1000, "cost.usd_per_hour": 360, "cost.budget_usd": 0.05})
+    with pytest.raises(BudgetReached, match="next step would pass cost.budget_usd") as e:
+        train(None, overrides)
+    run = only_run(tmp_path / "runs")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped-by-budget" and info["stopped_at_step"] < 400
+    assert Path(e.value.checkpoint).name == f"step-{info['stopped_at_step']:06d}"
+    last = [m for m in RunDir(run).read_metrics() if "loss" in m][-1]
+    assert last["cost_usd"] <= 0.05 and last["projected_cost_usd"] > 0.05
+
+
+def test_a_run_predicted_not_to_fit_is_refused_unless_forced(tiny_model_dir, chat_file, tmp_path):
+    from leantune.errors import PlanError
+
+    overrides = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"hardware.memory_gib": 0.01, "training.max_steps": 2})
+    with pytest.raises(PlanError, match=r"predicts .* GiB at peak, more than hardware.memory_gib=0.01"):
+        train(None, overrides)
+    result = train(None, overrides[:-1] + ["training.max_steps=2"], force=True)
+    plan = json.loads((Path(result.run_dir) / "plan.json").read_text())
+    assert plan["memory_gib"]["total"] > 0.01 and plan["setup"]["method"] == "lora"

@@ -29,12 +29,13 @@ def split_train_args(args: list[str]) -> tuple[str | None, list[str]]:
 def train(
     args: Optional[List[str]] = typer.Argument(None, help="[CONFIG.yaml] [key=value ...], e.g. training.lr=2e-4"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    force: bool = typer.Option(False, "--force", help="train even if the plan predicts it will not fit hardware.memory_gib"),
 ):
     """Fine-tune a model (LoRA) from a config file and/or dotted overrides."""
     from .train import train as run_training
 
     config, overrides = split_train_args(args or [])
-    result = run_training(config, overrides, resume=resume)
+    result = run_training(config, overrides, resume=resume, force=force)
     err.print(
         f"[green]done[/]: {result.steps} steps, loss {result.final_loss:.4f}"
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
@@ -131,14 +132,14 @@ def demo(
 
 
 def main() -> None:
-    from .train.signals import Preempted
+    from .train.signals import TrainingStopped
 
     try:
         code = app(standalone_mode=False)  # returns the code of typer.Exit instead of exiting
     except UserError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(e.exit_code)
-    except Preempted as e:
+    except TrainingStopped as e:
         err.print(f"[yellow]{e}[/]", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

@@ -65,6 +65,13 @@ class TrainingConfig(_Section):
 
 class CostConfig(_Section):
     usd_per_hour: float = Field(0.0, ge=0, description="price of the machine, for the live cost meter")
+    budget_usd: float | None = Field(None, gt=0, description="stop (with a checkpoint) before the cost passes this")
+
+
+class HardwareConfig(_Section):
+    memory_gib: float | None = Field(
+        None, gt=0, description="memory of the training device; a run predicted not to fit is refused (train --force overrides)"
+    )
 
 
 class OutputConfig(_Section):
@@ -78,6 +85,7 @@ class RunConfig(_Section):
     method: MethodConfig = MethodConfig()
     training: TrainingConfig = TrainingConfig()
     cost: CostConfig = CostConfig()
+    hardware: HardwareConfig = HardwareConfig()
     output: OutputConfig = OutputConfig()
 
     def to_yaml(self) -> str:

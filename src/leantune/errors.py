@@ -25,3 +25,7 @@ class ModelError(UserError):
 
 class RunDirError(UserError):
     """A run directory that does not exist or is not a leantune run."""
+
+
+class PlanError(UserError):
+    """A run the planner predicts cannot work (does not fit the declared memory)."""

@@ -26,9 +26,9 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}
 # measurements on A100/H100); the caching allocator's fragmentation adds a few percent of the rest.
 CUDA_CONTEXT_BYTES = 0.75 * GiB
 ALLOCATOR_MARGIN = 0.05
-# On CPU the process itself (Python, torch, transformers imported) is resident before any weight:
-# 0.45 GiB measured on this project's machine (bench/memory_model.py calibrates it).
-CPU_PROCESS_BYTES = 0.45 * GiB
+# On CPU the process itself is resident before any weight: 0.38 GiB after importing torch, measured by
+# bench/memory_model.py on this project's machine, plus transformers and peft (~0.1 GiB).
+CPU_PROCESS_BYTES = 0.5 * GiB
 
 
 @dataclass
@@ -68,42 +68,62 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> float:
     return shape.total_params * setup.act_bytes
 
 
+def _targets(setup: Setup) -> set[str]:
+    names = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    if setup.method == "full" or setup.lora_targets == "all-linear":
+        return names
+    return names & set(setup.lora_targets)
+
+
 def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float:
     """What one decoder layer keeps for the backward pass, for a HF-style Llama block.
 
     Starts from Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-    Models"), sbh(34 + 5as/h) bytes for a GPT block with 16-bit activations, and recounts it for this
-    architecture: no dropout, RMSNorm (HF upcasts to fp32: input and normalised copies in fp32 plus the
-    16-bit output, (4 + 2p) bytes per element, twice per layer), rotary embeddings (q, k kept before and
-    after rotation), grouped-query k/v (kv instead of h wide), SwiGLU (gate, SiLU, up and their product,
-    four i-wide tensors). SDPA / flash attention keep only the output and a log-sum-exp row per head;
-    eager attention keeps the softmax (fp32) and its 16-bit cast: b*heads*s^2*(4 + p).
+    Models"), sbh(34 + 5as/h) bytes for a GPT block with 16-bit activations, and recounts it tensor by
+    tensor for this architecture, using the fact that autograd saves an operand only when the other
+    operand needs a gradient (checked with saved-tensor hooks on SmolLM2-135M; MEMORY_MODEL.md):
+      - RMSNorm (x2): its fp32 input (4h) always; the normalised tensor (p*h) only when the norm weight
+        trains (full fine-tuning); its output (p*h) when a following linear layer trains or is adapted.
+      - attention: rotary embeddings save only cos/sin, so q and k are kept once, after rotation, by
+        SDPA, with v and the output: p*(2q + 2kv), plus a fp32 log-sum-exp per head. Eager attention
+        also keeps the fp32 softmax and its 16-bit cast: b*heads*s^2*(4 + p).
+      - SwiGLU MLP: gate output, SiLU output and up output always (p*3i); their product, the input of
+        down_proj, when down_proj trains or is adapted (p*i).
+      - LoRA: x @ A (p*r) per adapted layer, and with dropout > 0 the dropped-out input and its mask.
+    Grouped-query k/v are not expanded: SDPA takes them as they are (enable_gqa).
     """
     s, h, p = setup.seq_len, shape.hidden, setup.act_bytes
     tokens = b * s
-    norms = 2 * tokens * h * (4 + 2 * p)
-    attention = p * tokens * (4 * shape.q_dim + 4 * shape.kv_dim) + 4 * b * shape.heads * s
+    trained = _targets(setup)
+    full = setup.method == "full"
+
+    def norm(output_needed: bool) -> float:
+        return tokens * h * (4 + (p if full else 0) + (p if output_needed else 0))
+
+    norms = norm(bool(trained & {"q_proj", "k_proj", "v_proj"})) + norm(bool(trained & {"gate_proj", "up_proj"}))
+    attention = p * tokens * (2 * shape.q_dim + 2 * shape.kv_dim) + 4 * b * shape.heads * s
     if setup.attention == "eager":
         attention += b * shape.heads * s * s * (4 + (p if p < 4 else 0))
-    mlp = 4 * p * tokens * shape.intermediate
+    experts = shape.experts_per_token or 1  # each token's MLP activations exist once per chosen expert
+    mlp = experts * p * tokens * shape.intermediate * (3 + (1 if "down_proj" in trained else 0))
     adapters = 0.0
     if setup.is_adapter:
-        for name, d_in, d_out, copies in shape.linear_layers():
-            if setup.lora_targets != "all-linear" and name not in setup.lora_targets:
+        for name, d_in, _, copies in shape.linear_layers():
+            if name not in trained:
                 continue
-            active = min(copies, shape.experts_per_token or 1)
-            adapters += active * tokens * setup.lora_rank * p  # x @ A, kept for B's gradient
-            if setup.lora_dropout > 0:  # dropout(x) is a new tensor plus a 1-byte mask, per adapted layer
+            active = min(copies, experts)
+            adapters += active * tokens * setup.lora_rank * p
+            if setup.lora_dropout > 0:
                 adapters += active * tokens * d_in * (p + 1)
-    if shape.experts:  # each token's MLP activations exist once per chosen expert
-        mlp *= shape.experts_per_token
     return norms + attention + mlp + adapters
 
 
 def activation_bytes(shape: ModelShape, setup: Setup) -> float:
     b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)  # DPO: chosen and rejected
     per_layer = activation_bytes_per_layer(shape, setup, b)
-    embeddings_and_final_norm = b * setup.seq_len * shape.hidden * (setup.act_bytes + 4 + 2 * setup.act_bytes)
+    # The final norm keeps its fp32 input and its output (the lm_head's input, needed for its gradient
+    # only when it trains; the loss needs it regardless through the logits' backward).
+    embeddings_and_final_norm = b * setup.seq_len * shape.hidden * (4 + setup.act_bytes)
     if setup.grad_checkpointing:
         # Keep only each layer's input; recompute one layer at a time in the backward pass.
         return shape.layers * b * setup.seq_len * shape.hidden * setup.act_bytes + per_layer + embeddings_and_final_norm
@@ -114,13 +134,17 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> float:
 
 
 def logits_bytes(shape: ModelShape, setup: Setup) -> float:
-    """Logits in the compute dtype, their fp32 copy for the loss, and the fp32 log-softmax kept for
-    the backward: b*s*V*(p + 4 + 4) (fp32: the copy is the same tensor, 8 bytes). For 150k-256k
-    vocabularies this is often the largest single term."""
+    """The output layer's share of the peak: 12 bytes per logit, whatever the compute dtype.
+
+    The loss runs in fp32 (HF upcasts 16-bit logits). The peak comes at the start of the backward pass,
+    when three fp32 b*s*V tensors coexist: the log-softmax output cross-entropy saved, the gradient
+    arriving at it, and the gradient it passes back to the logits; the forward's logits copies are
+    already freed by then. (The usual rule of thumb, 2 x bytes, i.e. 8 for fp32, undershot our CPU
+    measurements in bench/memory_model.py by the third tensor.) For 150k-256k vocabularies this is often
+    the largest single term; DPO doubles the sequences.
+    """
     b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)
-    p = setup.act_bytes
-    per_element = p + 4 + (4 if p < 4 else 0)
-    return b * setup.seq_len * setup.loss_positions * shape.vocab * per_element
+    return b * setup.seq_len * setup.loss_positions * shape.vocab * 12
 
 
 def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:

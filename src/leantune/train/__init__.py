@@ -3,7 +3,7 @@
 Only signals is imported eagerly; the rest pulls in torch, which `leantune plan` must not pay for.
 """
 
-from .signals import Preempted
+from .signals import BudgetReached, Preempted, TrainingStopped
 
 
 def __getattr__(name):
@@ -14,4 +14,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Preempted", "TrainResult", "train"]
+__all__ = ["BudgetReached", "Preempted", "TrainResult", "TrainingStopped", "train"]

@@ -10,7 +10,7 @@ from ..config import RunConfig, load_config
 from ..errors import ConfigError, RunDirError
 from ..runs.rundir import create_run_dir, open_run_dir
 from .recipe import LoraRecipe, TrainResult
-from .signals import Preempted
+from .signals import TrainingStopped
 
 
 def train(
@@ -18,6 +18,7 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     resume: str | Path | None = None,
     console: Console | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory."""
     if resume is not None:
@@ -27,7 +28,7 @@ def train(
         if run.info().get("status") == "completed":
             raise RunDirError(f"Run '{run.path}' has already completed; its adapter is in {run.adapter}. Start a new run to train further.")
         recipe = LoraRecipe(run.config(), run, console)
-        recipe.setup(resume=True)
+        recipe.setup(resume=True, force=force)
     else:
         if not isinstance(config, RunConfig):
             config = load_config(config, overrides)
@@ -35,13 +36,13 @@ def train(
             raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
         recipe = LoraRecipe(config, create_run_dir(config), console)
         try:
-            recipe.setup()
+            recipe.setup(force=force)
         except Exception:
             recipe.run.update_info(status="failed")
             raise
     try:
         return recipe.train()
-    except Preempted:
+    except TrainingStopped:
         raise
     except BaseException:
         recipe.run.update_info(status="failed")

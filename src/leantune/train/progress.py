@@ -42,7 +42,7 @@ class TrainingProgress:
     def update(self, record: dict) -> None:
         stats = f"loss {record['loss']:.4f}  {record['tokens_per_s']:.0f} tok/s"
         if record.get("cost_usd"):
-            stats += f"  ${record['cost_usd']:.4f}"
+            stats += f"  ${record['cost_usd']:.4f} of ~${record['projected_cost_usd']:.4f}"
         if self._bar:
             self._bar.update(self._task, completed=record["step"], stats=stats)
             return

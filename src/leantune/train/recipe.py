@@ -22,7 +22,7 @@ from ..config import RunConfig
 from ..data import load_splits
 from ..data.batches import collate, micro_batches_for_step, steps_per_epoch
 from ..data.tokenize import TokenizedExample, tokenize_examples
-from ..errors import DataError, RunDirError
+from ..errors import DataError, PlanError
 from ..models import attach_lora, load_base
 from ..models.adapters import trainable_parameter_count
 from ..models.forward import summed_label_loss
@@ -31,7 +31,7 @@ from ..runs.rundir import RunDir
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
 from .progress import TrainingProgress
 from .schedule import warmup_cosine
-from .signals import Preempted, StopOnSignal
+from .signals import BudgetReached, Preempted, StopOnSignal
 
 
 def peak_memory_mb() -> float:
@@ -74,7 +74,7 @@ class LoraRecipe:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: bool = False) -> None:
+    def setup(self, resume: bool = False, force: bool = False) -> None:
         cfg = self.config
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
@@ -99,6 +99,7 @@ class LoraRecipe:
         self.model = attach_lora(base.model, cfg.method, cfg.training.seed)
         trainable, total = trainable_parameter_count(self.model)
         self.note(f"LoRA r={cfg.method.r}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        self.check_memory_plan(base.model.config.to_dict(), next(base.model.parameters()).dtype, force)
 
         t = cfg.training
         self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
@@ -124,6 +125,41 @@ class LoraRecipe:
     def note(self, message: str) -> None:
         self.console.print(message, highlight=False)
 
+    def check_memory_plan(self, model_config: dict, dtype: torch.dtype, force: bool) -> None:
+        """Predict the peak with the planner for this run's own shapes; refuse what cannot fit."""
+        from .. import atomic
+        from ..plan.memory import GiB, estimate_peak_memory
+        from ..plan.setup import Setup
+        from ..plan.shapes import shape_from_hf_config
+
+        cfg = self.config
+        longest = max(len(e.input_ids) for e in self.train_data)
+        # leantune computes logits only at labelled positions (models/forward.py)
+        labelled = max(e.n_label_tokens for e in self.train_data) / longest
+        targets = cfg.method.target_modules if cfg.method.target_modules == "all-linear" else tuple(cfg.method.target_modules)
+        setup = Setup(
+            method="lora", seq_len=longest, micro_batch=cfg.training.micro_batch_size,
+            grad_checkpointing=cfg.training.gradient_checkpointing, lora_rank=cfg.method.r, lora_targets=targets,
+            lora_dropout=cfg.method.dropout, dtype="fp32" if dtype == torch.float32 else "bf16", device=self.device,
+            loss_positions=labelled,
+        )
+        memory = estimate_peak_memory(shape_from_hf_config(model_config, cfg.model.base), setup)
+        gib = memory.as_gib()
+        atomic.write_json(self.run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib})
+        self.note(
+            f"plan: peak ~{gib['total']:.2f} GiB for micro-batch {setup.micro_batch} x up to {longest} tokens "
+            f"(weights {gib['weights']:.2f}, activations {gib['activations']:.2f}, logits {gib['logits']:.2f}, overhead {gib['overhead']:.2f})"
+        )
+        limit = cfg.hardware.memory_gib
+        if limit and memory.total > limit * GiB:
+            message = (
+                f"The plan predicts {gib['total']:.2f} GiB at peak, more than hardware.memory_gib={limit:g}. Lower "
+                f"training.micro_batch_size or data.max_seq_len, set training.gradient_checkpointing=true, or pass --force to try anyway."
+            )
+            if not force:
+                raise PlanError(message)
+            self.note(f"[yellow]--force: {message}[/]")
+
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
         cfg, t = self.config, self.config.training
@@ -141,15 +177,23 @@ class LoraRecipe:
                 self.progress.elapsed_s += elapsed
                 record = self.log_step(loss, tokens, elapsed)
                 bar.update(record)
+                over_budget = self.next_step_passes_budget()
 
                 if t.eval_every and self.progress.step % t.eval_every == 0 and self.progress.step < self.total_steps:
                     eval_loss = self.log_eval()
-                if self.progress.step % t.checkpoint_every == 0 or stop.signum is not None:
+                last = self.progress.step == self.total_steps
+                if self.progress.step % t.checkpoint_every == 0 or stop.signum is not None or (over_budget and not last):
                     path = self.save_checkpoint()
+                    resume = f"leantune train --resume {shlex.quote(str(self.run.path))}"
                     if stop.signum is not None:
                         self.run.update_info(status="preempted", stopped_at_step=self.progress.step)
-                        resume = f"leantune train --resume {shlex.quote(str(self.run.path))}"
                         raise Preempted(stop.signum, str(path), resume)
+                    if over_budget and not last:
+                        self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step)
+                        spent = self.cost_so_far()
+                        raise BudgetReached(
+                            f"Stopped at step {self.progress.step}: ${spent:.4f} spent, and the next step would pass "
+                            f"cost.budget_usd=${self.config.cost.budget_usd:g}.", str(path), resume + " (after raising cost.budget_usd in its config.yaml)")
 
         eval_loss = self.log_eval() if self.eval_data else eval_loss
         self.save_adapter()
@@ -175,6 +219,16 @@ class LoraRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return total / n_labels, n_tokens
 
+    def cost_so_far(self) -> float:
+        return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour
+
+    def next_step_passes_budget(self) -> bool:
+        budget = self.config.cost.budget_usd
+        if budget is None or self.progress.step == 0:
+            return False
+        per_step = self.cost_so_far() / self.progress.step
+        return self.cost_so_far() + per_step > budget
+
     def log_step(self, loss: float, tokens: int, step_seconds: float) -> dict:
         p = self.progress
         record = {
@@ -185,7 +239,8 @@ class LoraRecipe:
             "tokens_per_s": tokens / step_seconds,
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "elapsed_s": round(p.elapsed_s, 3),
-            "cost_usd": p.elapsed_s / 3600 * self.config.cost.usd_per_hour,
+            "cost_usd": self.cost_so_far(),
+            "projected_cost_usd": self.cost_so_far() / p.step * self.total_steps,
         }
         self.run.append_metrics(record)
         return record

@@ -7,19 +7,31 @@ import signal
 import threading
 
 
-class Preempted(Exception):
-    """Training stopped on a signal after writing a checkpoint."""
+class TrainingStopped(Exception):
+    """Training stopped on purpose at a step boundary, after writing a checkpoint it can resume from."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, checkpoint: str, resume_command: str):
+        self.checkpoint = checkpoint
+        self.resume_command = resume_command
+        super().__init__(f"{message} Saved {checkpoint}. Resume with: {resume_command}")
+
+
+class Preempted(TrainingStopped):
+    """Stopped by SIGTERM/SIGINT (a spot-instance preemption, Ctrl-C); exits 128 + the signal number."""
 
     def __init__(self, signum: int, checkpoint: str, resume_command: str):
         self.signum = signum
-        self.checkpoint = checkpoint
-        self.resume_command = resume_command
-        name = signal.Signals(signum).name
-        super().__init__(f"Stopped by {name} after saving {checkpoint}. Resume with: {resume_command}")
+        super().__init__(f"Stopped by {signal.Signals(signum).name}.", checkpoint, resume_command)
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class BudgetReached(TrainingStopped):
+    """The next step would have taken the run's cost past cost.budget_usd."""
 
 
 class StopOnSignal:

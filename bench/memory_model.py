@@ -1,0 +1,209 @@
+"""Validate the planner's memory model (and its time model) against real training steps.
+
+For each config a fresh Python process loads the model, runs three optimizer steps on random tokens
+and reports its peak resident memory (ru_maxrss: on CPU there is no allocator statistic that covers
+everything a step touches) and its tokens/s; the parent compares both with leantune.plan's predictions
+for the same setup. On a CUDA machine the worker reports torch.cuda.max_memory_allocated instead.
+
+The planner predicts the memory the tensors need. On CPU, glibc's malloc keeps freed activation memory
+in its heap once its adaptive mmap threshold has grown, so the resident peak overstates that; the
+validation run therefore fixes the threshold (MALLOC_MMAP_THRESHOLD_=131072) and a second run with the
+default allocator records what a plain process shows. (Fixing it is not free: steps ran 1.4-1.9x slower
+here, so leantune does not do it for you.)
+
+    python bench/memory_model.py            # all configs; results are kept, a rerun skips those done
+    python bench/memory_model.py --fresh    # measure everything again
+
+Writes bench/results/memory_model.json and prints a table (README has the latest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "memory_model.json"
+
+# (name, model, method, seq_len, micro_batch, gradient checkpointing)
+CONFIGS = [
+    ("tiny-lora-s256-b4", "tiny-256", "lora", 256, 4, False),
+    ("tiny-full-s256-b4", "tiny-256", "full", 256, 4, False),
+    ("tiny-full-s512-b8", "tiny-256", "full", 512, 8, False),
+    ("tiny-lora-s512-b8-ckpt", "tiny-256", "lora", 512, 8, True),
+    ("smol-lora-s128-b1", "smollm2-135m", "lora", 128, 1, False),
+    ("smol-lora-s256-b4", "smollm2-135m", "lora", 256, 4, False),
+    ("smol-lora-s512-b4", "smollm2-135m", "lora", 512, 4, False),
+    ("smol-lora-s512-b4-ckpt", "smollm2-135m", "lora", 512, 4, True),
+    ("smol-lora-s1024-b2", "smollm2-135m", "lora", 1024, 2, False),
+    ("smol-full-s256-b4", "smollm2-135m", "full", 256, 4, False),
+    ("smol-full-s512-b2-ckpt", "smollm2-135m", "full", 512, 2, True),
+    ("smol-full-s128-b8", "smollm2-135m", "full", 128, 8, False),
+    ("smol-qlora-s256-b4", "smollm2-135m", "qlora", 256, 4, False),
+    ("smol-qlora-s512-b4-ckpt", "smollm2-135m", "qlora", 512, 4, True),
+]
+LORA_RANK = 8
+STEPS = 3
+
+
+def tiny_256_dir() -> Path:
+    """A random 4-layer Llama, hidden 256, with SmolLM2's 49k vocabulary (so the logits term is real)."""
+    path = Path(os.environ.get("LEANTUNE_HOME", Path.home() / ".cache" / "leantune")) / "bench" / "tiny-256"
+    if not (path / "config.json").is_file():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def worker(spec: dict) -> dict:
+    """Runs in its own process: load, train STEPS steps, report peak memory and throughput."""
+    import torch
+
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # interpreter + torch imported
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from leantune.models.loading import hf_dir_for
+
+    torch.manual_seed(0)
+    path = tiny_256_dir() if spec["model"] == "tiny-256" else hf_dir_for(spec["model"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs = {"dtype": dtype}
+    if spec["method"] == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = device
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    if spec["grad_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec["method"] in ("lora", "qlora"):
+        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    model.train()
+    vocab = model.config.vocab_size
+    b, s = spec["micro_batch"], spec["seq_len"]
+    times = []
+    for _ in range(STEPS):
+        ids = torch.randint(0, vocab, (b, s), device=device)
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss  # standard HF loss: full logits, the planner's default
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_bytes": peak, "baseline_bytes": baseline_kib * 1024, "step_seconds": min(times[1:]),
+            "tokens_per_s": b * s / min(times[1:]), "device": device, "threads": torch.get_num_threads()}
+
+
+def matmul_gflops() -> float:
+    """The machine's achievable fp32 matmul rate: the 'peak' the CPU time model is measured against."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 10 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
+
+
+def predict(name, model, method, seq_len, micro_batch, ckpt, device):
+    from leantune.plan import estimate_peak_memory, resolve_shape
+    from leantune.plan.setup import Setup
+    from leantune.plan.shapes import shape_from_dir
+    from leantune.plan.timing import flops_per_token
+
+    shape = shape_from_dir(tiny_256_dir()) if model == "tiny-256" else resolve_shape(model)
+    setup = Setup(method=method, seq_len=seq_len, micro_batch=micro_batch, grad_checkpointing=ckpt, lora_rank=LORA_RANK,
+                  dtype="bf16" if device == "cuda" else "fp32", device=device)
+    return estimate_peak_memory(shape, setup), flops_per_token(shape, setup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--only", help="run configs whose name contains this")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {} if args.fresh or not RESULTS.is_file() else json.loads(RESULTS.read_text())
+    runs = results.setdefault("runs", {}).setdefault(device, {})
+    results.setdefault("matmul_gflops", {})[device] = round(matmul_gflops(), 1) if device == "cpu" else None
+    todo = [c for c in CONFIGS if (not args.only or args.only in c[0])]
+    for i, (name, model, method, seq_len, mb, ckpt) in enumerate(todo, 1):
+        if name in runs and not args.fresh:
+            print(f"[{i}/{len(todo)}] {name}: done before, kept", flush=True)
+            continue
+        print(f"[{i}/{len(todo)}] {name} ...", end=" ", flush=True)
+        spec = {"model": model, "method": method, "seq_len": seq_len, "micro_batch": mb, "grad_checkpointing": ckpt}
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if device == "cpu" else os.environ
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+        default_rss = None
+        if device == "cpu" and proc.returncode == 0:
+            plain = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+            default_rss = json.loads(plain.stdout.strip().splitlines()[-1])["peak_bytes"] if plain.returncode == 0 else None
+        if proc.returncode != 0:
+            print("failed:", proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode, flush=True)
+            runs[name] = {"spec": spec, "error": proc.stderr.strip()[-2000:]}
+            continue
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])
+        memory, fpt = predict(name, model, method, seq_len, mb, ckpt, device)
+        error = memory.total / measured["peak_bytes"] - 1
+        measured["default_allocator_peak_bytes"] = default_rss
+        runs[name] = {"spec": spec, "measured": measured, "predicted": memory.as_gib(), "predicted_bytes": memory.total,
+                      "error": error, "achieved_gflops": measured["tokens_per_s"] * fpt / 1e9}
+        print(f"measured {measured['peak_bytes'] / 2**30:.2f} GiB, predicted {memory.total / 2**30:.2f} GiB ({error:+.1%}), "
+              f"{measured['tokens_per_s']:.0f} tok/s", flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        results["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                              "date": time.strftime("%Y-%m-%d")}
+        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, RESULTS)  # resumable: every finished config is on disk
+    print_table(results, device)
+
+
+def print_table(results: dict, device: str) -> None:
+    runs = results["runs"][device]
+    peak = results.get("matmul_gflops", {}).get(device)
+    print(f"\n| config | measured GiB | predicted GiB | error | default-malloc GiB | tokens/s | achieved GFLOP/s{' (of %.0f matmul)' % peak if peak else ''} |")
+    print("|---|---|---|---|---|---|---|")
+    errors = []
+    for name, r in runs.items():
+        if "error" in r and "measured" not in r:
+            print(f"| {name} | failed | | | | | |")
+            continue
+        errors.append(abs(r["error"]))
+        plain = r["measured"].get("default_allocator_peak_bytes")
+        print(f"| {name} | {r['measured']['peak_bytes'] / 2**30:.2f} | {r['predicted_bytes'] / 2**30:.2f} | {r['error']:+.1%} | "
+              f"{plain / 2**30 if plain else float('nan'):.2f} | {r['measured']['tokens_per_s']:.0f} | {r['achieved_gflops']:.0f} |")
+    if errors:
+        print(f"\nwithin 10%: {sum(e <= 0.10 for e in errors)}/{len(errors)}, within 15%: {sum(e <= 0.15 for e in errors)}/{len(errors)}")
+
+
+if __name__ == "__main__":
+    main()
