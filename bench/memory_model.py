@@ -142,9 +142,23 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="run configs whose name contains this")
+    parser.add_argument("--repredict", action="store_true", help="recompute predictions for the stored measurements (after a model change)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.repredict:
+        results = json.loads(RESULTS.read_text())
+        for device, runs in results["runs"].items():
+            for name, r in runs.items():
+                if "measured" not in r:
+                    continue
+                sp = r["spec"]
+                memory, fpt = predict(name, sp["model"], sp["method"], sp["seq_len"], sp["micro_batch"], sp["grad_checkpointing"], device)
+                r.update(predicted=memory.as_gib(), predicted_bytes=memory.total, error=memory.total / r["measured"]["peak_bytes"] - 1,
+                         achieved_gflops=r["measured"]["tokens_per_s"] * fpt / 1e9)
+            write_results(results)
+            print_table(results, device)
         return
 
     import torch
@@ -181,10 +195,14 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         results["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                               "date": time.strftime("%Y-%m-%d")}
-        tmp = RESULTS.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, RESULTS)  # resumable: every finished config is on disk
+        write_results(results)  # resumable: every finished config is on disk
     print_table(results, device)
+
+
+def write_results(results: dict) -> None:
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, RESULTS)
 
 
 def print_table(results: dict, device: str) -> None:

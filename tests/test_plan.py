@@ -215,3 +215,13 @@ def test_plan_from_a_run_config(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "plan", config, "--gpu", "t4")
     assert code == 0, err
     assert "micro-batch 4 x 128 tokens" in " ".join(out.split())
+
+
+def test_peak_holds_the_larger_of_activations_and_gradients():
+    # Gradients appear during the backward pass while activations are being freed.
+    long_seq = estimate_peak_memory(PRESETS["smollm2-135m"], Setup(method="full", seq_len=4096, micro_batch=8))
+    short_seq = estimate_peak_memory(PRESETS["smollm2-135m"], Setup(method="full", seq_len=16, micro_batch=1))
+    for m in (long_seq, short_seq):
+        static = m.weights + m.trainable_weights + m.optimizer + m.reference_model + m.overhead
+        assert m.total == pytest.approx(static + max(m.activations + m.logits, m.gradients))
+    assert long_seq.activations > long_seq.gradients and short_seq.gradients > short_seq.activations + short_seq.logits

@@ -26,9 +26,9 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2}
 # measurements on A100/H100); the caching allocator's fragmentation adds a few percent of the rest.
 CUDA_CONTEXT_BYTES = 0.75 * GiB
 ALLOCATOR_MARGIN = 0.05
-# On CPU the process itself is resident before any weight: 0.38 GiB after importing torch, measured by
-# bench/memory_model.py on this project's machine, plus transformers and peft (~0.1 GiB).
-CPU_PROCESS_BYTES = 0.5 * GiB
+# On CPU the process itself is resident before any weight: 0.39 GiB with torch, transformers and peft
+# imported, measured on this project's machine (2-core AMD EPYC, Python 3.11, torch 2.13 CPU).
+CPU_PROCESS_BYTES = 0.39 * GiB
 
 
 @dataclass
@@ -44,7 +44,11 @@ class MemoryBreakdown:
 
     @property
     def total(self) -> float:
-        return sum(asdict(self).values())
+        """Gradients are allocated during the backward pass as the activations and logits it consumes are
+        freed (optimizer.zero_grad(set_to_none=True), PyTorch's default), so the peak holds the larger of
+        the two, not their sum: activations at the start of the backward pass, gradients at its end."""
+        static = self.weights + self.trainable_weights + self.optimizer + self.reference_model + self.overhead
+        return static + max(self.activations + self.logits, self.gradients)
 
     def as_gib(self) -> dict[str, float]:
         return {k: v / GiB for k, v in asdict(self).items()} | {"total": self.total / GiB}
@@ -121,16 +125,22 @@ def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float
 def activation_bytes(shape: ModelShape, setup: Setup) -> float:
     b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)  # DPO: chosen and rejected
     per_layer = activation_bytes_per_layer(shape, setup, b)
-    # The final norm keeps its fp32 input and its output (the lm_head's input, needed for its gradient
-    # only when it trains; the loss needs it regardless through the logits' backward).
+    # The final norm keeps its fp32 input and its output (the lm_head's input).
     embeddings_and_final_norm = b * setup.seq_len * shape.hidden * (4 + setup.act_bytes)
+    de_quantised = 0.0
+    if setup.method == "qlora" and setup.device == "cpu":
+        # bitsandbytes 0.50 on CPU (no fused 4-bit kernel) ends up holding every layer's de-quantised
+        # weight, with or without checkpointing: measured +0.35-0.41 GiB on SmolLM2-135M, its block
+        # linears at 4 bytes each.
+        de_quantised = shape.block_linear_params * setup.act_bytes
+    elif setup.method == "qlora":  # CUDA kernels de-quantise one weight matrix at a time
+        de_quantised = max(d_in * d_out for _, d_in, d_out, _ in shape.linear_layers()) * setup.act_bytes
     if setup.grad_checkpointing:
         # Keep only each layer's input; recompute one layer at a time in the backward pass.
-        return shape.layers * b * setup.seq_len * shape.hidden * setup.act_bytes + per_layer + embeddings_and_final_norm
-    transient = 0.0
-    if setup.method == "qlora":  # one de-quantised weight matrix exists at a time
-        transient = max(d_in * d_out for _, d_in, d_out, _ in shape.linear_layers()) * 2
-    return shape.layers * per_layer + embeddings_and_final_norm + transient
+        layers = shape.layers * b * setup.seq_len * shape.hidden * setup.act_bytes + per_layer
+    else:
+        layers = shape.layers * per_layer
+    return layers + embeddings_and_final_norm + de_quantised
 
 
 def logits_bytes(shape: ModelShape, setup: Setup) -> float:
@@ -174,7 +184,7 @@ def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
 
     activations = activation_bytes(shape, setup)
     logits = logits_bytes(shape, setup)
-    subtotal = weights + trainable_weights + gradients + optimizer + activations + logits + reference
+    subtotal = weights + trainable_weights + optimizer + reference + max(activations + logits, gradients)
     base = CUDA_CONTEXT_BYTES if setup.device == "cuda" else CPU_PROCESS_BYTES
     overhead = base + ALLOCATOR_MARGIN * subtotal
     return MemoryBreakdown(weights, trainable_weights, gradients, optimizer, activations, logits, reference, overhead)

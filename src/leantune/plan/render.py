@@ -15,10 +15,14 @@ from .recommend import Candidate
 def _money(x: float | None) -> str:
     if x is None:
         return "-"
+    if x < 0.01:
+        return f"${x:.4f}"
     return f"${x:,.2f}" if x < 1000 else f"${x:,.0f}"
 
 
 def _hours(h: float) -> str:
+    if h < 1 / 60:
+        return f"{h * 3600:.0f} s"
     return f"{h * 60:.0f} min" if h < 1 else f"{h:,.1f} h"
 
 
