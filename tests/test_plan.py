@@ -151,7 +151,11 @@ def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():
     plan = make_plan("llama-3.1-70b", "auto", None, "10M", setup=Setup(seq_len=2048))
     costs = [c.price(False) for c in plan.ranked]
     assert costs == sorted(costs) and all(c.fits for c in plan.ranked)
-    assert any("full on NVIDIA RTX 4090" in line and "needs" in line for line in plan.not_fitting)
+    assert not plan.not_fitting  # with ZeRO-3 over 8 GPUs even T4s hold a 70B QLoRA
+    big = make_plan("llama-3.1-405b", "qlora", None, "10M", setup=Setup(seq_len=2048))
+    assert big.ranked and all(c.setup.sharding == "zero3" and c.setup.gpus > 1 for c in big.ranked)
+    assert any(line.startswith("NVIDIA T4 16GB: even the smallest setup (qlora, 8 GPU(s), zero3") and "it has 15" in line
+               for line in big.not_fitting)
 
 
 def test_plan_of_a_setup_that_does_not_fit_offers_one_that_does():
