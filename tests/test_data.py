@@ -1,11 +1,13 @@
 import json
+import re
 from collections import Counter
 
 import pytest
 
 from leantune.data import load_examples, load_splits
 from leantune.data.builtin import load_sms_spam, stratified_split
-from leantune.data.records import ChatExample, read_chat_jsonl
+from leantune.data import read_examples
+from leantune.data.records import ChatExample
 from leantune.data.tokenize import IGNORE, tokenize_chat, tokenize_examples
 from leantune.errors import DataError
 
@@ -42,7 +44,8 @@ GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "ass
     "bad, message",
     [
         ("{not json", "d.jsonl:2: not valid JSON"),
-        (json.dumps({"text": "x"}), "d.jsonl:2: expected an object with a 'messages' list"),
+        (json.dumps({"text": "x"}), "d.jsonl:2: this row's fields ['text'] do not match the file's format 'chat'"),
+        ("[1, 2]", "d.jsonl:2: expected a JSON object, got a list"),
         (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role 'robot'"),
         (json.dumps({"messages": [{"role": "user", "content": 3}]}), "content must be a string"),
         (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}), "no assistant message"),
@@ -51,14 +54,14 @@ GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "ass
 )
 def test_bad_rows_are_reported_with_file_and_line(tmp_path, bad, message):
     path = write_lines(tmp_path, [GOOD, bad])
-    with pytest.raises(DataError, match=message.replace("(", r"\(")):
-        read_chat_jsonl(path)
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_examples(path)
 
 
 def test_empty_dataset(tmp_path):
     path = write_lines(tmp_path, ["", "  "])
     with pytest.raises(DataError, match="holds no examples"):
-        read_chat_jsonl(path)
+        read_examples(path)
 
 
 def test_missing_data_file(tmp_path):
@@ -114,7 +117,7 @@ def test_json_list_files_are_read_too(tmp_path):
     path.write_text(json.dumps([json.loads(GOOD), json.loads(GOOD)]))
     assert len(load_examples(str(path))) == 2
     path.write_text(json.dumps([json.loads(GOOD), {"text": "x"}]))
-    with pytest.raises(DataError, match=r"d.json\[1\]: expected an object"):
+    with pytest.raises(DataError, match=r"d.json\[1\]: this row's fields"):
         load_examples(str(path))
     path.write_text(json.dumps(json.loads(GOOD)))
     with pytest.raises(DataError, match="must hold a list of rows"):
@@ -125,4 +128,96 @@ def test_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes(GOOD.replace("hello", "h\xe9llo").encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8 text"):
-        read_chat_jsonl(path)
+        read_examples(path)
+
+
+def test_every_row_format_normalises_to_the_same_chat(tmp_path):
+    expected = (("user", "What is 2+2?"), ("assistant", "4"))
+    rows = {
+        "chat.jsonl": {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]},
+        "sharegpt.jsonl": {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4"}]},
+        "alpaca.jsonl": {"instruction": "What is 2+2?", "input": "", "output": "4"},
+        "pc.jsonl": {"prompt": "What is 2+2?", "completion": "4"},
+    }
+    for name, row in rows.items():
+        path = tmp_path / name
+        path.write_text(json.dumps(row) + "\n")
+        (example,) = read_examples(path)
+        assert tuple((m["role"], m["content"]) for m in example.messages) == expected, name
+    alpaca = tmp_path / "alpaca2.jsonl"
+    alpaca.write_text(json.dumps({"instruction": "Translate", "input": "chat", "output": "cat", "system": "be brief"}) + "\n")
+    (example,) = read_examples(alpaca)
+    assert [m["content"] for m in example.messages] == ["be brief", "Translate\n\nchat", "cat"]
+
+
+def test_csv_and_tsv_with_a_column_mapping(tmp_path):
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text('question,answer\n"Capital of France, please?",Paris\nLargest planet?,Jupiter\n')
+    examples = read_examples(csv_path, columns={"prompt": "question", "completion": "answer"})
+    assert [e.answer for e in examples] == ["Paris", "Jupiter"]
+    assert examples[0].messages[0]["content"] == "Capital of France, please?" and examples[1].source.endswith("qa.csv:3")
+    tsv_path = tmp_path / "qa.tsv"
+    tsv_path.write_text("prompt\tcompletion\nhi\thello\n")
+    assert read_examples(tsv_path)[0].answer == "hello"
+
+
+def test_csv_with_a_ragged_row(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("prompt,completion\nhi,hello\nonly one field\n")
+    with pytest.raises(DataError, match=r"bad.csv:3: 1 fields where the header has 2"):
+        read_examples(path)
+
+
+def test_unknown_schema_says_how_to_map_columns(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "a", "answer": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"q.jsonl:1: cannot tell the format.*data.columns"):
+        read_examples(path)
+
+
+def test_rows_must_share_the_first_rows_schema(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    with pytest.raises(DataError, match="mixed.jsonl:2: this row's fields .* format 'prompt_completion'"):
+        read_examples(path)
+
+
+def test_preference_pairs_are_recognised_but_not_sft_data(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"}) + "\n")
+    with pytest.raises(DataError, match="pairs.jsonl:1: preference pairs .* DPO"):
+        read_examples(path)
+
+
+def test_explicit_format_reports_missing_fields(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"instruction": "do it"}) + "\n")
+    with pytest.raises(DataError, match="a.jsonl:1: field 'output' is missing or empty"):
+        read_examples(path, fmt="alpaca")
+
+
+def test_truncated_last_line(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    path.write_text(GOOD + "\n" + GOOD[:30])
+    with pytest.raises(DataError, match="cut.jsonl:2: not valid JSON"):
+        read_examples(path)
+
+
+def test_builtin_tweets_and_trivia():
+    from leantune.data.builtin import load_trivia, load_tweets_sentiment
+
+    tweets = load_tweets_sentiment()
+    assert len(tweets) == 38_158
+    assert set(Counter(e.label for e in tweets)) == {"negative", "neutral", "positive"}
+    assert any("\ufffd" in e.messages[1]["content"] for e in tweets)  # the shipped broken bytes stay visible
+    trivia = load_trivia()
+    assert len(trivia) == 190 and trivia[0].answer == "Richard Nixon"
+
+
+def test_data_list_command(monkeypatch, capsys):
+    from test_cli import run_cli
+
+    code, out, _ = run_cli(monkeypatch, capsys, "data", "list")
+    assert code == 0
+    for name in ("sms-spam", "38,158", "tweets-sentiment", "trivia", "CC BY 4.0"):
+        assert name in out

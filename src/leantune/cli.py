@@ -120,6 +120,25 @@ def plan(
         raise typer.Exit(1)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: built-in ones and your own files.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list():
+    """The built-in datasets, with their size, source package and license."""
+    from rich.table import Table
+
+    from .data.builtin import BUILTIN_INFO
+
+    table = Table(title="built-in datasets (installed with the project, never downloaded)")
+    for col in ("name", "examples", "from package", "license", "what"):
+        table.add_column(col)
+    for d in BUILTIN_INFO.values():
+        table.add_row(d.name, f"{len(d.load()):,}", d.package, d.license, d.description)
+    Console().print(table)
+
+
 @app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),

@@ -28,8 +28,11 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: str = Field("sms-spam", description="built-in dataset name or a JSONL file of {'messages': [...]} rows")
-    eval: str | None = Field(None, description="JSONL eval file; by default a held-out split of `train`")
+    train: str = Field("sms-spam", description="built-in dataset name, or a .jsonl / .json / .csv / .tsv file")
+    eval: str | None = Field(None, description="eval data file; by default a held-out split of `train`")
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "preference"] = Field(
+        "auto", description="row schema; auto: detected from the first row")
+    columns: dict[str, str] = Field(default_factory=dict, description="our field name -> the file's, e.g. {prompt: question}")
     eval_size: int = Field(200, ge=0, description="examples held out of `train` when `eval` is not given")
     max_train_examples: int | None = Field(None, ge=1)
     max_seq_len: int = Field(256, ge=8)

@@ -6,25 +6,36 @@ from pathlib import Path
 
 from ..errors import DataError
 from .builtin import BUILTIN, stratified_split
-from .records import ChatExample, read_chat_json, read_chat_jsonl
+from .formats import FORMATS, normalise
+from .records import ChatExample
+from .rows import SUFFIXES, read_rows
 
 
-def load_examples(spec: str) -> list[ChatExample]:
-    """A built-in dataset name or a path to a chat JSONL file."""
+def read_examples(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> list[ChatExample]:
+    """A data file (JSONL, JSON list, CSV, TSV) in any supported row format -> ChatExamples."""
+    examples = normalise(read_rows(path), fmt, columns)
+    if not examples:
+        raise DataError(f"Data file '{path}' holds no examples. Add at least one row.")
+    return examples
+
+
+def load_examples(spec: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> list[ChatExample]:
+    """A built-in dataset name or a path to a data file."""
     if spec in BUILTIN:
         return BUILTIN[spec]()
     path = Path(spec)
-    if path.suffix.lower() not in (".jsonl", ".json") and not path.exists():
+    if path.suffix.lower() not in SUFFIXES and not path.exists():
         names = ", ".join(BUILTIN)
         raise DataError(f"Dataset '{spec}' is neither a built-in dataset ({names}) nor an existing file. Check data.train.")
-    return read_chat_json(path) if path.suffix.lower() == ".json" else read_chat_jsonl(path)
+    return read_examples(path, fmt, columns)
 
 
-def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None):
+def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None,
+                fmt: str = "auto", columns: dict[str, str] | None = None):
     """(train_examples, eval_examples) for a run's data config."""
-    examples = load_examples(train)
+    examples = load_examples(train, fmt, columns)
     if eval:
-        train_examples, eval_examples = examples, load_examples(eval)
+        train_examples, eval_examples = examples, load_examples(eval, fmt, columns)
     else:
         train_examples, eval_examples = stratified_split(examples, eval_size, seed)
     if max_train is not None:
@@ -34,4 +45,4 @@ def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_tra
     return train_examples, eval_examples
 
 
-__all__ = ["ChatExample", "load_examples", "load_splits", "read_chat_json", "read_chat_jsonl", "stratified_split"]
+__all__ = ["FORMATS", "ChatExample", "load_examples", "load_splits", "read_examples", "stratified_split"]

@@ -79,7 +79,8 @@ class LoraRecipe:
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
         train_examples, self.eval_examples = load_splits(
-            cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples
+            cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
+            cfg.data.format, cfg.data.columns,
         )
         base = load_base(cfg.model.base, cfg.model.dtype, self.device)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
@@ -107,6 +108,7 @@ class LoraRecipe:
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
         self.progress = Progress()
+        self.slowest_step_s = 0.0
         self.pad_id = self.tokenizer.pad_token_id
 
         # RNG last, after everything that draws from it (weight init, LoRA init): a fresh run and a resumed
@@ -175,6 +177,7 @@ class LoraRecipe:
                 self.progress.step += 1
                 self.progress.tokens += tokens
                 self.progress.elapsed_s += elapsed
+                self.slowest_step_s = max(self.slowest_step_s, elapsed)
                 record = self.log_step(loss, tokens, elapsed)
                 bar.update(record)
                 over_budget = self.next_step_passes_budget()
@@ -223,11 +226,13 @@ class LoraRecipe:
         return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour
 
     def next_step_passes_budget(self) -> bool:
+        """Judged on the slowest step so far (plus a margin), not the average: a run stopped a step early
+        is cheap, one that overshoots its budget is the failure this guard exists for."""
         budget = self.config.cost.budget_usd
         if budget is None or self.progress.step == 0:
             return False
-        per_step = self.cost_so_far() / self.progress.step
-        return self.cost_so_far() + per_step > budget
+        next_step = 1.25 * self.slowest_step_s / 3600 * self.config.cost.usd_per_hour
+        return self.cost_so_far() + next_step > budget
 
     def log_step(self, loss: float, tokens: int, step_seconds: float) -> dict:
         p = self.progress
