@@ -99,6 +99,9 @@ def test_labels_cover_only_assistant_reply_and_end_of_turn(tiny_model_dir):
     assert all(l in (IGNORE, i) for i, l in zip(t.input_ids, t.labels))
     last = tokenize_chat(tok, example, last_turn_only=True)
     assert tok.decode([i for i in last.labels if i != IGNORE]) == "no thanks<|im_end|>"
+    assert tokenize_chat(tok, example, train_on="last_assistant").labels == last.labels
+    everything = tokenize_chat(tok, example, train_on="everything")
+    assert everything.labels == everything.input_ids == t.input_ids
 
 
 def test_truncation_is_counted_never_silent(tiny_model_dir):

@@ -36,6 +36,8 @@ class DataConfig(_Section):
     eval_size: int = Field(200, ge=0, description="examples held out of `train` when `eval` is not given")
     max_train_examples: int | None = Field(None, ge=1)
     max_seq_len: int = Field(256, ge=8)
+    train_on: Literal["all_assistant", "last_assistant", "everything"] = Field(
+        "all_assistant", description="which tokens carry loss; assistant turns always include their end-of-turn token")
 
 
 class MethodConfig(_Section):

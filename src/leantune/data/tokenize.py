@@ -55,15 +55,22 @@ def render_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+TRAIN_ON = ("all_assistant", "last_assistant", "everything")
+
+
 def tokenize_chat(
-    tokenizer, example: ChatExample, eot_ids: set[int] | None = None, last_turn_only: bool = False
+    tokenizer, example: ChatExample, eot_ids: set[int] | None = None, last_turn_only: bool = False, train_on: str = "all_assistant"
 ) -> TokenizedExample:
-    """Untruncated ids and labels for one conversation (every assistant turn, or only the last)."""
+    """Untruncated ids and labels for one conversation: every assistant turn (default), only the last,
+    or everything (system and user turns too)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("The model's tokenizer has no chat template, so chat data cannot be formatted for it. Use a chat/instruct model.")
     eot_ids = end_of_turn_ids(tokenizer) if eot_ids is None else eot_ids
     messages = example.messages
     full = render_ids(tokenizer, messages, add_generation_prompt=False)
+    if train_on == "everything":
+        return TokenizedExample(full, list(full), example.source)
+    last_turn_only = last_turn_only or train_on == "last_assistant"
     labels = [IGNORE] * len(full)
     assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     for i in assistant_turns[-1:] if last_turn_only else assistant_turns:
@@ -84,13 +91,15 @@ def tokenize_chat(
     return TokenizedExample(full, labels, example.source)
 
 
-def tokenize_examples(tokenizer, examples: list[ChatExample], max_seq_len: int) -> tuple[list[TokenizedExample], TokenizeStats]:
+def tokenize_examples(
+    tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant"
+) -> tuple[list[TokenizedExample], TokenizeStats]:
     """Tokenise and truncate (from the right). Counts what was cut, so nothing is lost silently."""
     eot_ids = end_of_turn_ids(tokenizer)
     stats = TokenizeStats()
     out = []
     for example in examples:
-        tok = tokenize_chat(tokenizer, example, eot_ids)
+        tok = tokenize_chat(tokenizer, example, eot_ids, train_on=train_on)
         stats.longest = max(stats.longest, len(tok.input_ids))
         if len(tok.input_ids) > max_seq_len:
             stats.truncated += 1

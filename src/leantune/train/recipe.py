@@ -85,8 +85,8 @@ class LoraRecipe:
         base = load_base(cfg.model.base, cfg.model.dtype, self.device)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
-        self.train_data, stats = tokenize_examples(self.tokenizer, train_examples, cfg.data.max_seq_len)
-        self.eval_data, _ = tokenize_examples(self.tokenizer, self.eval_examples, cfg.data.max_seq_len)
+        self.train_data, stats = tokenize_examples(self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.train_on)
+        self.eval_data, _ = tokenize_examples(self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.train_on)
         self.note(
             f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.tokens} tokens "
             f"({stats.label_tokens} trained), longest {stats.longest}; truncated to data.max_seq_len={cfg.data.max_seq_len}: "
