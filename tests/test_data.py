@@ -224,3 +224,28 @@ def test_data_list_command(monkeypatch, capsys):
     assert code == 0
     for name in ("sms-spam", "38,158", "tweets-sentiment", "trivia", "CC BY 4.0"):
         assert name in out
+
+
+def test_preview_marks_exactly_the_trained_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from leantune.data.preview import preview_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    example = ChatExample(({"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}), "f.jsonl:1")
+    (row,) = preview_rows(tok, [example], max_seq_len=8)
+    assert [text for text, trained in row.segments if trained] == ["hello<|im_end|>"]
+    assert "".join(text for text, _ in row.segments) == tok.decode(tokenize_chat(tok, example).input_ids)
+    assert row.truncated_at == 8 and row.trained_tokens == tokenize_chat(tok, example).n_label_tokens
+
+
+def test_data_preview_command(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    from test_cli import run_cli
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(GOOD + "\n")
+    code, out, err = run_cli(monkeypatch, capsys, "data", "preview", path, "--model", tiny_model_dir, "-n", "1")
+    assert code == 0, err
+    assert "d.jsonl:1" in out and "hello" in out and "trained" in out
+    code, _, err = run_cli(monkeypatch, capsys, "data", "preview", path, "--model", tiny_model_dir, "--train-on", "some")
+    assert code == 2 and "--train-on 'some'" in err

@@ -139,6 +139,37 @@ def data_list():
     Console().print(table)
 
 
+@data_app.command("preview")
+def data_preview(
+    data: str = typer.Argument(..., help="a data file or a built-in dataset name"),
+    n: int = typer.Option(3, "-n", min=1, help="how many rows"),
+    model: str = typer.Option("smollm2-135m", "--model", help="whose chat template and tokenizer to use"),
+    max_seq_len: int = typer.Option(256, "--max-seq-len", min=8),
+    train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | everything"),
+    fmt: str = typer.Option("auto", "--format", help="row format; auto-detected by default"),
+):
+    """Show rows exactly as the model will see them: trained tokens in green, masked ones dimmed."""
+    from rich.text import Text
+
+    from .data import load_examples
+    from .data.preview import load_tokenizer, preview_rows
+    from .data.tokenize import TRAIN_ON
+
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"--train-on '{train_on}' is not one of {', '.join(TRAIN_ON)}.")
+    examples = load_examples(data, fmt)[:n]
+    console = Console()
+    for row in preview_rows(load_tokenizer(model), examples, max_seq_len, train_on):
+        note = f", [red]longer than --max-seq-len {row.truncated_at}: truncated in training[/]" if row.truncated_at else ""
+        console.print(f"[bold]{row.source}[/]: {row.tokens} tokens, {row.trained_tokens} trained{note}")
+        text = Text()
+        for segment, trained in row.segments:
+            text.append(segment, style="bold green" if trained else "dim")
+        console.print(text)
+        console.print()
+    console.print("[dim]dim: context the model sees but is not trained on[/]  [bold green]green: tokens that carry the loss[/]")
+
+
 @app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),

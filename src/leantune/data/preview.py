@@ -1,0 +1,49 @@
+"""`leantune data preview`: rows exactly as the model will see them, trained tokens told apart from the
+masked ones, so a wrong template or mask is caught before training rather than after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .records import ChatExample
+from .tokenize import IGNORE, tokenize_chat
+
+
+@dataclass
+class PreviewRow:
+    source: str
+    segments: list[tuple[str, bool]]  # (decoded text, carries loss)
+    tokens: int
+    trained_tokens: int
+    truncated_at: int | None  # max_seq_len when the row is longer
+
+
+def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant") -> list[PreviewRow]:
+    rows = []
+    for example in examples:
+        tok = tokenize_chat(tokenizer, example, train_on=train_on)
+        segments: list[tuple[str, bool]] = []
+        run: list[int] = []
+        trained = None
+        for token, label in zip(tok.input_ids, tok.labels):
+            is_trained = label != IGNORE
+            if trained is not None and is_trained != trained:
+                segments.append((tokenizer.decode(run), trained))
+                run = []
+            run.append(token)
+            trained = is_trained
+        if run:
+            segments.append((tokenizer.decode(run), bool(trained)))
+        truncated = max_seq_len if len(tok.input_ids) > max_seq_len else None
+        rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated))
+    return rows
+
+
+def load_tokenizer(spec: str):
+    """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
+    from transformers import AutoTokenizer
+
+    from ..models.loading import hf_dir_for, quiet_transformers
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(hf_dir_for(spec))
