@@ -32,7 +32,7 @@ def test_cached_copy_gives_the_same_logits_as_the_gguf_load(converted):
 
 def test_the_bundled_model_knows_things(converted):
     from leantune.generate import generate_reply
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     target, gguf_model = converted
     tokenizer = AutoTokenizer.from_pretrained(target)

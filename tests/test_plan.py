@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from leantune.errors import ConfigError, ModelError
-from leantune.plan import GiB, make_plan, resolve_shape
+from leantune.plan import make_plan, resolve_shape
 from leantune.plan.catalog import find_gpu, load_catalog
 from leantune.plan.memory import (
     NF4_BITS_DOUBLE_QUANT, activation_bytes, activation_bytes_per_layer, estimate_peak_memory, logits_bytes, trainable_params,

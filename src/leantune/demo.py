@@ -8,7 +8,6 @@ because the task is learning a two-word answer format and a decision the base mo
 
 from __future__ import annotations
 
-import json
 import time
 
 from rich.console import Console

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import resource
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
