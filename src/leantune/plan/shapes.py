@@ -10,7 +10,7 @@ optional q/k/v biases (Qwen2), optional mixture-of-experts MLPs with a router.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
@@ -208,7 +208,3 @@ def resolve_shape(spec: str) -> ModelShape:
         return shape_from_gguf(path)
     raise ModelError(f"Unknown model '{spec}': not a preset, nor a model directory, config.json or .gguf file.{suggest_preset(spec)} "
                      "`leantune plan --list-models` shows the presets.")
-
-
-def with_name(shape: ModelShape, name: str) -> ModelShape:
-    return replace(shape, name=name)

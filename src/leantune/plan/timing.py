@@ -41,10 +41,8 @@ def flops_per_token(shape: ModelShape, setup: Setup) -> float:
     total = forward + backward
     if setup.grad_checkpointing:
         total += forward
-    if setup.objective == "dpo" and setup.method != "full":
-        total += forward  # reference log-probs, adapters off
-    elif setup.objective == "dpo":
-        total += forward  # frozen reference copy
+    if setup.objective == "dpo":
+        total += forward  # reference log-probs: adapters off (LoRA family) or a frozen copy (full)
     return total
 
 
