@@ -19,6 +19,7 @@ import torch
 from ..assets import package_file
 from ..atomic import atomic_dir
 from ..errors import ModelError
+from ..gguf_header import GGUFHeader
 from .cache import gguf_cache_key, model_cache_dir
 from .registry import BUNDLED
 
@@ -53,17 +54,9 @@ def bundled_gguf_path(name: str) -> Path:
 
 def check_gguf_architecture(path: Path) -> str:
     """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
-    import gguf
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    try:
-        reader = gguf.GGUFReader(path)
-        field = reader.fields["general.architecture"]
-        arch = bytes(field.parts[field.data[0]]).decode("utf-8")
-    except KeyError:
-        raise ModelError(f"'{path}' has no general.architecture field, so its model type is unknown. Is it a complete GGUF model file?") from None
-    except Exception as e:  # gguf raises ValueError/struct errors on anything that is not GGUF
-        raise ModelError(f"'{path}' is not a readable GGUF file ({e}). Check the file, or re-download/convert it.") from None
+    arch = GGUFHeader(path).architecture
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
     if arch not in supported and arch.replace("-", "_") not in supported:
         raise ModelError(

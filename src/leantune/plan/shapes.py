@@ -155,26 +155,16 @@ def shape_from_dir(path: Path) -> ModelShape:
 
 def shape_from_gguf(path: Path) -> ModelShape:
     """Read the shape from a GGUF header (memory-mapped; no weights are loaded)."""
-    import gguf  # numpy only, no torch
+    from ..gguf_header import GGUFHeader
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:
-        raise ModelError(f"'{path}' is not a readable GGUF file ({e}).") from None
-
-    def field(key, default=None):
-        f = reader.fields.get(key)
-        if f is None:
-            return default
-        value = f.parts[f.data[0]]
-        return bytes(value).decode() if f.types and f.types[0] == gguf.GGUFValueType.STRING else int(value[0])
-
-    arch = field("general.architecture")
+    header = GGUFHeader(path)
+    field = header.field
+    arch = header.architecture
     hidden, heads = field(f"{arch}.embedding_length"), field(f"{arch}.attention.head_count")
     if hidden is None or heads is None:
         raise ModelError(f"'{path}' ({arch}) lacks the shape fields leantune reads; pass the model's config.json directory instead.")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    names = {t.name for t in reader.tensors}
+    tokens = header.reader.fields.get("tokenizer.ggml.tokens")
+    names = header.tensor_names
     return ModelShape(
         name=path.stem,
         hidden=hidden,
