@@ -182,6 +182,7 @@ def test_dataset_tokens_are_counted(tmp_path):
     ({"model": "smollm2-135m", "tokens": "1M", "setup": Setup(lora_rank=1024)}, "larger than the model's hidden size 576"),
     ({"model": "llama-3.1-8b", "tokens": "1M", "setup": Setup(sharding="zero3")}, "needs more than one GPU"),
     ({"model": "llama-3.1-8b"}, "Say how much training there is"),
+    ({"model": "llama-3.1-8b", "method": "lorax", "tokens": "1M"}, "--method 'lorax' is not one of auto, full"),
     ({"model": "llama-3.1-8b", "tokens": "1M", "mfu": 1.5}, "--mfu 1.5 must be in"),
 ])
 def test_user_errors(kwargs, message):

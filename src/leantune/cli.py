@@ -84,6 +84,7 @@ def plan(
 ):
     """Memory, time and cost of a fine-tune before a GPU-hour is spent; ranks the setups that fit."""
     import json as _json
+    from dataclasses import replace
 
     from .plan import load_catalog, make_plan
     from .plan.render import print_gpus, print_models, print_plan
@@ -92,24 +93,26 @@ def plan(
     if list_models or list_gpus:
         print_models() if list_models else print_gpus(load_catalog(prices))
         return
-    fields, from_config = {}, {}
+    base, from_config = Setup(), {}
     if config:
         from .config import load_config
+        from .plan.setup import setup_from_run_config
 
         run = load_config(config)
         from_config = {"model": run.model.base, "method": run.method.name, "dataset": run.data.train, "epochs": float(run.training.epochs)}
-        fields = {"seq_len": run.data.max_seq_len, "micro_batch": run.training.micro_batch_size, "lora_rank": run.method.r,
-                  "lora_dropout": run.method.dropout, "grad_checkpointing": run.training.gradient_checkpointing}
+        base = setup_from_run_config(run)
     given = {"seq_len": seq_len, "micro_batch": batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing}
-    fields.update({k: v for k, v in given.items() if v is not None})
-    fields.update(optimizer=optimizer, sharding=sharding, attention=attention, gpus=gpus, objective="dpo" if dpo else "sft")
+    setup = replace(
+        base, **{k: v for k, v in given.items() if v is not None},
+        optimizer=optimizer, sharding=sharding, attention=attention, gpus=gpus, objective="dpo" if dpo else "sft",
+    )
     model = model or from_config.get("model")
     if not model:
         raise ConfigError("Say which model: --model llama-3.1-8b (see --list-models), a model directory, or a run config file.")
     result = make_plan(
         model, method or from_config.get("method", "auto"), gpu,
         tokens=tokens, dataset=dataset or (None if tokens else from_config.get("dataset")),
-        epochs=epochs or from_config.get("epochs", 1.0), setup=Setup(**fields),
+        epochs=epochs or from_config.get("epochs", 1.0), setup=setup,
         budget=budget, spot=spot, mfu=mfu, prices=prices,
     )
     if as_json:

@@ -72,11 +72,11 @@ def make_plan(
     shape = resolve_shape(model)
     catalog = load_catalog(prices)
     setup = setup or Setup()
+    if method != "auto" and method not in METHODS:  # checked first: Setup.validate cannot mention 'auto'
+        raise ConfigError(f"--method '{method}' is not one of auto, {', '.join(METHODS)}.")
     if method != "auto":
         setup = replace(setup, method=method)
     setup.validate(shape.hidden)
-    if method != "auto" and method not in METHODS:
-        raise ConfigError(f"--method '{method}' is not one of auto, {', '.join(METHODS)}.")
     if mfu is not None and not 0 < mfu <= 1:
         raise ConfigError(f"--mfu {mfu} must be in (0, 1].")
 

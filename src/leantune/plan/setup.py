@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..errors import ConfigError
@@ -55,3 +55,19 @@ class Setup:
         if problems:
             raise ConfigError("Impossible plan: " + "; ".join(problems) + ".")
         return self
+
+
+def setup_from_run_config(run, **changes) -> Setup:
+    """The Setup a `leantune train` config describes (`run` is a RunConfig), with `changes` applied:
+    `leantune plan RUN.yaml` and the trainer's own pre-flight check both start here."""
+    targets = run.method.target_modules
+    setup = Setup(
+        method=run.method.name,
+        seq_len=run.data.max_seq_len,
+        micro_batch=run.training.micro_batch_size,
+        grad_checkpointing=run.training.gradient_checkpointing,
+        lora_rank=run.method.r,
+        lora_targets=targets if targets == "all-linear" else tuple(targets),
+        lora_dropout=run.method.dropout,
+    )
+    return replace(setup, **changes)

@@ -130,19 +130,15 @@ class LoraRecipe:
         """Predict the peak with the planner for this run's own shapes; refuse what cannot fit."""
         from .. import atomic
         from ..plan.memory import GiB, estimate_peak_memory
-        from ..plan.setup import Setup
+        from ..plan.setup import setup_from_run_config
         from ..plan.shapes import shape_from_hf_config
 
         cfg = self.config
         longest = max(len(e.input_ids) for e in self.train_data)
         # leantune computes logits only at labelled positions (models/forward.py)
         labelled = max(e.n_label_tokens for e in self.train_data) / longest
-        targets = cfg.method.target_modules if cfg.method.target_modules == "all-linear" else tuple(cfg.method.target_modules)
-        setup = Setup(
-            method="lora", seq_len=longest, micro_batch=cfg.training.micro_batch_size,
-            grad_checkpointing=cfg.training.gradient_checkpointing, lora_rank=cfg.method.r, lora_targets=targets,
-            lora_dropout=cfg.method.dropout, dtype="fp32" if dtype == torch.float32 else "bf16", device=self.device,
-            loss_positions=labelled,
+        setup = setup_from_run_config(
+            cfg, seq_len=longest, dtype="fp32" if dtype == torch.float32 else "bf16", device=self.device, loss_positions=labelled
         )
         memory = estimate_peak_memory(shape_from_hf_config(model_config, cfg.model.base), setup)
         gib = memory.as_gib()
