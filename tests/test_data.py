@@ -104,15 +104,38 @@ def test_labels_cover_only_assistant_reply_and_end_of_turn(tiny_model_dir):
     assert everything.labels == everything.input_ids == t.input_ids
 
 
-def test_truncation_is_counted_never_silent(tiny_model_dir):
+@pytest.mark.parametrize("policy", ["keep_end", "keep_start", "drop"])
+def test_truncation_policies_are_counted_never_silent(tiny_model_dir, policy):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     short = ChatExample(({"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}))
     long_prompt = ChatExample(({"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}))
-    out, stats = tokenize_examples(tok, [short, long_prompt], max_seq_len=32)
-    assert stats.truncated == 1 and stats.dropped_no_labels == 1 and stats.examples == 1
-    assert len(out) == 1 and stats.longest > 32
+    out, stats = tokenize_examples(tok, [short, long_prompt], max_seq_len=32, truncation=policy)
+    assert stats.longest > 32 and all(len(e.input_ids) <= 32 for e in out)
+    if policy == "keep_end":  # the answer and its end-of-turn token survive: the row still trains
+        assert stats.truncated == 1 and stats.examples == 2
+        assert tok.decode([t for t in out[1].labels if t != IGNORE]) == "ok<|im_end|>"
+        assert out[1].input_ids == tokenize_chat(tok, long_prompt).input_ids[-32:]
+    elif policy == "keep_start":  # the answer is cut off, so nothing is left to learn: dropped and counted
+        assert stats.truncated == 1 and stats.dropped_no_labels == 1 and stats.examples == 1
+    else:
+        assert stats.dropped_too_long == 1 and stats.examples == 1
+
+
+def test_plain_text_is_split_not_cut(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"text": "the cat sat on the mat. " * 20}) + "\n")
+    [example] = read_examples(path)
+    assert example.kind == "text"
+    whole = tokenize_examples(tok, [example], max_seq_len=10_000)[0][0]
+    assert whole.labels == whole.input_ids and whole.input_ids[-1] == tok.eos_token_id
+    pieces, stats = tokenize_examples(tok, [example], max_seq_len=16)
+    assert stats.split == 1 and stats.truncated == 0
+    assert [t for p in pieces for t in p.input_ids] == whole.input_ids
 
 
 def test_json_list_files_are_read_too(tmp_path):
@@ -185,11 +208,17 @@ def test_rows_must_share_the_first_rows_schema(tmp_path):
         read_examples(path)
 
 
-def test_preference_pairs_are_recognised_but_not_sft_data(tmp_path):
+def test_preference_pairs_normalise_but_are_not_sft_data(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"}) + "\n")
-    with pytest.raises(DataError, match="pairs.jsonl:1: preference pairs .* DPO"):
-        read_examples(path)
+    rows = [{"prompt": "p", "chosen": "good", "rejected": "bad"},
+            {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+             "chosen": [{"role": "assistant", "content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = read_examples(path)
+    assert first.kind == "preference" and first.answer == "good" and first.rejected == "bad"
+    assert [m["role"] for m in second.messages] == ["system", "user", "assistant"] and second.rejected == "no"
+    with pytest.raises(DataError, match="pairs.jsonl.* preference pairs .* DPO"):
+        load_splits(str(path), None, eval_size=0, seed=0)
 
 
 def test_explicit_format_reports_missing_fields(tmp_path):
@@ -202,7 +231,7 @@ def test_explicit_format_reports_missing_fields(tmp_path):
 def test_truncated_last_line(tmp_path):
     path = tmp_path / "cut.jsonl"
     path.write_text(GOOD + "\n" + GOOD[:30])
-    with pytest.raises(DataError, match="cut.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match="cut.jsonl:2: not valid JSON .* cut off while being written"):
         read_examples(path)
 
 

@@ -173,6 +173,68 @@ def data_preview(
     console.print("[dim]dim: context the model sees but is not trained on[/]  [bold green]green: tokens that carry the loss[/]")
 
 
+def parse_columns(pairs: list[str]) -> dict[str, str]:
+    columns = {}
+    for pair in pairs:
+        ours, sep, theirs = pair.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise ConfigError(f"--column '{pair}' must look like OURS=THEIRS, e.g. --column prompt=question.")
+        columns[ours.strip()] = theirs.strip()
+    return columns
+
+
+def _row_counter(console: Console):
+    """Wraps a row iterator with a live row count on stderr, so a long check is never silent."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    def wrap(pairs):
+        with Progress(SpinnerColumn(), TextColumn("{task.completed:,} rows"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("check")
+            for i, pair in enumerate(pairs, start=1):
+                if i % 2000 == 0:
+                    bar.update(task, completed=i)
+                yield pair
+
+    return wrap
+
+
+@data_app.command("check")
+def data_check(
+    data: str = typer.Argument(..., help="a data file (.jsonl .json .csv .tsv .parquet) or a built-in dataset name"),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="an eval set to check for train/eval overlap"),
+    model: Optional[str] = typer.Option(None, "--model", help="tokenizer for token lengths and padding (e.g. smollm2-135m)"),
+    seq_len: int = typer.Option(256, "--seq-len", min=8, help="sequence length to count over-long rows against"),
+    fmt: str = typer.Option("auto", "--format", help="row format; auto-detected per row by default"),
+    column: List[str] = typer.Option([], "--column", help="map a field name: OURS=THEIRS, e.g. prompt=question"),
+    near_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard similarity that counts as near-duplicate"),
+    micro_batch_size: int = typer.Option(8, "--micro-batch-size", min=1, help="for the padding estimate"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+):
+    """Find malformed, duplicate, conflicting, over-long and leaking rows before training. Exit 1 on errors."""
+    import json
+
+    from .data.check import check_dataset
+    from .data.check_render import print_check
+
+    tokenizer = None
+    if model:
+        from .data.preview import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    report = check_dataset(
+        data, eval_data, fmt=fmt, columns=parse_columns(column), near_threshold=near_threshold, tokenizer=tokenizer,
+        seq_len=seq_len if tokenizer is not None else None, micro_batch_size=micro_batch_size,
+        progress=None if as_json else _row_counter(err),
+    )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_check(report)
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),

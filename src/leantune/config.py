@@ -28,9 +28,9 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: str = Field("sms-spam", description="built-in dataset name, or a .jsonl / .json / .csv / .tsv file")
+    train: str = Field("sms-spam", description="built-in dataset name, or a .jsonl / .json / .csv / .tsv / .parquet file")
     eval: str | None = Field(None, description="eval data file; by default a held-out split of `train`")
-    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "preference"] = Field(
+    format: Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "preference", "text"] = Field(
         "auto", description="row schema; auto: detected from the first row")
     columns: dict[str, str] = Field(default_factory=dict, description="our field name -> the file's, e.g. {prompt: question}")
     eval_size: int = Field(200, ge=0, description="examples held out of `train` when `eval` is not given")
@@ -38,6 +38,10 @@ class DataConfig(_Section):
     max_seq_len: int = Field(256, ge=8)
     train_on: Literal["all_assistant", "last_assistant", "everything"] = Field(
         "all_assistant", description="which tokens carry loss; assistant turns always include their end-of-turn token")
+    truncation: Literal["keep_end", "keep_start", "drop"] = Field(
+        "keep_end", description="rows over max_seq_len: keep_end cuts the start (the answer survives), keep_start cuts "
+        "the end, drop skips them; plain text is split into max_seq_len pieces instead. Counts are always reported")
+    packing: bool = Field(False, description="pack several short examples into each sequence (no attention across them)")
 
 
 class MethodConfig(_Section):

@@ -12,7 +12,7 @@ from .rows import SUFFIXES, read_rows
 
 
 def read_examples(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> list[ChatExample]:
-    """A data file (JSONL, JSON list, CSV, TSV) in any supported row format -> ChatExamples."""
+    """A data file (JSONL, JSON list, CSV, TSV, Parquet) in any supported row format -> ChatExamples."""
     examples = normalise(read_rows(path), fmt, columns)
     if not examples:
         raise DataError(f"Data file '{path}' holds no examples. Add at least one row.")
@@ -30,12 +30,20 @@ def load_examples(spec: str, fmt: str = "auto", columns: dict[str, str] | None =
     return read_examples(path, fmt, columns)
 
 
+def sft_examples(examples: list[ChatExample], spec: str) -> list[ChatExample]:
+    if examples and examples[0].kind == "preference":
+        raise DataError(f"'{spec}' holds preference pairs (prompt, chosen, rejected): they train with the DPO objective, "
+                        "which is not available yet. For supervised fine-tuning give chat, ShareGPT, Alpaca, "
+                        "prompt/completion or text rows.")
+    return examples
+
+
 def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None,
                 fmt: str = "auto", columns: dict[str, str] | None = None):
     """(train_examples, eval_examples) for a run's data config."""
-    examples = load_examples(train, fmt, columns)
+    examples = sft_examples(load_examples(train, fmt, columns), train)
     if eval:
-        train_examples, eval_examples = examples, load_examples(eval, fmt, columns)
+        train_examples, eval_examples = examples, sft_examples(load_examples(eval, fmt, columns), eval)
     else:
         train_examples, eval_examples = stratified_split(examples, eval_size, seed)
     if max_train is not None:

@@ -42,3 +42,40 @@ def micro_batches_for_step(
 
 def steps_per_epoch(n_examples: int, micro_batch_size: int, grad_accum: int) -> int:
     return -(-n_examples // (micro_batch_size * grad_accum))
+
+
+def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of examples grouped into sequences of at most `capacity` tokens: best fit over the examples in
+    decreasing length (ties in file order), which leaves little room unused and is deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # room left -> bins with exactly that room
+    for i in order:
+        size = min(lengths[i], capacity)
+        # the fullest bin that still has room; items come largest first, so a near fit is usually close by
+        room = next((r for r in range(size, capacity + 1) if by_room[r]), None)
+        if room is None:
+            b, room = len(bins), capacity
+            bins.append([])
+        else:
+            b = by_room[room].pop()
+        bins[b].append(i)
+        by_room[room - size].append(b)
+    return [sorted(b) for b in bins]
+
+
+def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, capacity: int | None = None) -> float:
+    """Share of the token slots a step pays for that are padding: random micro-batches right-padded to their
+    longest row, or (capacity given) packed sequences of `capacity`, batched the same way."""
+    if not lengths:
+        return 0.0
+    if capacity is not None:
+        lengths = [sum(min(lengths[i], capacity) for i in b) for b in pack_lengths(lengths, capacity)]
+    order = epoch_order(len(lengths), seed, 0)
+    paid = real = 0
+    for start in range(0, len(order), micro_batch_size):
+        batch = [lengths[i] for i in order[start : start + micro_batch_size]]
+        paid += max(batch) * len(batch)
+        real += sum(batch)
+    return 1 - real / paid
+

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .records import ChatExample
-from .tokenize import IGNORE, tokenize_chat
+from .tokenize import IGNORE, tokenize_example
 
 
 @dataclass
@@ -21,7 +21,7 @@ class PreviewRow:
 def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant") -> list[PreviewRow]:
     rows = []
     for example in examples:
-        tok = tokenize_chat(tokenizer, example, train_on=train_on)
+        tok = tokenize_example(tokenizer, example, train_on=train_on)
         segments: list[tuple[str, bool]] = []
         run: list[int] = []
         trained = None

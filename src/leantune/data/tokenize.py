@@ -33,8 +33,10 @@ class TokenizedExample:
 @dataclass
 class TokenizeStats:
     examples: int = 0
-    truncated: int = 0
-    dropped_no_labels: int = 0
+    truncated: int = 0  # cut to max_seq_len by the truncation policy
+    split: int = 0  # plain-text rows split into several max_seq_len pieces
+    dropped_too_long: int = 0  # truncation: drop
+    dropped_no_labels: int = 0  # nothing left to learn after truncation
     tokens: int = 0
     label_tokens: int = 0
     longest: int = 0
@@ -91,24 +93,68 @@ def tokenize_chat(
     return TokenizedExample(full, labels, example.source)
 
 
+def tokenize_text(tokenizer, example: ChatExample) -> TokenizedExample:
+    """Continued pretraining: the text as the model's tokenizer encodes documents, ended with EOS, all learned."""
+    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return TokenizedExample(ids, list(ids), example.source)
+
+
+def tokenize_example(tokenizer, example: ChatExample, eot_ids: set[int] | None = None,
+                     train_on: str = "all_assistant") -> TokenizedExample:
+    if example.kind == "text":
+        return tokenize_text(tokenizer, example)
+    return tokenize_chat(tokenizer, example, eot_ids, train_on=train_on)
+
+
+TRUNCATION = ("keep_end", "keep_start", "drop")
+
+
+def fit_to_length(tok: TokenizedExample, max_seq_len: int, truncation: str, is_text: bool) -> list[TokenizedExample]:
+    """A row over max_seq_len -> the rows to train on: text is split into pieces (nothing lost); chat rows are
+    cut from the start (keep_end: the last answer and its end-of-turn token survive) or the end, or dropped."""
+    n = len(tok.input_ids)
+    if n <= max_seq_len:
+        return [tok]
+    if is_text:
+        return [TokenizedExample(tok.input_ids[i : i + max_seq_len], tok.labels[i : i + max_seq_len], tok.source)
+                for i in range(0, n, max_seq_len)]
+    if truncation == "drop":
+        return []
+    if truncation == "keep_start":
+        return [TokenizedExample(tok.input_ids[:max_seq_len], tok.labels[:max_seq_len], tok.source)]
+    labels = list(tok.labels[n - max_seq_len :])
+    labels[0] = IGNORE  # the first kept position has no context left to predict it from
+    return [TokenizedExample(tok.input_ids[n - max_seq_len :], labels, tok.source)]
+
+
 def tokenize_examples(
-    tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant"
+    tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant", truncation: str = "keep_end"
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
-    """Tokenise and truncate (from the right). Counts what was cut, so nothing is lost silently."""
+    """Tokenise and fit to max_seq_len by the truncation policy, counting what was cut so nothing is lost silently."""
+    if truncation not in TRUNCATION:
+        raise DataError(f"Unknown data.truncation '{truncation}'; use one of {', '.join(TRUNCATION)}.")
     eot_ids = end_of_turn_ids(tokenizer)
     stats = TokenizeStats()
     out = []
     for example in examples:
-        tok = tokenize_chat(tokenizer, example, eot_ids, train_on=train_on)
+        tok = tokenize_example(tokenizer, example, eot_ids, train_on=train_on)
         stats.longest = max(stats.longest, len(tok.input_ids))
+        pieces = fit_to_length(tok, max_seq_len, truncation, example.kind == "text")
         if len(tok.input_ids) > max_seq_len:
-            stats.truncated += 1
-            tok = TokenizedExample(tok.input_ids[:max_seq_len], tok.labels[:max_seq_len], tok.source)
-        if tok.n_label_tokens == 0:
-            stats.dropped_no_labels += 1
-            continue
-        stats.examples += 1
-        stats.tokens += len(tok.input_ids)
-        stats.label_tokens += tok.n_label_tokens
-        out.append(tok)
+            if example.kind == "text":
+                stats.split += 1
+            elif truncation == "drop":
+                stats.dropped_too_long += 1
+            else:
+                stats.truncated += 1
+        for piece in pieces:
+            if piece.n_label_tokens == 0:
+                stats.dropped_no_labels += 1
+                continue
+            stats.examples += 1
+            stats.tokens += len(piece.input_ids)
+            stats.label_tokens += piece.n_label_tokens
+            out.append(piece)
     return out, stats

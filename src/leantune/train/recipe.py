@@ -84,15 +84,19 @@ class LoraRecipe:
         base = load_base(cfg.model.base, cfg.model.dtype, self.device)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
-        self.train_data, stats = tokenize_examples(self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.train_on)
-        self.eval_data, _ = tokenize_examples(self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.train_on)
+        self.train_data, stats = tokenize_examples(
+            self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
+        self.eval_data, _ = tokenize_examples(
+            self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
         self.note(
             f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.tokens} tokens "
-            f"({stats.label_tokens} trained), longest {stats.longest}; truncated to data.max_seq_len={cfg.data.max_seq_len}: "
-            f"{stats.truncated}, dropped with nothing left to learn: {stats.dropped_no_labels}"
+            f"({stats.label_tokens} trained), longest {stats.longest}; over data.max_seq_len={cfg.data.max_seq_len}: "
+            f"{stats.truncated} truncated ({cfg.data.truncation}), {stats.split} texts split, {stats.dropped_too_long} dropped; "
+            f"dropped with nothing left to learn: {stats.dropped_no_labels}"
         )
         if not self.train_data:
-            raise DataError(f"Every training example lost its assistant reply to truncation at data.max_seq_len={cfg.data.max_seq_len}. Raise it.")
+            raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
+                            f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
 
         if cfg.training.gradient_checkpointing:
             enable_activation_checkpointing(base.model)
