@@ -235,6 +235,36 @@ def data_check(
         raise typer.Exit(1)
 
 
+@data_app.command("clean")
+def data_clean(
+    data: str = typer.Argument(..., help="the data file to clean (never modified)"),
+    output: str = typer.Option(..., "-o", "--output", help="where to write the clean rows (.jsonl)"),
+    fmt: str = typer.Option("auto", "--format", help="row format; auto-detected per row by default"),
+    column: List[str] = typer.Option([], "--column", help="map a field name: OURS=THEIRS, e.g. prompt=question"),
+    near_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard similarity that counts as near-duplicate"),
+    keep_near: bool = typer.Option(False, "--keep-near-duplicates", help="drop exact duplicates only"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Drop malformed and duplicate rows, repair broken encoding, trim whitespace. Writes OUTPUT and
+    OUTPUT.rejected.jsonl (every dropped row with its reason); running it on its own output changes nothing."""
+    import json
+
+    from .data.clean import clean_file
+
+    summary = clean_file(data, output, fmt=fmt, columns=parse_columns(column), near_threshold=near_threshold,
+                         drop_near_duplicates=not keep_near, progress=None if as_json else _row_counter(err))
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return
+    console = Console()
+    reasons = ", ".join(f"{code} {n:,}" for code, n in summary.dropped.most_common()) or "none"
+    console.print(f"[bold]data clean[/] {summary.input}: {summary.rows:,} rows -> kept {summary.kept:,}, "
+                  f"dropped {sum(summary.dropped.values()):,} ({reasons}); text repaired or trimmed in {summary.repaired:,} "
+                  f"kept rows; {summary.seconds:.1f}s", highlight=False)
+    console.print(f"  clean rows:    {summary.output}\n  dropped rows:  {summary.rejected_output} (each with its reason)",
+                  highlight=False)
+
+
 @app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),

@@ -200,28 +200,29 @@ class Checker:
         self.pending: list[tuple[int, str]] = []  # (position, rendered text) awaiting batched tokenisation
 
     # ------------------------------------------------------------ reading
-    def examples_from(self, raw_rows: Iterable[RawRow], report: CheckReport) -> Iterator[tuple[RawRow, Example | None]]:
-        """Each row and its Example (None when the row is bad; the finding is recorded)."""
+    def examples_from(self, raw_rows: Iterable[RawRow], report: CheckReport) -> Iterator[tuple[RawRow, Example | None, tuple[str, str] | None]]:
+        """Each row with its Example, or with None and (finding code, what is wrong) when the row is bad; the
+        finding is recorded in the report."""
         for raw in raw_rows:
             report.rows += 1
             if raw.problem:
-                self.finding(report, "unreadable").add(raw.where, raw.problem)
-                yield raw, None
-                continue
-            row = rename(raw.row, self.columns)
-            fmt = self.fmt if self.fmt != "auto" else detect_format(row)
-            try:
-                if fmt is None:
-                    raise unknown_schema(row, raw.where)
-                example = to_example(row, fmt, raw.where)
-            except RowError as e:
-                code = "schema" if e.category == "schema" else e.category
-                self.finding(report, code).add(raw.where, str(e).removeprefix(f"{raw.where}: "))
-                yield raw, None
-                continue
-            report.formats[fmt] = report.formats.get(fmt, 0) + 1
-            self.format_of.append(FORMATS.index(fmt))
-            yield raw, example
+                issue = ("unreadable", raw.problem)
+            else:
+                row = rename(raw.row, self.columns)
+                fmt = self.fmt if self.fmt != "auto" else detect_format(row)
+                try:
+                    if fmt is None:
+                        raise unknown_schema(row, raw.where)
+                    example = to_example(row, fmt, raw.where)
+                except RowError as e:
+                    issue = (e.category, str(e).removeprefix(f"{raw.where}: "))
+                else:
+                    report.formats[fmt] = report.formats.get(fmt, 0) + 1
+                    self.format_of.append(FORMATS.index(fmt))
+                    yield raw, example, None
+                    continue
+            self.finding(report, issue[0]).add(raw.where, issue[1])
+            yield raw, None, issue
 
     @staticmethod
     def finding(report: CheckReport, code: str) -> Finding:
@@ -348,18 +349,18 @@ class Checker:
         return dropped
 
 
-def check_examples(checker: Checker, report: CheckReport, pairs: Iterable[tuple[RawRow | None, Example | None]]):
-    for _, ex in pairs:
+def check_examples(checker: Checker, report: CheckReport, rows: Iterable[tuple]):
+    for _, ex, _ in rows:
         if ex is not None:
             checker.observe(ex, report)
     return checker.finish(report)
 
 
-def builtin_rows(name: str) -> Iterator[tuple[None, Example]]:
+def builtin_rows(name: str) -> Iterator[tuple[None, Example, None]]:
     from .builtin import BUILTIN
 
     for ex in BUILTIN[name]():
-        yield None, ex
+        yield None, ex, None
 
 
 def check_dataset(data: str, eval_data: str | None = None, *, fmt: str = "auto", columns: dict[str, str] | None = None,
@@ -375,8 +376,12 @@ def check_dataset(data: str, eval_data: str | None = None, *, fmt: str = "auto",
         eval_report = CheckReport(path=eval_data)
         eval_checker = Checker(fmt, columns, near_threshold)
         pairs = builtin_rows(eval_data) if eval_data in BUILTIN else eval_checker.examples_from(scan_rows(eval_data), eval_report)
-        report.eval_examples = checker.add_reference(ex for _, ex in pairs if ex is not None)
+        report.eval_examples = checker.add_reference(ex for _, ex, _ in pairs if ex is not None)
         report.eval_path = eval_data
+        for code, found in eval_report.findings.items():  # a broken eval row is as much an error as a training one
+            merged = Checker.finding(report, code)
+            merged.count += found.count
+            merged.rows = (merged.rows + found.rows)[:SHOW]
     if data in BUILTIN:
         pairs = builtin_rows(data)
     else:
