@@ -14,6 +14,7 @@ least the threshold. Running it again on the kept rows finds nothing, which make
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -29,8 +30,12 @@ def key64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+WORD = re.compile(r"\w+")
+
+
 def shingles(text: str) -> list[bytes]:
-    words = text.lower().split()
+    """Word 3-grams of the lower-cased words (punctuation and spacing ignored)."""
+    words = WORD.findall(text.lower())
     if len(words) <= SHINGLE_WORDS:
         return [" ".join(words).encode("utf-8", "surrogatepass")]
     return [" ".join(words[i : i + SHINGLE_WORDS]).encode("utf-8", "surrogatepass") for i in range(len(words) - SHINGLE_WORDS + 1)]
@@ -56,7 +61,10 @@ def band_layout(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     """(bands, rows per band) minimising false positives + false negatives at the threshold, as datasketch does."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    try:
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    except ValueError:  # thresholds near 1 want a single band, which datasketch refuses: two long bands
+        return 2, num_perm // 2
     return lsh.b, lsh.r
 
 
