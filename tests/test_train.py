@@ -181,3 +181,17 @@ def test_a_run_predicted_not_to_fit_is_refused_unless_forced(tiny_model_dir, cha
     result = train(None, overrides[:-1] + ["training.max_steps=2"], force=True)
     plan = json.loads((Path(result.run_dir) / "plan.json").read_text())
     assert plan["memory_gib"]["total"] > 0.01 and plan["setup"]["method"] == "lora"
+
+
+def test_packing_trains_on_the_same_tokens_in_fewer_rows(tiny_model_dir, chat_file, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    log = StringIO()
+    common = {"training.max_steps": 6, "method.dropout": 0.0}
+    packed = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "p", **common, **{"data.packing": "true"}),
+                   console=Console(file=log, width=200))
+    assert "packing: 40 examples into" in log.getvalue() and "padding" in log.getvalue()
+    rows = [json.loads(line) for line in (packed.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]

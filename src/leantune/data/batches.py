@@ -14,17 +14,47 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example in the batch (not to max_seq_len: padding is paid-for compute)."""
+    """Right-pad to the longest example in the batch (not to max_seq_len: padding is paid-for compute).
+
+    Packed rows get `position_ids` that restart at 0 for every example in them and no attention mask:
+    transformers then builds a block-diagonal causal mask from the restarts (its packed-sequence path; on GPU
+    with FlashAttention-2 the same position ids select the variable-length kernel), so no token attends
+    across an example boundary. The padding at the end becomes one more segment of its own. Only without a KV
+    cache (use_cache=False, as models.forward runs): with one, transformers does not look for packed rows.
+    """
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = any(e.segments for e in examples)
+    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         input_ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         attention_mask[row, :n] = 1
+        start = 0
+        for length in list(e.segments or (n,)) + ([width - n] if n < width else []):
+            position_ids[row, start : start + length] = torch.arange(length)
+            start += length
+    if packed:
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pack_examples(examples: list[TokenizedExample], capacity: int) -> list[TokenizedExample]:
+    """Several examples per row of at most `capacity` tokens (see pack_lengths), each keeping its own labels.
+    The first label of every example is dropped: nothing before it in its own example predicts it."""
+    packs = []
+    for members in pack_lengths([len(e.input_ids) for e in examples], capacity):
+        ids, labels, segments = [], [], []
+        for i in members:
+            e = examples[i]
+            ids += e.input_ids
+            labels += [IGNORE] + e.labels[1:]
+            segments.append(len(e.input_ids))
+        packs.append(TokenizedExample(ids, labels, examples[members[0]].source, tuple(segments)))
+    return packs
 
 
 def micro_batches_for_step(

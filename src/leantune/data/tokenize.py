@@ -24,6 +24,7 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
     source: str = ""
+    segments: tuple[int, ...] | None = None  # a packed row: the lengths of the examples in it, in order
 
     @property
     def n_label_tokens(self) -> int:
@@ -98,7 +99,7 @@ def tokenize_text(tokenizer, example: ChatExample) -> TokenizedExample:
     ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
-    return TokenizedExample(ids, list(ids), example.source)
+    return TokenizedExample(ids, [IGNORE] + ids[1:], example.source)  # the first token has nothing to predict it from
 
 
 def tokenize_example(tokenizer, example: ChatExample, eot_ids: set[int] | None = None,
@@ -118,7 +119,7 @@ def fit_to_length(tok: TokenizedExample, max_seq_len: int, truncation: str, is_t
     if n <= max_seq_len:
         return [tok]
     if is_text:
-        return [TokenizedExample(tok.input_ids[i : i + max_seq_len], tok.labels[i : i + max_seq_len], tok.source)
+        return [TokenizedExample(tok.input_ids[i : i + max_seq_len], [IGNORE] + tok.input_ids[i + 1 : i + max_seq_len], tok.source)
                 for i in range(0, n, max_seq_len)]
     if truncation == "drop":
         return []

@@ -24,7 +24,9 @@ def label_logits(model, batch: dict[str, torch.Tensor]):
     decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)
-    hidden = decoder(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).last_hidden_state
+    # packed rows carry position_ids and no attention mask (see data.batches.collate)
+    extra = {k: batch[k].to(device) for k in ("attention_mask", "position_ids") if k in batch}
+    hidden = decoder(input_ids=input_ids, use_cache=False, **extra).last_hidden_state
     targets = batch["labels"][:, 1:].to(device)
     keep = targets != IGNORE
     rows = torch.arange(targets.shape[0], device=device).unsqueeze(1).expand_as(targets)[keep]

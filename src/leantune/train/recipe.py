@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..data import load_splits
-from ..data.batches import collate, micro_batches_for_step, steps_per_epoch
+from ..data.batches import collate, micro_batches_for_step, pack_examples, padding_fraction, steps_per_epoch
 from ..data.tokenize import TokenizedExample, tokenize_examples
 from ..errors import DataError, PlanError
 from ..models import attach_lora, load_base
@@ -94,6 +94,15 @@ class LoraRecipe:
             f"{stats.truncated} truncated ({cfg.data.truncation}), {stats.split} texts split, {stats.dropped_too_long} dropped; "
             f"dropped with nothing left to learn: {stats.dropped_no_labels}"
         )
+        if cfg.data.packing and self.train_data:
+            lengths = [len(e.input_ids) for e in self.train_data]
+            mb = cfg.training.micro_batch_size
+            before = padding_fraction(lengths, mb, cfg.training.seed)
+            after = padding_fraction(lengths, mb, cfg.training.seed, capacity=cfg.data.max_seq_len)
+            n_examples = len(self.train_data)
+            self.train_data = pack_examples(self.train_data, cfg.data.max_seq_len)
+            self.note(f"packing: {n_examples} examples into {len(self.train_data)} rows of <= {cfg.data.max_seq_len} tokens; "
+                      f"padding {before:.1%} -> {after:.1%} of paid token slots (micro-batches of {mb} rows)")
         if not self.train_data:
             raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
                             f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
