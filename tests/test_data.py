@@ -132,7 +132,7 @@ def test_plain_text_is_split_not_cut(tiny_model_dir, tmp_path):
     [example] = read_examples(path)
     assert example.kind == "text"
     whole = tokenize_examples(tok, [example], max_seq_len=10_000)[0][0]
-    assert whole.labels == whole.input_ids and whole.input_ids[-1] == tok.eos_token_id
+    assert whole.labels[0] == IGNORE and whole.labels[1:] == whole.input_ids[1:] and whole.input_ids[-1] == tok.eos_token_id
     pieces, stats = tokenize_examples(tok, [example], max_seq_len=16)
     assert stats.split == 1 and stats.truncated == 0
     assert [t for p in pieces for t in p.input_ids] == whole.input_ids
@@ -278,3 +278,20 @@ def test_data_preview_command(monkeypatch, capsys, tmp_path, tiny_model_dir):
     assert "d.jsonl:1" in out and "hello" in out and "trained" in out
     code, _, err = run_cli(monkeypatch, capsys, "data", "preview", path, "--model", tiny_model_dir, "--train-on", "some")
     assert code == 2 and "--train-on 'some'" in err
+
+
+def test_a_split_we_make_never_leaks_eval_prompts_into_training(tmp_path):
+    rows = [chat_line(f"message {i % 10}", "ham") for i in range(40)]  # each prompt four times
+    path = write_lines(tmp_path, rows)
+    splits = load_splits(str(path), None, eval_size=3, seed=0)
+    eval_prompts = {e.messages[0]["content"] for e in splits.eval}
+    assert len(splits.eval) == 3 and not eval_prompts & {e.messages[0]["content"] for e in splits.train}
+    assert splits.leaked_removed == 4 * len(eval_prompts) - 3 and len(splits.train) == 40 - 3 - splits.leaked_removed
+    own_eval = tmp_path / "eval.jsonl"
+    own_eval.write_text("\n".join(rows[:2]) + "\n")
+    given = load_splits(str(path), str(own_eval), eval_size=0, seed=0)
+    assert given.leaked_kept == 8 and len(given.train) == 40  # a user's own eval file: reported, not changed
+
+
+def chat_line(user, reply):
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import DataError
 from .builtin import BUILTIN, stratified_split
@@ -38,19 +39,41 @@ def sft_examples(examples: list[ChatExample], spec: str) -> list[ChatExample]:
     return examples
 
 
+class Splits(NamedTuple):
+    train: list[ChatExample]
+    eval: list[ChatExample]
+    # Training rows whose prompt is also an eval row's: removed from a split we made (our split must not leak),
+    # counted but kept for an eval file the user gave (`leantune data check --eval` lists them).
+    leaked_removed: int = 0
+    leaked_kept: int = 0
+
+
+def prompt_key(example: ChatExample) -> int:
+    from .check import example_keys
+
+    keys = example_keys(example)
+    return keys.prompt or keys.exact
+
+
 def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None,
-                fmt: str = "auto", columns: dict[str, str] | None = None):
-    """(train_examples, eval_examples) for a run's data config."""
+                fmt: str = "auto", columns: dict[str, str] | None = None) -> Splits:
+    """Train and eval examples for a run's data config, with no eval prompt among the training rows when we
+    made the split (duplicated rows in a dataset would otherwise put the same prompt on both sides)."""
     examples = sft_examples(load_examples(train, fmt, columns), train)
     if eval:
         train_examples, eval_examples = examples, sft_examples(load_examples(eval, fmt, columns), eval)
     else:
         train_examples, eval_examples = stratified_split(examples, eval_size, seed)
+    eval_prompts = {prompt_key(e) for e in eval_examples}
+    clean = [e for e in train_examples if prompt_key(e) not in eval_prompts]
+    leaked = len(train_examples) - len(clean)
+    if not eval:
+        train_examples = clean
     if max_train is not None:
         train_examples = train_examples[:max_train]
     if not train_examples:
         raise DataError(f"No training examples left from '{train}'. Add data or lower data.eval_size.")
-    return train_examples, eval_examples
+    return Splits(train_examples, eval_examples, leaked if not eval else 0, leaked if eval else 0)
 
 
 __all__ = ["FORMATS", "ChatExample", "load_examples", "load_splits", "read_examples", "stratified_split"]

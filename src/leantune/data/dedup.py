@@ -14,8 +14,6 @@ least the threshold. Running it again on the kept rows finds nothing, which make
 from __future__ import annotations
 
 import hashlib
-import re
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,30 +28,61 @@ def key64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-WORD = re.compile(r"\w+")
+_WORD_BYTE = np.zeros(256, bool)
+_WORD_BYTE[list(b"abcdefghijklmnopqrstuvwxyz0123456789_")] = True
+_WORD_BYTE[128:] = True  # bytes of non-ASCII characters count as letters
+with np.errstate(over="ignore"):
+    _POW = np.cumprod(np.full(4096, 0x100000001B3, dtype=np.uint64))  # FNV prime powers, mod 2**64
 
 
-def shingles(text: str) -> list[bytes]:
-    """Word 3-grams of the lower-cased words (punctuation and spacing ignored)."""
-    words = WORD.findall(text.lower())
-    if len(words) <= SHINGLE_WORDS:
-        return [" ".join(words).encode("utf-8", "surrogatepass")]
-    return [" ".join(words[i : i + SHINGLE_WORDS]).encode("utf-8", "surrogatepass") for i in range(len(words) - SHINGLE_WORDS + 1)]
+def word_hashes(text: str) -> np.ndarray:
+    """A 64-bit hash per word of the lower-cased text, computed over its UTF-8 bytes in numpy (a polynomial hash
+    per run of letters/digits): hashing word by word in Python was most of a check's time."""
+    b = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), np.uint8)
+    idx = np.flatnonzero(_WORD_BYTE[b])
+    if not len(idx):
+        return np.zeros(0, np.uint64)
+    starts = np.empty(len(idx), bool)
+    starts[0] = True
+    starts[1:] = np.diff(idx) != 1
+    first = np.flatnonzero(starts)
+    offset = np.minimum(np.arange(len(idx)) - np.repeat(first, np.diff(np.append(first, len(idx)))), len(_POW) - 1)
+    with np.errstate(over="ignore"):
+        return np.add.reduceat((b[idx].astype(np.uint64) + np.uint64(1)) * _POW[offset], first)
+
+
+def shingle_hashes(text: str) -> list[int]:
+    """32-bit hashes of the word 3-grams of the lower-cased words (punctuation and spacing ignored)."""
+    h = word_hashes(text)
+    with np.errstate(over="ignore"):
+        if len(h) <= SHINGLE_WORDS:
+            combined = np.array([np.bitwise_xor.reduce(h * _MIX[: len(h)]) if len(h) else 0], dtype=np.uint64)
+        else:
+            combined = h[:-2] * _MIX[0] + h[1:-1] * _MIX[1] + h[2:] * _MIX[2]
+    return ((combined >> np.uint64(29)) & np.uint64(0xFFFFFFFF)).tolist()
+
+
+_MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D], dtype=np.uint64)
+
+
+def _identity(value: int) -> int:
+    return value
 
 
 class Signer:
-    """MinHash signatures with one fixed set of permutations (seeded: the same in every run)."""
+    """MinHash signatures (datasketch) with one fixed set of permutations (seeded: the same in every run).
+    The shingles arrive already hashed, so datasketch's hash function is the identity."""
 
     def __init__(self, num_perm: int = NUM_PERM):
         from datasketch import MinHash
 
         self._MinHash = MinHash
-        proto = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32)
+        proto = MinHash(num_perm=num_perm, seed=1, hashfunc=_identity)
         self.num_perm, self._perms, self._scheme = num_perm, proto.permutations, proto.scheme
 
     def __call__(self, text: str) -> np.ndarray:
-        m = self._MinHash(num_perm=self.num_perm, hashfunc=zlib.crc32, permutations=self._perms, scheme=self._scheme)
-        m.update_batch(shingles(text))
+        m = self._MinHash(num_perm=self.num_perm, hashfunc=_identity, permutations=self._perms, scheme=self._scheme)
+        m.update_batch(shingle_hashes(text))
         return m.hashvalues.astype(np.uint32)
 
 

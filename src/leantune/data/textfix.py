@@ -26,6 +26,7 @@ EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)[\s.-]?)?\d{2,6}(?:[\s.-]?\d{2,6}){1,3}(?!\w)")
 
 
+TWO_DIGITS = re.compile(r"\d\d")  # a cheap scan that rules most texts out before the phone pattern runs
 DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 
 
@@ -54,6 +55,6 @@ def personal_data(text: str) -> list[str]:
     kinds = []
     if "@" in text and EMAIL.search(text):
         kinds.append("email")
-    if any(_looks_like_phone(m.group()) for m in PHONE.finditer(text)):
+    if TWO_DIGITS.search(text) and any(_looks_like_phone(m.group()) for m in PHONE.finditer(text)):
         kinds.append("phone")
     return kinds

@@ -77,10 +77,17 @@ class LoraRecipe:
         cfg = self.config
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
-        train_examples, self.eval_examples = load_splits(
+        splits = load_splits(
             cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
             cfg.data.format, cfg.data.columns,
         )
+        train_examples, self.eval_examples = splits.train, splits.eval
+        if splits.leaked_removed:
+            self.note(f"data: {splits.leaked_removed} training rows repeat a held-out eval prompt (duplicates in "
+                      f"{cfg.data.train}); left out of training so the eval stays unseen")
+        if splits.leaked_kept:
+            self.note(f"[yellow]data: {splits.leaked_kept} training rows have a prompt that is also in {cfg.data.eval}: "
+                      "the eval score will reward memorising them (`leantune data check --eval` lists them)[/]")
         base = load_base(cfg.model.base, cfg.model.dtype, self.device)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
