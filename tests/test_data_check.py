@@ -87,6 +87,10 @@ def test_check_cli_exit_codes_and_json(messy, tmp_path, monkeypatch, capsys):
     assert code == 0 and "no errors" in out
     code, _, err = run_cli(monkeypatch, capsys, "data", "check", tmp_path / "missing.jsonl")
     assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(monkeypatch, capsys, "data", "check", good, "--seq-len", "512")
+    assert code == 2 and "--seq-len needs --model" in err
+    code, _, err = run_cli(monkeypatch, capsys, "data", "check", good, "--column", "prompt")
+    assert code == 2 and "OURS=THEIRS" in err
 
 
 def test_token_lengths_padding_and_over_long_rows(tmp_path, tiny_model_dir, monkeypatch, capsys):

@@ -150,6 +150,7 @@ def data_preview(
     max_seq_len: int = typer.Option(256, "--max-seq-len", min=8),
     train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | everything"),
     fmt: str = typer.Option("auto", "--format", help="row format; auto-detected by default"),
+    column: List[str] = typer.Option([], "--column", help="map a field name: OURS=THEIRS, e.g. prompt=question"),
 ):
     """Show rows exactly as the model will see them: trained tokens in green, masked ones dimmed."""
     from rich.text import Text
@@ -160,7 +161,7 @@ def data_preview(
 
     if train_on not in TRAIN_ON:
         raise ConfigError(f"--train-on '{train_on}' is not one of {', '.join(TRAIN_ON)}.")
-    examples = load_examples(data, fmt)[:n]
+    examples = load_examples(data, fmt, parse_columns(column))[:n]
     console = Console()
     for row in preview_rows(load_tokenizer(model), examples, max_seq_len, train_on):
         note = f", [red]longer than --max-seq-len {row.truncated_at}: truncated in training[/]" if row.truncated_at else ""
@@ -169,6 +170,8 @@ def data_preview(
         for segment, trained in row.segments:
             text.append(segment, style="bold green" if trained else "dim")
         console.print(text)
+        if row.rejected is not None:
+            console.print(Text("rejected reply (DPO pushes its likelihood down): ", style="bold red") + Text(row.rejected))
         console.print()
     console.print("[dim]dim: context the model sees but is not trained on[/]  [bold green]green: tokens that carry the loss[/]")
 
@@ -204,7 +207,7 @@ def data_check(
     data: str = typer.Argument(..., help="a data file (.jsonl .json .csv .tsv .parquet) or a built-in dataset name"),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="an eval set to check for train/eval overlap"),
     model: Optional[str] = typer.Option(None, "--model", help="tokenizer for token lengths and padding (e.g. smollm2-135m)"),
-    seq_len: int = typer.Option(256, "--seq-len", min=8, help="sequence length to count over-long rows against"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=8, help="count rows longer than this (needs --model; default 256)"),
     fmt: str = typer.Option("auto", "--format", help="row format; auto-detected per row by default"),
     column: List[str] = typer.Option([], "--column", help="map a field name: OURS=THEIRS, e.g. prompt=question"),
     near_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard similarity that counts as near-duplicate"),
@@ -218,13 +221,16 @@ def data_check(
     from .data.check_render import print_check
 
     tokenizer = None
+    if seq_len is not None and not model:
+        raise ConfigError("--seq-len needs --model: token lengths come from the model's tokenizer, "
+                          "e.g. --model smollm2-135m --seq-len 512.")
     if model:
         from .data.preview import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     report = check_dataset(
         data, eval_data, fmt=fmt, columns=parse_columns(column), near_threshold=near_threshold, tokenizer=tokenizer,
-        seq_len=seq_len if tokenizer is not None else None, micro_batch_size=micro_batch_size,
+        seq_len=(seq_len or 256) if tokenizer is not None else None, micro_batch_size=micro_batch_size,
         progress=None if as_json else _row_counter(err),
     )
     if as_json:

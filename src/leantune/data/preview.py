@@ -16,6 +16,7 @@ class PreviewRow:
     tokens: int
     trained_tokens: int
     truncated_at: int | None  # max_seq_len when the row is longer
+    rejected: str | None = None  # preference rows: the dispreferred reply (the segments show the chosen one)
 
 
 def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant") -> list[PreviewRow]:
@@ -35,7 +36,7 @@ def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train
         if run:
             segments.append((tokenizer.decode(run), bool(trained)))
         truncated = max_seq_len if len(tok.input_ids) > max_seq_len else None
-        rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated))
+        rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated, example.rejected))
     return rows
 
 
