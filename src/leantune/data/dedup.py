@@ -86,12 +86,18 @@ class Signer:
         return m.hashvalues.astype(np.uint32)
 
 
+# Candidate pairs are confirmed with an estimate of their similarity, so a false candidate costs only a comparison
+# while a missed one is a duplicate nobody sees: weight misses 9:1 (datasketch's default 1:1 gives 5 bands of 11 at
+# 0.8 with 64 permutations, which finds only 60% of pairs at 0.85 similarity; 9 bands of 7 find 97%).
+LAYOUT_WEIGHTS = (0.1, 0.9)
+
+
 def band_layout(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) minimising false positives + false negatives at the threshold, as datasketch does."""
+    """(bands, rows per band) for the threshold, chosen by datasketch's optimiser with LAYOUT_WEIGHTS."""
     from datasketch import MinHashLSH
 
     try:
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LAYOUT_WEIGHTS)
     except ValueError:  # thresholds near 1 want a single band, which datasketch refuses: two long bands
         return 2, num_perm // 2
     return lsh.b, lsh.r
