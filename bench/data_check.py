@@ -9,6 +9,7 @@ that process (ru_maxrss), and whether every planted problem was found in the rig
     python bench/data_check.py                 # 1 GiB, no tokenizer
     python bench/data_check.py --size-mib 100 --model smollm2-135m   # with token lengths (slower)
     python bench/data_check.py --fresh         # regenerate the file and measure again
+    python bench/data_check.py --remeasure     # measure again on the file already generated
 
 The generated file is kept in bench/.work/ (git-ignored) and reused; results are appended to
 bench/results/data_check.json keyed by size and model, so a rerun skips what is already measured.
@@ -133,7 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--model", default=None, help="also tokenise (token lengths, padding estimate)")
-    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="regenerate the file and measure again")
+    parser.add_argument("--remeasure", action="store_true", help="measure again on the existing file")
     args = parser.parse_args()
 
     WORK.mkdir(exist_ok=True)
@@ -147,7 +149,7 @@ def main() -> None:
 
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     key = f"{args.size_mib}mib-{args.model or 'no-model'}"
-    if key in results and not args.fresh:
+    if key in results and not (args.fresh or args.remeasure):
         print(f"{key}: already measured (use --fresh to measure again)", file=sys.stderr)
         result = results[key]
     else:

@@ -3,12 +3,20 @@ batches an uninterrupted run would have seen from the same data position."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .tokenize import IGNORE, TokenizedExample
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: `data check` uses this module's packing arithmetic, and importing
+# torch alone costs ~150 MB of a check's memory.
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
 
@@ -22,6 +30,8 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
     across an example boundary. The padding at the end becomes one more segment of its own. Only without a KV
     cache (use_cache=False, as models.forward runs): with one, transformers does not look for packed rows.
     """
+    import torch
+
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
