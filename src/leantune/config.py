@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -45,13 +45,35 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
+    name: Literal["lora", "qlora", "dora", "adalora", "full"] = Field(
+        "lora", description="lora; qlora: 4-bit NF4 frozen base + LoRA; dora: weight-decomposed LoRA; adalora: "
+        "rank budget pruned during training; full: every weight trained")
+    r: int = Field(8, ge=1, description="LoRA rank (AdaLoRA: the initial rank of every layer)")
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    rslora: bool = Field(False, description="scale adapters by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="'all-linear' adapts every linear layer of the blocks (not lm_head)"
     )
+    # AdaLoRA: ranks start at r and the total budget shrinks to target_r per layer on average between the end
+    # of tinit and the start of the last tfinal steps (fractions of the run's steps), reallocated every delta_t steps.
+    target_r: int = Field(4, ge=1, description="AdaLoRA: average rank per layer at the end")
+    tinit: float = Field(0.1, ge=0, lt=1, description="AdaLoRA: share of steps before pruning starts")
+    tfinal: float = Field(0.2, ge=0, lt=1, description="AdaLoRA: share of steps at the end with the ranks frozen")
+    delta_t: int = Field(1, ge=1, description="AdaLoRA: steps between budget reallocations")
+    orth_reg_weight: float = Field(0.5, ge=0, description="AdaLoRA: weight of the orthogonality regulariser on P and Q")
+    optimizer: Literal["adamw", "adamw8bit"] = Field(
+        "adamw", description="adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits)")
+
+    @model_validator(mode="after")
+    def _adalora_rule(self):
+        if self.name == "adalora" and self.target_r > self.r:
+            raise ValueError(f"AdaLoRA prunes ranks, it cannot grow them: method.target_r={self.target_r} must be at most "
+                             f"method.r={self.r} (the initial rank). Lower target_r or raise r.")
+        if self.name == "adalora" and self.tinit + self.tfinal >= 1:
+            raise ValueError(f"AdaLoRA needs steps to prune in: method.tinit + method.tfinal = {self.tinit + self.tfinal:g} "
+                             "must be below 1.")
+        return self
 
 
 class TrainingConfig(_Section):

@@ -18,6 +18,9 @@ def load_for_inference(spec: str):
     if path.is_dir() and (path / "config.yaml").is_file():
         run = open_run_dir(path)
         config = run.config()
+        if run.full_model.is_dir():  # full fine-tuning: the run holds a whole model
+            tuned = load_base(str(run.full_model), config.model.dtype)
+            return tuned.model, tuned.tokenizer
         base = load_base(config.model.base, config.model.dtype)
         return load_adapter(base.model, run.adapter), base.tokenizer
     base = load_base(spec)

@@ -1,38 +1,18 @@
-"""LoRA through PEFT, so adapters are saved in PEFT's own format and load with PeftModel.from_pretrained."""
+"""Adapters through PEFT, so they are saved in PEFT's own format and load with PeftModel.from_pretrained.
+The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in models/methods.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..config import MethodConfig
-from ..errors import ConfigError, RunDirError
+from ..errors import RunDirError
 
 
-def attach_lora(model, method: MethodConfig, seed: int):
-    import torch
-    from peft import LoraConfig, get_peft_model
+def attach_lora(model, method: MethodConfig, seed: int, total_steps: int = 1):
+    from .methods import attach_method
 
-    config = LoraConfig(
-        r=method.r,
-        lora_alpha=method.alpha,
-        lora_dropout=method.dropout,
-        target_modules=method.target_modules,
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    # The B matrices start at zero, but A is random: seed it so a run is reproducible from its config.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            return get_peft_model(model, config)
-        except ValueError as e:
-            if "not found in the base model" in str(e) or "Target modules" in str(e):
-                names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-                raise ConfigError(
-                    f"method.target_modules={method.target_modules!r} matches no layer of this model. "
-                    f"Its linear layers are named: {', '.join(names)} (or use 'all-linear')."
-                ) from None
-            raise
+    return attach_method(model, method, seed, total_steps)
 
 
 def load_adapter(model, adapter_dir: str | Path):

@@ -120,9 +120,12 @@ def hf_dir_for(spec: str) -> Path:
 
 
 def quiet_transformers() -> None:
-    """transformers draws a progress bar per load and save; leantune reports loads itself."""
+    """transformers draws a progress bar per load and save; leantune reports loads itself. bitsandbytes warns
+    on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
+    import logging
     import warnings
 
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -130,19 +133,27 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def load_base(spec: str, dtype: str = "auto", device: str = "cpu") -> BaseModel:
-    """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file."""
+def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
+    """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with
+    `quantize_4bit` its linear layers are stored in 4-bit NF4 (double quantisation) by bitsandbytes (QLoRA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     start = time.perf_counter()
     path = hf_dir_for(spec)
+    torch_dtype = resolve_dtype(dtype, device)
+    extra = {}
+    if quantize_4bit:
+        from .methods import quantization_config
+
+        extra = {"quantization_config": quantization_config(torch_dtype), "device_map": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelError(f"Cannot load the model in '{path}': {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if not quantize_4bit:  # a quantised model is placed by device_map and cannot be moved afterwards
+        model.to(device)
     return BaseModel(model, tokenizer, spec, path, time.perf_counter() - start)

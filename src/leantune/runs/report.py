@@ -60,7 +60,10 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
     ]
     if has_plot:
         lines += ["![loss](loss.png)", ""]
-    lines += ["The adapter is in `adapter/` (PEFT format: `PeftModel.from_pretrained(base, 'adapter')`).", ""]
+    if config.method.name == "full":
+        lines += ["The fine-tuned model is in `model/` (a Hugging Face model directory, tokenizer included).", ""]
+    else:
+        lines += ["The adapter is in `adapter/` (PEFT format: `PeftModel.from_pretrained(base, 'adapter')`).", ""]
     if extra:
         lines += [extra, ""]
     atomic.write_text(run.report_path, "\n".join(lines))

@@ -29,6 +29,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     checkpoints = property(lambda self: self.path / "checkpoints")
     adapter = property(lambda self: self.path / "adapter")
+    full_model = property(lambda self: self.path / "model")  # full fine-tuning saves the whole model instead
     report_path = property(lambda self: self.path / "report.md")
     info_path = property(lambda self: self.path / "run.json")
 
@@ -44,9 +45,12 @@ class RunDir:
         atomic.write_json(self.info_path, info)
 
     def append_metrics(self, record: dict) -> None:
+        self.append_jsonl(self.metrics_path.name, record)
+
+    def append_jsonl(self, name: str, record: dict) -> None:
         # Appending one line is not atomic, but a torn last line only loses that line: readers skip it
         # and a resume rewrites the file up to its checkpoint.
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with open(self.path / name, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict]:

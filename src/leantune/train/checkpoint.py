@@ -53,12 +53,15 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:06d}"
 
 
-def save_checkpoint(root: Path, model, optimizer, scheduler, progress: Progress, keep: int) -> Path:
+def save_checkpoint(root: Path, model, optimizer, scheduler, progress: Progress, keep: int, extra: dict | None = None) -> Path:
+    """`extra`: method state outside the weights and optimizer (AdaLoRA's sensitivity statistics), tensors and
+    containers only."""
     target = step_dir(root, progress.step)
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model), tmp / WEIGHTS)
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / STATE
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "extra": extra or {}}, tmp / STATE
         )
         (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=2))
     for old in list_checkpoints(root)[:-keep]:
@@ -73,7 +76,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / PROGRESS).is_file())
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> Progress:
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[Progress, dict]:
     weights = load_file(path / WEIGHTS)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -86,4 +89,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> Progress:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    return Progress(**json.loads((path / PROGRESS).read_text()))
+    return Progress(**json.loads((path / PROGRESS).read_text())), state.get("extra", {})

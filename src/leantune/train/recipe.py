@@ -1,4 +1,4 @@
-"""The LoRA SFT recipe: setup, train, save_checkpoint, read top to bottom like the algorithm.
+"""The SFT recipe for every method (models/methods.py): setup, train, save_checkpoint, read top to bottom like the algorithm.
 
 One optimizer step = `grad_accum` micro-batches. The loss is the mean over every labelled token of the
 step (summed per micro-batch, divided by the step's token count), so accumulation gives exactly the
@@ -11,6 +11,7 @@ import math
 import resource
 import shlex
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from ..data import load_splits
 from ..data.batches import collate, micro_batches_for_step, pack_examples, padding_fraction, steps_per_epoch
 from ..data.tokenize import TokenizedExample, tokenize_examples
 from ..errors import DataError, PlanError
-from ..models import attach_lora, load_base
+from ..models import load_base
 from ..models.adapters import trainable_parameter_count
+from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
+                              load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
+                              rank_allocator_state)
 from ..models.forward import summed_label_loss
 from ..runs.report import write_report
 from ..runs.rundir import RunDir
@@ -88,7 +92,8 @@ class LoraRecipe:
         if splits.leaked_kept:
             self.note(f"[yellow]data: {splits.leaked_kept} training rows have a prompt that is also in {cfg.data.eval}: "
                       "the eval score will reward memorising them (`leantune data check --eval` lists them)[/]")
-        base = load_base(cfg.model.base, cfg.model.dtype, self.device)
+        check_method_available(cfg.method, self.device)  # before minutes of model loading, not after
+        base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
         self.train_data, stats = tokenize_examples(
@@ -114,17 +119,24 @@ class LoraRecipe:
             raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
                             f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
 
-        if cfg.training.gradient_checkpointing:
-            enable_activation_checkpointing(base.model)
-        self.model = attach_lora(base.model, cfg.method, cfg.training.seed)
-        trainable, total = trainable_parameter_count(self.model)
-        self.note(f"LoRA r={cfg.method.r}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
-        self.check_memory_plan(base.model.config.to_dict(), next(base.model.parameters()).dtype, force)
-
         t = cfg.training
         self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        if cfg.training.gradient_checkpointing:
+            enable_activation_checkpointing(base.model)
+        compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
+        self.model = attach_method(base.model, cfg.method, cfg.training.seed, self.total_steps)
+        self.adalora = adalora_model(self.model)
+        trainable, total = trainable_parameter_count(self.model)
+        self.note(f"{describe_method(cfg.method)}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        if cfg.method.name == "qlora":
+            stored, params = quantized_weight_bytes(self.model)
+            if params:
+                self.note(f"4-bit NF4 base: {stored / 2**20:.1f} MiB for {params:,} parameters of the quantised layers "
+                          f"({stored / params:.3f} bytes/parameter)")
+                self.run.update_info(quantized_bytes_per_param=stored / params)
+        self.check_memory_plan(base.model.config.to_dict(), compute_dtype, force)
+
+        self.optimizer = make_optimizer(self.model, cfg.method, t.lr, t.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
         self.progress = Progress()
         self.slowest_step_s = 0.0
@@ -134,7 +146,8 @@ class LoraRecipe:
         # one then see the same random stream from their first step on.
         checkpoints = list_checkpoints(self.run.checkpoints)
         if resume and checkpoints:
-            self.progress = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            self.progress, extra = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            load_rank_allocator_state(self.model, extra.get("adalora", {}))
             self.run.truncate_metrics(self.progress.step)
             self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
         else:
@@ -230,10 +243,16 @@ class LoraRecipe:
             summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
             (summed / n_labels).backward()
             total += summed.item()
+        if self.adalora is not None and self.config.method.orth_reg_weight:
+            (self.config.method.orth_reg_weight * orthogonality_penalty(self.model)).backward()
         if t.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.adalora is not None:
+            # PEFT's AdaLoRA only prunes when this is called between the step and zero_grad (it scores each
+            # singular value by |w * grad|); trainers that skip it silently train plain LoRA (PEFT #1327, #1801).
+            self.adalora.update_and_allocate(step)
         self.optimizer.zero_grad(set_to_none=True)
         return total / n_labels, n_tokens
 
@@ -262,6 +281,12 @@ class LoraRecipe:
             "cost_usd": self.cost_so_far(),
             "projected_cost_usd": self.cost_so_far() / p.step * self.total_steps,
         }
+        if self.adalora is not None:
+            ranks = adalora_ranks(self.model)
+            record["rank_budget"] = sum(ranks.values())
+            every = max(1, self.total_steps // 20)
+            if p.step % every == 0 or p.step == self.total_steps or p.step == 1:
+                self.run.append_jsonl("adalora_ranks.jsonl", {"step": p.step, "ranks": ranks})
         self.run.append_metrics(record)
         return record
 
@@ -288,14 +313,21 @@ class LoraRecipe:
     # ------------------------------------------------------------------ save
     def save_checkpoint(self) -> Path:
         return save_checkpoint(
-            self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress, self.config.training.keep_checkpoints
+            self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress, self.config.training.keep_checkpoints,
+            extra={"adalora": rank_allocator_state(self.model)},
         )
 
     def save_adapter(self) -> None:
+        """The adapter in PEFT's format, or for full fine-tuning the whole model (+ tokenizer) as a HF directory."""
         from ..atomic import atomic_dir
 
-        with atomic_dir(self.run.adapter) as tmp:
+        target = self.run.full_model if self.config.method.name == "full" else self.run.adapter
+        with atomic_dir(target) as tmp, warnings.catch_warnings():
+            # AdaLoRA layers pruned to rank 0 save as zero-sized tensors, and PEFT mistakes them for unsharded ones
+            warnings.filterwarnings("ignore", message=".*have invalid shape.*")
             self.model.save_pretrained(tmp)
+            if self.config.method.name == "full":
+                self.tokenizer.save_pretrained(tmp)
 
     def result(self, loss: float, eval_loss: float | None) -> TrainResult:
         p = self.progress

@@ -1,0 +1,108 @@
+"""Each fine-tuning method really trains what it claims to, on the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from leantune.config import load_config
+from leantune.errors import ConfigError
+from leantune.train import train
+
+try:
+    import bitsandbytes  # noqa: F401
+
+    HAS_BNB = True
+except ImportError:
+    HAS_BNB = False
+
+
+def losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def run(tiny_model_dir, chat_file, tmp_path, method, **extra):
+    values = {"method.name": method, "training.max_steps": 16, "method.dropout": 0.0, **extra}
+    return train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / method, **values))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "full", "adalora",
+                                    pytest.param("qlora", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))])
+def test_every_method_learns(tiny_model_dir, chat_file, tmp_path, method):
+    result = run(tiny_model_dir, chat_file, tmp_path, method, **({"training.lr": 2e-2} if method == "adalora" else {}))
+    curve = losses(result.run_dir)
+    assert len(curve) == 16 and sum(curve[-4:]) / 4 < 0.7 * sum(curve[:4]) / 4, curve
+    saved = result.run_dir / ("model" if method == "full" else "adapter")
+    assert saved.is_dir() and any(saved.iterdir())
+
+
+def test_dora_adds_a_magnitude_vector_and_rslora_changes_the_scale(tiny_model_dir, chat_file, tmp_path):
+    dora = run(tiny_model_dir, chat_file, tmp_path, "dora", **{"training.max_steps": 1})
+    assert any("lora_magnitude_vector" in n for n, _ in dora.model.named_parameters())
+    rs = run(tiny_model_dir, chat_file, tmp_path / "rs", "lora", **{"training.max_steps": 1, "method.rslora": "true",
+                                                                    "method.r": 4, "method.alpha": 8})
+    layer = next(m for m in rs.model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict) and m.scaling)
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)
+
+
+def test_adalora_prunes_ranks_and_logs_the_budget(tiny_model_dir, chat_file, tmp_path):
+    result = run(tiny_model_dir, chat_file, tmp_path, "adalora", **{
+        "training.max_steps": 20, "method.r": 6, "method.target_r": 2, "method.tinit": 0.1, "method.tfinal": 0.2,
+        "training.lr": 2e-2})
+    snapshots = [json.loads(line) for line in (result.run_dir / "adalora_ranks.jsonl").read_text().splitlines()]
+    first, last = snapshots[0]["ranks"], snapshots[-1]["ranks"]
+    layers = len(first)
+    assert layers > 4 and sum(first.values()) == 6 * layers  # every layer starts at the initial rank
+    assert sum(last.values()) <= 2 * layers < sum(first.values())  # pruned to the target budget
+    assert len(set(last.values())) > 1  # and reallocated unevenly, not cut uniformly
+    budget = [r["rank_budget"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+              if "rank_budget" in r]
+    assert budget[0] == 6 * layers and budget[-1] == sum(last.values()) and budget == sorted(budget, reverse=True)
+
+
+def test_adalora_target_rank_above_initial_rank_is_refused():
+    with pytest.raises(ConfigError, match=r"target_r=8 must be at most method.r=4"):
+        load_config(None, ["method.name=adalora", "method.r=4", "method.target_r=8"])
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
+def test_qlora_keeps_the_base_in_4_bit(tiny_model_dir, chat_file, tmp_path):
+    import bitsandbytes as bnb
+
+    result = run(tiny_model_dir, chat_file, tmp_path, "qlora", **{"training.max_steps": 2})
+    quantised = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised and all(m.weight.dtype == torch.uint8 and not m.weight.requires_grad for m in quantised)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert 0.5 <= info["quantized_bytes_per_param"] < 1.0  # 4 bits + block statistics (large share on tiny layers)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
+def test_full_fine_tuning_with_8bit_adamw(tiny_model_dir, chat_file, tmp_path):
+    result = run(tiny_model_dir, chat_file, tmp_path, "full", **{"method.optimizer": "adamw8bit", "training.lr": 1e-3})
+    curve = losses(result.run_dir)
+    assert curve[-1] < curve[0]
+    from leantune.generate import load_for_inference
+
+    model, tokenizer = load_for_inference(str(result.run_dir))
+    trained = dict(result.model.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, trained[name].detach())
+
+
+def test_a_method_without_its_library_fails_before_loading_the_model(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name.startswith("bitsandbytes"):
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    import leantune.train.recipe as recipe
+
+    monkeypatch.setattr(recipe, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"method.name=qlora .* needs bitsandbytes.* use method.name=lora"):
+        run(tiny_model_dir, chat_file, tmp_path, "qlora")
