@@ -217,7 +217,7 @@ def test_preference_pairs_normalise_but_are_not_sft_data(tmp_path):
     first, second = read_examples(path)
     assert first.kind == "preference" and first.answer == "good" and first.rejected == "bad"
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant"] and second.rejected == "no"
-    with pytest.raises(DataError, match="pairs.jsonl.* preference pairs .* DPO"):
+    with pytest.raises(DataError, match="pairs.jsonl.* preference pairs .* objective.name=dpo"):
         load_splits(str(path), None, eval_size=0, seed=0)
 
 

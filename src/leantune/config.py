@@ -94,6 +94,16 @@ class TrainingConfig(_Section):
     threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores torch sees")
 
 
+class ForgettingConfig(_Section):
+    """Protection of what the base model already knows (second seed: catastrophic forgetting)."""
+
+    ewc_lambda: float = Field(0.0, ge=0, description="EWC strength; 0: off. Penalty: lambda * sum F * (weight change)^2")
+    ewc_data: str = Field("trivia", description="general text the Fisher information is estimated on")
+    ewc_examples: int = Field(64, ge=1, description="examples for the Fisher estimate (computed once, cached)")
+    replay_fraction: float = Field(0.0, ge=0, lt=1, description="share of training rows drawn from replay_data")
+    replay_data: str = Field("trivia", description="general-domain examples mixed into training")
+
+
 class CostConfig(_Section):
     usd_per_hour: float = Field(0.0, ge=0, description="price of the machine, for the live cost meter")
     budget_usd: float | None = Field(None, gt=0, description="stop (with a checkpoint) before the cost passes this")
@@ -110,10 +120,18 @@ class OutputConfig(_Section):
     name: str | None = Field(None, description="run name; the run id gets a timestamp prefix")
 
 
+class ObjectiveConfig(_Section):
+    name: Literal["sft", "dpo"] = Field(
+        "sft", description="sft: next-token loss on the answers; dpo: preference pairs (prompt, chosen, rejected)")
+    beta: float = Field(0.1, gt=0, description="DPO: how far the policy may move from the reference (higher: less)")
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: MethodConfig = MethodConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
     training: TrainingConfig = TrainingConfig()
     cost: CostConfig = CostConfig()
     hardware: HardwareConfig = HardwareConfig()

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from ..errors import DataError
 from .builtin import BUILTIN, stratified_split
 from .formats import FORMATS, normalise
+from .preference import require_pairs
 from .records import ChatExample
 from .rows import SUFFIXES, read_rows
 
@@ -33,9 +34,8 @@ def load_examples(spec: str, fmt: str = "auto", columns: dict[str, str] | None =
 
 def sft_examples(examples: list[ChatExample], spec: str) -> list[ChatExample]:
     if examples and examples[0].kind == "preference":
-        raise DataError(f"'{spec}' holds preference pairs (prompt, chosen, rejected): they train with the DPO objective, "
-                        "which is not available yet. For supervised fine-tuning give chat, ShareGPT, Alpaca, "
-                        "prompt/completion or text rows.")
+        raise DataError(f"'{spec}' holds preference pairs (prompt, chosen, rejected): train them with objective.name=dpo. "
+                        "For supervised fine-tuning give chat, ShareGPT, Alpaca, prompt/completion or text rows.")
     return examples
 
 
@@ -56,12 +56,16 @@ def prompt_key(example: ChatExample) -> int:
 
 
 def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_train: int | None = None,
-                fmt: str = "auto", columns: dict[str, str] | None = None) -> Splits:
+                fmt: str = "auto", columns: dict[str, str] | None = None, objective: str = "sft") -> Splits:
     """Train and eval examples for a run's data config, with no eval prompt among the training rows when we
     made the split (duplicated rows in a dataset would otherwise put the same prompt on both sides)."""
-    examples = sft_examples(load_examples(train, fmt, columns), train)
+    check = require_pairs if objective == "dpo" else sft_examples
+    examples = load_examples(train, fmt, columns)
+    check(examples, train)
     if eval:
-        train_examples, eval_examples = examples, sft_examples(load_examples(eval, fmt, columns), eval)
+        eval_examples = load_examples(eval, fmt, columns)
+        check(eval_examples, eval)
+        train_examples = examples
     else:
         train_examples, eval_examples = stratified_split(examples, eval_size, seed)
     eval_prompts = {prompt_key(e) for e in eval_examples}

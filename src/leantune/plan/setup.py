@@ -62,7 +62,9 @@ def setup_from_run_config(run, **changes) -> Setup:
     `leantune plan RUN.yaml` and the trainer's own pre-flight check both start here."""
     targets = run.method.target_modules
     setup = Setup(
-        method=run.method.name,
+        method="lora" if run.method.name == "adalora" else run.method.name,  # AdaLoRA: LoRA of its initial rank
+        optimizer=run.method.optimizer,
+        objective=run.objective.name,
         seq_len=run.data.max_seq_len,
         micro_batch=run.training.micro_batch_size,
         grad_checkpointing=run.training.gradient_checkpointing,

@@ -19,10 +19,11 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..data import load_splits
+from ..data import load_examples, load_splits
 from ..data.batches import collate, micro_batches_for_step, pack_examples, padding_fraction, steps_per_epoch
+from ..data.preference import TokenizedPair, tokenize_pairs
 from ..data.tokenize import TokenizedExample, tokenize_examples
-from ..errors import DataError, PlanError
+from ..errors import ConfigError, DataError, PlanError
 from ..models import load_base
 from ..models.adapters import trainable_parameter_count
 from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
@@ -31,6 +32,8 @@ from ..models.methods import (adalora_model, adalora_ranks, attach_method, check
 from ..models.forward import summed_label_loss
 from ..runs.report import write_report
 from ..runs.rundir import RunDir
+from .forgetting import EWCPenalty, load_or_estimate_fisher, replay_rows
+from .dpo import RewardStats, dpo_terms, reference_logprobs, split_logprobs
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
 from .progress import TrainingProgress
 from .schedule import warmup_cosine
@@ -42,6 +45,11 @@ def peak_memory_mb() -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rows_of(data: list) -> list[TokenizedExample]:
+    """The token rows a dataset runs as: DPO pairs are two rows each."""
+    return [side for item in data for side in ((item.chosen, item.rejected) if isinstance(item, TokenizedPair) else (item,))]
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -81,9 +89,10 @@ class LoraRecipe:
         cfg = self.config
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
+        self.dpo = cfg.objective.name == "dpo"
         splits = load_splits(
             cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
-            cfg.data.format, cfg.data.columns,
+            cfg.data.format, cfg.data.columns, objective=cfg.objective.name,
         )
         train_examples, self.eval_examples = splits.train, splits.eval
         if splits.leaked_removed:
@@ -96,17 +105,34 @@ class LoraRecipe:
         base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
-        self.train_data, stats = tokenize_examples(
-            self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
-        self.eval_data, _ = tokenize_examples(
-            self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
+        if self.dpo:
+            self.train_data, stats = tokenize_pairs(self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.truncation)
+            self.eval_data, _ = tokenize_pairs(self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.truncation)
+        else:
+            self.train_data, stats = tokenize_examples(
+                self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
+            self.eval_data, _ = tokenize_examples(
+                self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.train_on, cfg.data.truncation)
         self.note(
             f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.tokens} tokens "
             f"({stats.label_tokens} trained), longest {stats.longest}; over data.max_seq_len={cfg.data.max_seq_len}: "
             f"{stats.truncated} truncated ({cfg.data.truncation}), {stats.split} texts split, {stats.dropped_too_long} dropped; "
             f"dropped with nothing left to learn: {stats.dropped_no_labels}"
         )
-        if cfg.data.packing and self.train_data:
+        forget = cfg.forgetting
+        if forget.replay_fraction and self.dpo:
+            raise ConfigError("forgetting.replay_fraction mixes supervised examples into training and does not apply "
+                              "to DPO; set it to 0 (or use forgetting.ewc_lambda).")
+        if forget.replay_fraction:
+            replay, _ = tokenize_examples(self.tokenizer, load_examples(forget.replay_data), cfg.data.max_seq_len,
+                                          cfg.data.train_on, cfg.data.truncation)
+            before = len(self.train_data)
+            self.train_data = replay_rows(self.train_data, replay, forget.replay_fraction, cfg.training.seed)
+            self.note(f"replay: {len(self.train_data) - before} rows from {forget.replay_data} mixed into {before} "
+                      f"training rows ({forget.replay_fraction:.0%} of the total)")
+        if cfg.data.packing and self.dpo:
+            self.note("data.packing is not used with DPO: each pair's two replies are scored as separate rows")
+        if cfg.data.packing and self.train_data and not self.dpo:
             lengths = [len(e.input_ids) for e in self.train_data]
             mb = cfg.training.micro_batch_size
             before = padding_fraction(lengths, mb, cfg.training.seed)
@@ -135,12 +161,27 @@ class LoraRecipe:
                           f"({stored / params:.3f} bytes/parameter)")
                 self.run.update_info(quantized_bytes_per_param=stored / params)
         self.check_memory_plan(base.model.config.to_dict(), compute_dtype, force)
+        self.ewc = None
+        if forget.ewc_lambda:
+            general, _ = tokenize_examples(self.tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples],
+                                           cfg.data.max_seq_len, "all_assistant", cfg.data.truncation)
+            full = cfg.method.name == "full"
+            key = {"model": str(base.path), "data": forget.ewc_data, "examples": forget.ewc_examples, "full": full,
+                   "targets": cfg.method.target_modules, "max_seq_len": cfg.data.max_seq_len, "dtype": str(compute_dtype)}
+            fisher = load_or_estimate_fisher(self.model, general, self.tokenizer.pad_token_id, full, key, self.note)
+            self.ewc = EWCPenalty(self.model, fisher, forget.ewc_lambda, full)
 
         self.optimizer = make_optimizer(self.model, cfg.method, t.lr, t.weight_decay)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.reference_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.dpo and not hasattr(self.model, "disable_adapter"):
+            # full fine-tuning has no adapter to switch off: score the base once, before any step changes it
+            self.note("DPO reference: scoring every pair with the base model once before training")
+            self.reference_cache = {"train": self.precompute_reference(self.train_data),
+                                    "eval": self.precompute_reference(self.eval_data)}
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
         self.progress = Progress()
         self.slowest_step_s = 0.0
-        self.pad_id = self.tokenizer.pad_token_id
 
         # RNG last, after everything that draws from it (weight init, LoRA init): a fresh run and a resumed
         # one then see the same random stream from their first step on.
@@ -167,9 +208,10 @@ class LoraRecipe:
         from ..plan.shapes import shape_from_hf_config
 
         cfg = self.config
-        longest = max(len(e.input_ids) for e in self.train_data)
+        rows = rows_of(self.train_data)
+        longest = max(len(e.input_ids) for e in rows)
         # leantune computes logits only at labelled positions (models/forward.py)
-        labelled = max(e.n_label_tokens for e in self.train_data) / longest
+        labelled = max(e.n_label_tokens for e in rows) / longest
         setup = setup_from_run_config(
             cfg, seq_len=longest, dtype="fp32" if dtype == torch.float32 else "bf16", device=self.device, loss_positions=labelled
         )
@@ -200,13 +242,13 @@ class LoraRecipe:
         with StopOnSignal() as stop, TrainingProgress(self.total_steps, self.progress.step, self.console) as bar:
             while self.progress.step < self.total_steps:
                 started = time.perf_counter()
-                loss, tokens = self.train_step(self.progress.step)
+                loss, tokens, extra = self.train_step(self.progress.step)
                 elapsed = time.perf_counter() - started
                 self.progress.step += 1
                 self.progress.tokens += tokens
                 self.progress.elapsed_s += elapsed
                 self.slowest_step_s = max(self.slowest_step_s, elapsed)
-                record = self.log_step(loss, tokens, elapsed)
+                record = self.log_step(loss, tokens, elapsed, extra)
                 bar.update(record)
                 over_budget = self.next_step_passes_budget()
 
@@ -233,18 +275,19 @@ class LoraRecipe:
         self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss)
         return result
 
-    def train_step(self, step: int) -> tuple[float, int]:
+    def train_step(self, step: int) -> tuple[float, int, dict]:
         t = self.config.training
         micro_batches = micro_batches_for_step(self.train_data, step, t.micro_batch_size, t.grad_accum, t.seed)
-        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
-        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
-        total = 0.0
-        for examples in micro_batches:
-            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
-            (summed / n_labels).backward()
-            total += summed.item()
+        if self.dpo:
+            loss, tokens, extra = self.dpo_backward(micro_batches)
+        else:
+            loss, tokens, extra = self.sft_backward(micro_batches)
         if self.adalora is not None and self.config.method.orth_reg_weight:
             (self.config.method.orth_reg_weight * orthogonality_penalty(self.model)).backward()
+        if self.ewc is not None:
+            penalty = self.ewc()
+            penalty.backward()
+            extra["ewc_penalty"] = penalty.item()
         if t.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
         self.optimizer.step()
@@ -254,7 +297,47 @@ class LoraRecipe:
             # singular value by |w * grad|); trainers that skip it silently train plain LoRA (PEFT #1327, #1801).
             self.adalora.update_and_allocate(step)
         self.optimizer.zero_grad(set_to_none=True)
-        return total / n_labels, n_tokens
+        return loss, tokens, extra
+
+    def sft_backward(self, micro_batches) -> tuple[float, int, dict]:
+        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
+        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
+        total = 0.0
+        for examples in micro_batches:
+            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
+            (summed / n_labels).backward()
+            total += summed.item()
+        return total / n_labels, n_tokens, {}
+
+    def dpo_backward(self, micro_batches, split: str = "train") -> tuple[float, int, dict]:
+        """The step's DPO loss is the mean over its pairs (each micro-batch's sum over the step's pair count)."""
+        n_pairs = sum(len(mb) for mb in micro_batches)
+        n_tokens = sum(p.n_tokens for mb in micro_batches for p in mb)
+        rewards, total = RewardStats(), 0.0
+        for pairs in micro_batches:
+            ref_chosen, ref_rejected = self.reference(pairs, split)
+            chosen, rejected = split_logprobs(self.model, pairs, self.pad_id)
+            losses, chosen_reward, rejected_reward = dpo_terms(chosen, rejected, ref_chosen, ref_rejected,
+                                                               self.config.objective.beta)
+            if torch.is_grad_enabled():
+                (losses.sum() / n_pairs).backward()
+            total += losses.sum().item()
+            rewards.add(chosen_reward, rejected_reward)
+        return total / n_pairs, n_tokens, rewards.as_dict()
+
+    def reference(self, pairs, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference_cache:
+            chosen, rejected = self.reference_cache[split]
+            index = torch.tensor([p.index for p in pairs])
+            return chosen[index], rejected[index]
+        return reference_logprobs(self.model, pairs, self.pad_id)
+
+    def precompute_reference(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.config.training.micro_batch_size
+        parts = [reference_logprobs(self.model, pairs[i : i + size], self.pad_id) for i in range(0, len(pairs), size)]
+        if not parts:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
 
     def cost_so_far(self) -> float:
         return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour
@@ -268,7 +351,7 @@ class LoraRecipe:
         next_step = 1.25 * self.slowest_step_s / 3600 * self.config.cost.usd_per_hour
         return self.cost_so_far() + next_step > budget
 
-    def log_step(self, loss: float, tokens: int, step_seconds: float) -> dict:
+    def log_step(self, loss: float, tokens: int, step_seconds: float, extra: dict | None = None) -> dict:
         p = self.progress
         record = {
             "step": p.step,
@@ -280,6 +363,7 @@ class LoraRecipe:
             "elapsed_s": round(p.elapsed_s, 3),
             "cost_usd": self.cost_so_far(),
             "projected_cost_usd": self.cost_so_far() / p.step * self.total_steps,
+            **(extra or {}),
         }
         if self.adalora is not None:
             ranks = adalora_ranks(self.model)
@@ -291,23 +375,30 @@ class LoraRecipe:
         return record
 
     @torch.no_grad()
-    def evaluate_loss(self, data: list[TokenizedExample]) -> float:
+    def evaluate_loss(self, data) -> tuple[float, dict]:
+        """Mean eval loss (SFT: per labelled token; DPO: per pair, with reward metrics)."""
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
         size = self.config.training.micro_batch_size
+        extra = {}
+        if self.dpo:
+            loss, _, rewards = self.dpo_backward([data[i : i + size] for i in range(0, len(data), size)], split="eval")
+            self.model.train(was_training)
+            return loss, {f"eval_{k}": v for k, v in rewards.items()}
         for i in range(0, len(data), size):
             summed, n = summed_label_loss(self.model, collate(data[i : i + size], self.pad_id))
             total, count = total + summed.item(), count + n
         self.model.train(was_training)
-        return total / max(count, 1)
+        return total / max(count, 1), extra
 
     def log_eval(self) -> float:
-        eval_loss = self.evaluate_loss(self.eval_data)
+        eval_loss, extra = self.evaluate_loss(self.eval_data)
         if self.progress.best_eval_loss is None or eval_loss < self.progress.best_eval_loss:
             self.progress.best_eval_loss = eval_loss
-        self.run.append_metrics({"step": self.progress.step, "eval_loss": eval_loss})
-        self.note(f"step {self.progress.step}: eval loss {eval_loss:.4f} on {len(self.eval_data)} examples")
+        self.run.append_metrics({"step": self.progress.step, "eval_loss": eval_loss, **extra})
+        shown = "".join(f", {k.removeprefix('eval_').replace('_', ' ')} {v:.3f}" for k, v in extra.items())
+        self.note(f"step {self.progress.step}: eval loss {eval_loss:.4f}{shown} on {len(self.eval_data)} examples")
         return eval_loss
 
     # ------------------------------------------------------------------ save

@@ -1,0 +1,131 @@
+"""Against forgetting: EWC (Kirkpatrick et al. 2017) and replay.
+
+EWC adds lambda * sum_i F_i * (change of weight i)^2 to the loss, where F is the diagonal of the Fisher
+information of the *base* model on general text: weights that general knowledge depends on are held in place,
+the others are free to move. F_i is estimated as the mean squared gradient of the per-example loss (one
+example at a time: squaring a batch's summed gradient would not be the Fisher). For LoRA-family methods the
+change of an adapted weight matrix is the adapter's effective update (PEFT's get_delta_weight: B A times the
+scaling); for full fine-tuning it is theta - theta_0 for every parameter. The Fisher is computed once per
+(model, data, examples, method targets) and cached under $LEANTUNE_HOME/fisher/.
+
+Replay mixes general-domain examples into the training rows (`replay_fraction` of them), so every epoch keeps
+rehearsing what the base model could already do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..data.batches import collate
+from ..errors import ConfigError
+from ..models.cache import leantune_home
+from ..models.forward import summed_label_loss
+
+
+def adapted_layers(model) -> dict[str, torch.nn.Module]:
+    """name -> PEFT LoRA-family layer (has get_delta_weight and a frozen base_layer)."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
+
+
+def _fisher_targets(model, full: bool) -> dict[str, torch.Tensor]:
+    if full:
+        return {n: p for n, p in model.named_parameters()}
+    return {name: layer.base_layer.weight for name, layer in adapted_layers(model).items()}
+
+
+def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch.Tensor]:
+    targets = _fisher_targets(model, full)
+    if not targets:
+        raise ConfigError("forgetting.ewc_lambda needs adapted layers or full fine-tuning; this model has neither.")
+    if any(not t.is_floating_point() for t in targets.values()):
+        raise ConfigError("EWC cannot estimate a Fisher through a 4-bit quantised base (it has no gradient). "
+                          "Use forgetting.replay_fraction with qlora, or method.name=lora for EWC.")
+    saved = {n: t.requires_grad for n, t in targets.items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    for t in targets.values():
+        t.requires_grad_(True)
+    fisher = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in targets.items()}
+    was_training = model.training
+    model.eval()
+    disable = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
+    try:
+        with disable:
+            for example in examples:
+                summed, count = summed_label_loss(model, collate([example], pad_id))
+                grads = torch.autograd.grad(summed / max(count, 1), list(targets.values()), allow_unused=True)
+                for (name, _), g in zip(targets.items(), grads):
+                    if g is not None:
+                        fisher[name] += g.float() ** 2
+    finally:
+        for n, t in targets.items():
+            t.requires_grad_(saved[n])
+        for p in trainable:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return {n: f / len(examples) for n, f in fisher.items()}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fisher_cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return leantune_home() / "fisher" / f"{digest}.safetensors"
+
+
+def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file, save_file
+
+    path = fisher_cache_path(key)
+    if path.is_file():
+        note(f"EWC: Fisher information from the cache ({path})")
+        return load_file(path)
+    note(f"EWC: estimating the Fisher information on {len(examples)} general-text examples (once; cached)")
+    fisher = estimate_fisher(model, examples, pad_id, full)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in fisher.items()}, tmp)
+    return fisher
+
+
+class EWCPenalty:
+    def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool):
+        self.strength, self.full = strength, full
+        if full:
+            params = dict(model.named_parameters())
+            self.terms = [(params[n], f, params[n].detach().clone()) for n, f in fisher.items()]
+        else:
+            layers = adapted_layers(model)
+            self.terms = [(layers[n], f, None) for n, f in fisher.items() if n in layers]
+
+    def __call__(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for target, fisher, anchor in self.terms:
+            if self.full:
+                change = target - anchor
+            else:
+                change = target.get_delta_weight(target.active_adapters[0])
+            total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
+        return self.strength * total
+
+
+def replay_rows(train_rows: list, replay_rows_pool: list, fraction: float, seed: int) -> list:
+    """Training rows with general-domain rows mixed in so that they make up `fraction` of the total."""
+    if fraction <= 0 or not replay_rows_pool:
+        return train_rows
+    wanted = round(fraction / (1 - fraction) * len(train_rows))
+    rng = random.Random(seed)
+    return train_rows + [replay_rows_pool[rng.randrange(len(replay_rows_pool))] for _ in range(wanted)]
