@@ -1,0 +1,147 @@
+"""What each method buys: full fine-tuning, LoRA, QLoRA, DoRA and AdaLoRA on SmolLM2-135M and sms-spam, plus
+LoRA with EWC and with replay, under the same examples, optimizer steps, batch and seed.
+
+Each configuration trains in a fresh process (so its peak memory is its own) and is then scored on
+- the task: held-out SMS accuracy and balanced accuracy (log-likelihood of 'spam' vs 'ham' as the reply);
+- general knowledge: 4-way multiple choice over the 190 built-in trivia questions (other questions' answers as
+  distractors), compared with the base model's score: a drop is forgetting.
+The learning rate is each method's usual one (full fine-tuning moves every weight and needs a ~10x smaller one);
+everything else is shared.
+
+    python bench/quality.py            # every configuration; finished ones are kept and skipped on a rerun
+    python bench/quality.py --fresh    # measure everything again
+    python bench/quality.py --only lora,full
+
+Writes bench/results/quality.json and prints the table the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "quality.json"
+WORK = HERE / ".work" / "quality-runs"
+
+SHARED = {
+    "model.base": "smollm2-135m",
+    "data.train": "sms-spam",
+    "data.eval_size": 200,
+    "data.max_seq_len": 128,
+    "training.max_steps": 40,
+    "training.micro_batch_size": 8,
+    "training.warmup_ratio": 0.1,
+    "training.seed": 0,
+    "training.checkpoint_every": 1000,
+}
+CONFIGS = {
+    "base": None,  # no training: the base model's scores
+    "full": {"method.name": "full", "training.lr": 5e-5},
+    "lora": {"method.name": "lora", "training.lr": 5e-4},
+    "qlora": {"method.name": "qlora", "training.lr": 5e-4},
+    "dora": {"method.name": "dora", "training.lr": 5e-4},
+    "adalora": {"method.name": "adalora", "training.lr": 2e-3, "method.r": 12, "method.target_r": 8},
+    "lora+ewc": {"method.name": "lora", "training.lr": 5e-4, "forgetting.ewc_lambda": 1e4},
+    "lora+replay": {"method.name": "lora", "training.lr": 5e-4, "forgetting.replay_fraction": 0.2},
+}
+
+
+def worker(name: str) -> dict:
+    """Runs in a fresh process: train (unless base), score, print one JSON line."""
+    import torch
+
+    from leantune.data import load_examples, load_splits
+    from leantune.data.builtin import SMS_LABELS
+    from leantune.evaluate import classification_accuracy
+    from leantune.evaluate.multiple_choice import multiple_choice_accuracy, questions_with_distractors
+    from leantune.models import load_base
+    from leantune.models.adapters import trainable_parameter_count
+
+    torch.manual_seed(0)
+    trivia = questions_with_distractors(load_examples("trivia"), n_choices=4, seed=0)
+    out: dict = {"name": name}
+    started = time.perf_counter()
+    if CONFIGS[name] is None:
+        base = load_base(SHARED["model.base"], "auto")
+        model, tokenizer = base.model, base.tokenizer
+        eval_examples = load_splits("sms-spam", None, SHARED["data.eval_size"], SHARED["training.seed"]).eval
+    else:
+        from leantune.train import train
+
+        overrides = {**SHARED, **CONFIGS[name], "output.runs_dir": str(WORK), "output.name": name.replace("+", "-")}
+        result = train(None, [f"{k}={v}" for k, v in overrides.items()])
+        model, tokenizer, eval_examples = result.model, result.tokenizer, result.eval_examples
+        trainable, total = trainable_parameter_count(model)
+        info = json.loads((result.run_dir / "run.json").read_text())
+        out.update(trainable=trainable, total_params=total, trainable_pct=100 * trainable / total,
+                   train_seconds=round(result.elapsed_s, 1), tokens_per_s=round(result.tokens_per_s, 1),
+                   final_loss=result.final_loss, eval_loss=result.eval_loss,
+                   quantized_bytes_per_param=info.get("quantized_bytes_per_param"), run_dir=str(result.run_dir))
+    task = classification_accuracy(model, tokenizer, eval_examples, list(SMS_LABELS))
+    out.update(accuracy=task.accuracy, balanced_accuracy=task.balanced_accuracy,
+               trivia_accuracy=multiple_choice_accuracy(model, tokenizer, trivia),
+               wall_seconds=round(time.perf_counter() - started, 1),
+               peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker")
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--only", default=",".join(CONFIGS))
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker)), flush=True)
+        return
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {}
+    names = [n for n in args.only.split(",") if n]
+    for i, name in enumerate(names, 1):
+        if name in results:
+            print(f"[{i}/{len(names)}] {name}: done earlier, kept", file=sys.stderr)
+            continue
+        print(f"[{i}/{len(names)}] {name}: training and scoring in a fresh process ...", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "120"})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{name} failed (exit {proc.returncode})")
+        results[name] = json.loads(line[len("RESULT "):]) | {
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # after each one: an interrupted bench resumes
+        r = results[name]
+        print(f"    accuracy {r['accuracy']:.1%}, trivia {r['trivia_accuracy']:.1%}, {r['wall_seconds']:.0f}s", file=sys.stderr)
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    base = results.get("base", {})
+    full = results.get("full", {})
+    print("| method | accuracy | balanced | vs full | trainable | peak RSS GiB | tokens/s | train s | trivia (base "
+          f"{base.get('trivia_accuracy', float('nan')):.1%}) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        if name == "base":
+            print(f"| base (no training) | {r['accuracy']:.1%} | {r['balanced_accuracy']:.1%} | | | {r['peak_rss_gib']} | | | "
+                  f"{r['trivia_accuracy']:.1%} |")
+            continue
+        versus = f"{r['balanced_accuracy'] / full['balanced_accuracy']:.0%}" if full else ""
+        drop = r["trivia_accuracy"] - base.get("trivia_accuracy", r["trivia_accuracy"])
+        print(f"| {name} | {r['accuracy']:.1%} | {r['balanced_accuracy']:.1%} | {versus} | {r['trainable_pct']:.2f}% | "
+              f"{r['peak_rss_gib']} | {r['tokens_per_s']:.0f} | {r['train_seconds']:.0f} | {r['trivia_accuracy']:.1%} "
+              f"({drop:+.1%}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""EWC and replay: the penalty is zero at the start, positive once weights move, and holds weights the
+Fisher marks as important; replay mixes the stated share of general examples in."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from leantune.errors import ConfigError
+from leantune.train import train
+from leantune.train.forgetting import EWCPenalty, fisher_cache_path, replay_rows
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def test_ewc_penalty_is_logged_and_the_fisher_is_cached(tiny_model_dir, chat_file, tmp_path, capsys):
+    values = {"forgetting.ewc_lambda": 100.0, "forgetting.ewc_examples": 8, "training.max_steps": 6}
+    first = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "a", **values))
+    steps = metrics(first.run_dir)
+    assert steps[0]["ewc_penalty"] == 0.0  # B starts at zero: no change yet
+    assert steps[-1]["ewc_penalty"] > 0
+    cached = list((fisher_cache_path({}).parent).glob("*.safetensors"))
+    assert cached
+    from io import StringIO
+
+    from rich.console import Console
+
+    log = StringIO()
+    train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "b", **values), console=Console(file=log, width=200))
+    assert "Fisher information from the cache" in log.getvalue()
+
+
+def test_stronger_ewc_keeps_the_adapters_smaller(tiny_model_dir, chat_file, tmp_path):
+    def change(strength):
+        values = {"forgetting.ewc_lambda": strength, "forgetting.ewc_examples": 8, "training.max_steps": 10,
+                  "method.dropout": 0.0}
+        result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / str(strength), **values))
+        layers = [m for m in result.model.modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")]
+        return sum(float(m.get_delta_weight("default").norm()) for m in layers)
+
+    assert change(1e6) < 0.5 * change(0.0)
+
+
+def test_ewc_for_full_fine_tuning_anchors_every_parameter(tiny_model_dir):
+    model = torch.nn.Linear(3, 2)
+    fisher = {name: torch.ones_like(p) for name, p in model.named_parameters()}
+    penalty = EWCPenalty(model, fisher, strength=2.0, full=True)
+    assert penalty().item() == 0.0
+    with torch.no_grad():
+        model.weight += 0.5
+    assert penalty().item() == pytest.approx(2.0 * 6 * 0.25)
+
+
+def test_replay_mixes_the_stated_share():
+    mixed = replay_rows(list(range(90)), ["g1", "g2", "g3"], fraction=0.1, seed=0)
+    assert len(mixed) == 100 and sum(isinstance(x, str) for x in mixed) == 10
+    assert replay_rows([1, 2], ["g"], 0.0, 0) == [1, 2]
+
+
+def test_replay_in_training(tiny_model_dir, chat_file, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    log = StringIO()
+    train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path, **{"forgetting.replay_fraction": 0.2,
+                                                                       "training.max_steps": 2}),
+          console=Console(file=log, width=200))
+    assert "replay: 10 rows from trivia mixed into 40 training rows (20% of the total)" in log.getvalue()
+
+
+def test_ewc_through_a_4bit_base_is_refused(tiny_model_dir, chat_file, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    with pytest.raises(ConfigError, match="4-bit quantised base"):
+        train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path, **{"method.name": "qlora",
+                                                                           "forgetting.ewc_lambda": 1.0}))
