@@ -121,9 +121,14 @@ class OutputConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
-    name: Literal["sft", "dpo"] = Field(
-        "sft", description="sft: next-token loss on the answers; dpo: preference pairs (prompt, chosen, rejected)")
+    name: Literal["sft", "dpo", "distill"] = Field(
+        "sft", description="sft: next-token loss on the answers; dpo: preference pairs (prompt, chosen, rejected); "
+        "distill: match a teacher's token distributions, mixed with the SFT loss")
     beta: float = Field(0.1, gt=0, description="DPO: how far the policy may move from the reference (higher: less)")
+    teacher: str | None = Field(None, description="distill: the teacher model (same tokenizer); none: the base model "
+                                "itself with the adapter switched off (self-distillation, no second copy)")
+    temperature: float = Field(2.0, gt=0, description="distill: softens both distributions before comparing them")
+    alpha: float = Field(0.5, ge=0, le=1, description="distill: weight of the teacher term; 1 - alpha goes to the SFT loss")
 
 
 class RunConfig(_Section):

@@ -29,10 +29,11 @@ from ..models.adapters import trainable_parameter_count
 from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
-from ..models.forward import summed_label_loss
+from ..models.forward import label_logits, summed_label_loss
 from ..runs.report import write_report
 from ..runs.rundir import RunDir
 from .forgetting import EWCPenalty, load_or_estimate_fisher, replay_rows
+from .distill import distill_terms, load_teacher
 from .dpo import RewardStats, dpo_terms, reference_logprobs, split_logprobs
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
 from .progress import TrainingProgress
@@ -173,6 +174,11 @@ class LoraRecipe:
 
         self.optimizer = make_optimizer(self.model, cfg.method, t.lr, t.weight_decay)
         self.pad_id = self.tokenizer.pad_token_id
+        self.teacher = None
+        if cfg.objective.name == "distill":
+            self.teacher = load_teacher(cfg.objective.teacher, self.model, self.tokenizer, cfg.model.dtype, self.device)
+            self.note(f"distillation from {cfg.objective.teacher or 'the base model (adapter off)'}: "
+                      f"T={cfg.objective.temperature}, alpha={cfg.objective.alpha}")
         self.reference_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.dpo and not hasattr(self.model, "disable_adapter"):
             # full fine-tuning has no adapter to switch off: score the base once, before any step changes it
@@ -303,11 +309,24 @@ class LoraRecipe:
         n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
         n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
         total = 0.0
+        if self.teacher is not None:
+            return self.distill_backward(micro_batches, n_labels, n_tokens)
         for examples in micro_batches:
             summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
             (summed / n_labels).backward()
             total += summed.item()
         return total / n_labels, n_tokens, {}
+
+    def distill_backward(self, micro_batches, n_labels: int, n_tokens: int) -> tuple[float, int, dict]:
+        o = self.config.objective
+        total = kl_total = ce_total = 0.0
+        for examples in micro_batches:
+            batch = collate(examples, self.pad_id)
+            student, targets, _ = label_logits(self.model, batch)
+            summed, kl, ce = distill_terms(student, self.teacher.logits(batch), targets, o.temperature, o.alpha)
+            (summed / n_labels).backward()
+            total, kl_total, ce_total = total + summed.item(), kl_total + kl.item(), ce_total + ce.item()
+        return total / n_labels, n_tokens, {"distill_kl": kl_total / n_labels, "sft_loss": ce_total / n_labels}
 
     def dpo_backward(self, micro_batches, split: str = "train") -> tuple[float, int, dict]:
         """The step's DPO loss is the mean over its pairs (each micro-batch's sum over the step's pair count)."""
