@@ -40,3 +40,30 @@ def test_batches_are_a_function_of_seed_and_step():
     first_epoch = [x for step in steps[:3] for mb in step for x in mb]
     assert sorted(first_epoch) == examples  # 3 steps of 4 cover the 10 examples once (last step has 2)
     assert steps[2] == [[first_epoch[8], first_epoch[9]]]
+
+
+def test_chunked_cross_entropy_gives_the_same_loss_and_gradients(tiny_model_dir):
+    base = load_base(str(tiny_model_dir), dtype="float32")
+    batch = batch_for(base.tokenizer, ["a longer reply with many words in it", "no thanks", "maybe later today"])
+    grads = []
+    for chunk in (0, 5):
+        base.model.zero_grad()
+        summed, n = summed_label_loss(base.model, batch, chunk=chunk)
+        summed.backward()
+        grads.append((summed.detach(), n, [p.grad.clone() for p in base.model.parameters() if p.grad is not None]))
+    (plain, n0, g0), (chunked, n1, g1) = grads
+    assert n0 == n1 > 5 and len(g0) == len(g1) > 0
+    torch.testing.assert_close(chunked, plain, atol=1e-4, rtol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_planner_caps_logits_memory_at_one_chunk():
+    from leantune.plan.memory import logits_bytes
+    from leantune.plan.presets import PRESETS
+    from leantune.plan.setup import Setup
+
+    shape = PRESETS["smollm2-135m"]
+    whole = logits_bytes(shape, Setup(seq_len=2048, micro_batch=4))
+    chunked = logits_bytes(shape, Setup(seq_len=2048, micro_batch=4, loss_chunk=1024))
+    assert chunked == whole / 8

@@ -106,3 +106,35 @@ def test_a_method_without_its_library_fails_before_loading_the_model(tiny_model_
     monkeypatch.setattr(recipe, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=r"method.name=qlora .* needs bitsandbytes.* use method.name=lora"):
         run(tiny_model_dir, chat_file, tmp_path, "qlora")
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["adalora", "dora", "full"])
+def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp_path, monkeypatch, method):
+    """Everything a method keeps outside the weights (AdaLoRA's importance statistics and rank pattern, DoRA's
+    magnitudes, the optimizer) comes back from the checkpoint: the resumed loss sequence is the uninterrupted one."""
+    values = {"method.name": method, "training.max_steps": 12, "training.checkpoint_every": 5, "method.r": 6,
+              "method.target_r": 2, "training.lr": 1e-2 if method == "adalora" else 3e-3}
+    reference = losses(train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **values)).run_dir)
+
+    import leantune.train.recipe as recipe
+
+    original = recipe.LoraRecipe.log_step
+
+    def crash_after_step_7(self, *args, **kwargs):
+        record = original(self, *args, **kwargs)
+        if self.progress.step == 7:
+            raise Crash()
+        return record
+
+    monkeypatch.setattr(recipe.LoraRecipe, "log_step", crash_after_step_7)
+    runs = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **values))
+    monkeypatch.setattr(recipe.LoraRecipe, "log_step", original)
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    train(resume=run_dir)
+    assert losses(run_dir) == reference

@@ -88,6 +88,8 @@ class TrainingConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = False
+    loss_chunk: int = Field(0, ge=0, description="compute the output layer and loss this many labelled positions at a "
+                            "time (recomputed in backward), so all fp32 logits never exist at once; 0: all together")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

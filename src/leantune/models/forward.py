@@ -19,25 +19,52 @@ def decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def label_logits(model, batch: dict[str, torch.Tensor]):
-    """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
-    decoder, head = decoder_and_head(model)
+def label_hidden(model, batch: dict[str, torch.Tensor]):
+    """(hidden states [n, d], targets [n], row index [n]) at every labelled position: what the output layer sees."""
+    decoder, _ = decoder_and_head(model)
     device = next(model.parameters()).device
-    input_ids = batch["input_ids"].to(device)
     # packed rows carry position_ids and no attention mask (see data.batches.collate)
     extra = {k: batch[k].to(device) for k in ("attention_mask", "position_ids") if k in batch}
-    hidden = decoder(input_ids=input_ids, use_cache=False, **extra).last_hidden_state
+    hidden = decoder(input_ids=batch["input_ids"].to(device), use_cache=False, **extra).last_hidden_state
     targets = batch["labels"][:, 1:].to(device)
     keep = targets != IGNORE
     rows = torch.arange(targets.shape[0], device=device).unsqueeze(1).expand_as(targets)[keep]
-    logits = head(hidden[:, :-1][keep]).float()
-    return logits, targets[keep], rows
+    return hidden[:, :-1][keep], targets[keep], rows
 
 
-def summed_label_loss(model, batch) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over labelled positions, and how many there were."""
-    logits, targets, _ = label_logits(model, batch)
-    return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
+def label_logits(model, batch: dict[str, torch.Tensor]):
+    """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
+    hidden, targets, rows = label_hidden(model, batch)
+    _, head = decoder_and_head(model)
+    return head(hidden).float(), targets, rows
+
+
+def _chunk_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over labelled positions, and how many there were.
+
+    With `chunk` > 0 the output layer and loss run `chunk` positions at a time under activation checkpointing,
+    so at most chunk x vocabulary fp32 logits exist at once (recomputed in the backward pass) instead of
+    n_labelled x vocabulary: for long answers and 128k+ vocabularies that is gigabytes. Same loss and
+    gradients (tested)."""
+    if not chunk:
+        logits, targets, _ = label_logits(model, batch)
+        return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
+    from torch.utils.checkpoint import checkpoint
+
+    hidden, targets, _ = label_hidden(model, batch)
+    _, head = decoder_and_head(model)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), chunk):
+        part = slice(start, start + chunk)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss, head, hidden[part], targets[part], use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, hidden[part], targets[part])
+    return total, int(targets.numel())
 
 
 def sequence_logprobs(model, batch) -> torch.Tensor:

@@ -151,10 +151,14 @@ def logits_bytes(shape: ModelShape, setup: Setup) -> float:
     arriving at it, and the gradient it passes back to the logits; the forward's logits copies are
     already freed by then. (The usual rule of thumb, 2 x bytes, i.e. 8 for fp32, undershot our CPU
     measurements in bench/memory_model.py by the third tensor.) For 150k-256k vocabularies this is often
-    the largest single term; DPO doubles the sequences.
+    the largest single term; DPO doubles the sequences; chunked cross-entropy (leantune's
+    training.loss_chunk) caps it at one chunk of positions.
     """
     b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)
-    return b * setup.seq_len * setup.loss_positions * shape.vocab * 12
+    positions = b * setup.seq_len * setup.loss_positions
+    if setup.loss_chunk:  # chunked cross-entropy: one chunk's logits at a time
+        positions = min(positions, setup.loss_chunk)
+    return positions * shape.vocab * 12
 
 
 def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:

@@ -28,6 +28,7 @@ class Setup:
     sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp"] = "none"
     device: Literal["cuda", "cpu"] = "cuda"
     loss_positions: float = 1.0  # share of positions whose logits are computed (leantune: labelled ones only)
+    loss_chunk: int = 0  # positions whose logits exist at once (chunked cross-entropy); 0: all of them
 
     @property
     def act_bytes(self) -> int:
@@ -71,5 +72,6 @@ def setup_from_run_config(run, **changes) -> Setup:
         lora_rank=run.method.r,
         lora_targets=targets if targets == "all-linear" else tuple(targets),
         lora_dropout=run.method.dropout,
+        loss_chunk=run.training.loss_chunk,
     )
     return replace(setup, **changes)

@@ -312,7 +312,7 @@ class LoraRecipe:
         if self.teacher is not None:
             return self.distill_backward(micro_batches, n_labels, n_tokens)
         for examples in micro_batches:
-            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id))
+            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id), self.config.training.loss_chunk)
             (summed / n_labels).backward()
             total += summed.item()
         return total / n_labels, n_tokens, {}
