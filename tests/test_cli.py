@@ -91,3 +91,8 @@ def test_generate_from_a_run_without_adapter(monkeypatch, capsys, tmp_path, tiny
     (run / "config.yaml").write_text(f"model:\n  base: {tiny_model_dir}\n")
     code, _, err = run_cli(monkeypatch, capsys, "generate", run, "hi")
     assert_user_error(code, err, "holds no adapter")
+
+
+def test_a_usage_error_is_a_message_not_a_traceback(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "data", "check", "x.jsonl", "--no-such-option")
+    assert code == 2 and "No such option" in err and "Traceback" not in err

@@ -30,12 +30,13 @@ def train(
     args: Optional[List[str]] = typer.Argument(None, help="[CONFIG.yaml] [key=value ...], e.g. training.lr=2e-4"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="train even if the plan predicts it will not fit hardware.memory_gib"),
+    allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="train even if a completed run had the same config, data and model"),
 ):
-    """Fine-tune a model (LoRA) from a config file and/or dotted overrides."""
+    """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
     from .train import train as run_training
 
     config, overrides = split_train_args(args or [])
-    result = run_training(config, overrides, resume=resume, force=force)
+    result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate)
     err.print(
         f"[green]done[/]: {result.steps} steps, loss {result.final_loss:.4f}"
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
@@ -271,6 +272,193 @@ def data_clean(
                   highlight=False)
 
 
+runs_app = typer.Typer(no_args_is_help=True, help="Runs: the index, costs, comparisons.")
+app.add_typer(runs_app, name="runs")
+RUNS_DIR = typer.Option("runs", "--runs-dir", help="the runs root (output.runs_dir)")
+
+
+def _index(runs_dir: str):
+    from .runs.index import RunIndex
+
+    return RunIndex(runs_dir)
+
+
+@runs_app.command("ls")
+def runs_ls(runs_dir: str = RUNS_DIR, project: Optional[str] = typer.Option(None, "--project"),
+            as_json: bool = typer.Option(False, "--json")):
+    """Every run: id, name, status, method, base, data, steps, best eval, GPU-hours, dollars, start."""
+    import json
+
+    from .runs.views import runs_table, totals_line
+
+    runs = _index(runs_dir).runs(project)
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    console = Console()
+    console.print(runs_table(runs, f"runs in {runs_dir}" + (f", project {project}" if project else "")))
+    console.print(totals_line(runs), highlight=False)
+
+
+@runs_app.command("show")
+def runs_show(run: str = typer.Argument(..., help="run id, id prefix, name or directory"), runs_dir: str = RUNS_DIR):
+    """One run: plan vs actual (memory, time, dollars), losses, the config fields that matter, artifacts."""
+    from .runs.views import show_run
+
+    show_run(Console(), _index(runs_dir).find(run))
+
+
+@runs_app.command("compare")
+def runs_compare(runs: List[str] = typer.Argument(..., help="two or more runs"), runs_dir: str = RUNS_DIR,
+                 output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG path for the loss curves")):
+    """Runs side by side (results, cost, the config fields that differ) and one PNG overlaying their loss curves."""
+    from pathlib import Path
+
+    from .runs.views import compare_table, loss_plot
+
+    if len(runs) < 2:
+        raise ConfigError("runs compare needs at least two runs.")
+    index = _index(runs_dir)
+    found = [index.find(r) for r in runs]
+    console = Console()
+    console.print(compare_table(found))
+    target = Path(output) if output else Path(runs_dir) / f"compare-{'-vs-'.join(r['id'][:15] for r in found)}.png"
+    console.print(f"loss curves: {loss_plot(found, target)}", highlight=False)
+
+
+@runs_app.command("diff")
+def runs_diff(a: str = typer.Argument(...), b: str = typer.Argument(...), runs_dir: str = RUNS_DIR):
+    """The config fields (of those that change the result) in which two runs differ."""
+    from .runs.views import diff_runs
+
+    index = _index(runs_dir)
+    ra, rb = index.find(a), index.find(b)
+    rows = diff_runs(ra, rb)
+    console = Console()
+    if not rows:
+        console.print(f"{ra['id']} and {rb['id']} have the same result-relevant config.")
+    for key, va, vb in rows:
+        console.print(f"{key}: {va!r} -> {vb!r}", highlight=False)
+
+
+@runs_app.command("reindex")
+def runs_reindex(runs_dir: str = RUNS_DIR):
+    """Rebuild the index from the run directories (a damaged directory is reported and skipped)."""
+    from .runs.ledger import row_for, run_dirs
+
+    dirs = run_dirs(runs_dir)
+    problems = _index(runs_dir).reindex(dirs, row_for)
+    for p in problems:
+        err.print(f"[yellow]skipped:[/] {p}", highlight=False)
+    Console().print(f"indexed {len(dirs) - len(problems)} of {len(dirs)} run directories in {runs_dir}")
+
+
+budget_app = typer.Typer(invoke_without_command=True, help="Spend so far against a project budget.")
+app.add_typer(budget_app, name="budget")
+
+
+@budget_app.callback()
+def budget_show(ctx: typer.Context, runs_dir: str = RUNS_DIR, project: str = typer.Option("default", "--project")):
+    """Spend so far against the project's budget."""
+    if ctx.invoked_subcommand:
+        return
+    from .runs.ledger import usd
+
+    index = _index(runs_dir)
+    budget, _ = index.budget(project)
+    spent = index.spent(project)
+    if budget is None:
+        Console().print(f"project '{project}': {usd(spent)} spent; no budget set (`leantune budget set N`).", highlight=False)
+    else:
+        Console().print(f"project '{project}': {usd(spent)} of {usd(budget)} spent ({spent / budget:.0%}), "
+                        f"{usd(budget - spent)} left.", highlight=False)
+
+
+@budget_app.command("set")
+def budget_set(amount: str = typer.Argument(..., help="dollars, e.g. 200"), runs_dir: str = RUNS_DIR,
+               project: str = typer.Option("default", "--project")):
+    """Set the project's budget in dollars."""
+    from .errors import BudgetError
+
+    try:
+        usd = float(amount)
+    except ValueError:
+        usd = float("nan")
+    if not usd > 0 or usd == float("inf"):
+        raise BudgetError(f"A budget must be a positive number of dollars, got {amount!r}. Example: leantune budget set 200")
+    index = _index(runs_dir)
+    index.set_budget(project, usd)
+    from .runs.ledger import usd as money
+
+    Console().print(f"project '{project}': budget {money(usd)}; {money(index.spent(project))} spent so far.", highlight=False)
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="Named, versioned adapters with stages.")
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("push")
+def registry_push(run: str = typer.Argument(...), name: str = typer.Option(..., "--name"), runs_dir: str = RUNS_DIR):
+    """Register a run's adapter (or model) as the next version of NAME."""
+    from .runs.registry import check_name, push
+
+    check_name(name)
+    index = _index(runs_dir)
+    version = push(index, index.find(run), name)
+    Console().print(f"{name} v{version}")
+
+
+@registry_app.command("ls")
+def registry_ls(runs_dir: str = RUNS_DIR):
+    """Every registered version with its stage, source run, eval loss and cost."""
+    from rich.table import Table
+
+    from .runs.registry import versions
+
+    table = Table(title="registry")
+    for col in ("name", "version", "stage", "run", "eval loss", "$"):
+        table.add_column(col)
+    for r in versions(_index(runs_dir)):
+        import json as _json
+
+        metrics = _json.loads(r["metrics"] or "{}")
+        table.add_row(r["name"], str(r["version"]), r["stage"], r["run_id"],
+                      f"{metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else "", f"{r['cost_usd'] or 0:.4f}")
+    Console().print(table)
+
+
+@registry_app.command("show")
+def registry_show(name: str = typer.Argument(...), runs_dir: str = RUNS_DIR):
+    """The versions of NAME, where their files are, and which run made them."""
+    from .runs.registry import check_name, versions
+
+    check_name(name)
+    for r in versions(_index(runs_dir), name):
+        Console().print(f"{name} v{r['version']} [{r['stage']}] from run {r['run_id']}: {r['path']} {r['metrics']}",
+                        highlight=False)
+
+
+@registry_app.command("promote")
+def registry_promote(name: str = typer.Argument(...), version: int = typer.Argument(...),
+                     stage: str = typer.Option("production", "--stage"), runs_dir: str = RUNS_DIR):
+    """Move a version to a stage (none / staging / production / archived)."""
+    from .runs.registry import check_name, promote
+
+    check_name(name)
+    promote(_index(runs_dir), name, version, stage)
+    Console().print(f"{name} v{version} -> {stage}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: str = typer.Argument(...), runs_dir: str = RUNS_DIR):
+    """Give production back to the version that held it before the current one."""
+    from .runs.registry import check_name, rollback
+
+    check_name(name)
+    old, new = rollback(_index(runs_dir), name)
+    Console().print(f"{name}: production v{old} -> v{new} (v{old} archived)")
+
+
 @app.command()
 def demo(
     runs_dir: str = typer.Option("runs", "--runs-dir"),
@@ -299,11 +487,10 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
+        # typer >= 0.16 vendors its own copy of click, so match the exception by its shape, not by click's class
+        if type(e).__name__.endswith(("UsageError", "Exception", "Option", "Argument", "BadParameter")) and hasattr(e, "show"):
             e.show()
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2) or 2)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -120,6 +120,7 @@ class HardwareConfig(_Section):
 class OutputConfig(_Section):
     runs_dir: str = "runs"
     name: str | None = Field(None, description="run name; the run id gets a timestamp prefix")
+    project: str = Field("default", description="cost ledger and budget group (`leantune budget --project`)")
 
 
 class ObjectiveConfig(_Section):

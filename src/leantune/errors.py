@@ -29,3 +29,15 @@ class RunDirError(UserError):
 
 class PlanError(UserError):
     """A run the planner predicts cannot work (does not fit the declared memory)."""
+
+
+class DuplicateRunError(UserError):
+    """A run identical (config, data, base model) to one that already completed."""
+
+
+class BudgetError(UserError):
+    """A run the project budget cannot pay for, or a budget that is not a positive number."""
+
+
+class RegistryError(UserError):
+    """A registry name, version or stage that does not exist or is not valid."""

@@ -43,6 +43,10 @@ class RunDir:
         info = self.info()
         info.update(fields)
         atomic.write_json(self.info_path, info)
+        if "status" in fields:  # the runs index follows every status change
+            from .ledger import index_run
+
+            index_run(self.path)
 
     def append_metrics(self, record: dict) -> None:
         self.append_jsonl(self.metrics_path.name, record)
@@ -74,19 +78,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
 
 
-def create_run_dir(config: RunConfig) -> RunDir:
+def create_run_dir(config: RunConfig, prints: dict | None = None) -> RunDir:
+    import torch
+
     root = Path(config.output.runs_dir)
     name = config.output.name or f"{config.method.name}-{Path(config.model.base).stem}-{Path(config.data.train).stem}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{_slug(name)}"
+    root.mkdir(parents=True, exist_ok=True)
     suffix = 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{stamp}-{_slug(name)}-{suffix}"
-    path.mkdir(parents=True)
+    while True:  # mkdir, not exists(): two trainings starting in the same second get different folders
+        path = root / (f"{stamp}-{_slug(name)}" + (f"-{suffix}" if suffix > 1 else ""))
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            suffix += 1
     run = RunDir(path)
     atomic.write_text(run.config_path, config.to_yaml())
-    run.update_info(id=run.id, name=name, status="created", created=time.time())
+    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    run.update_info(id=run.id, name=name, status="created", created=time.time(), device=device, **(prints or {}))
     return run
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
 
 from ..config import RunConfig, load_config
 from ..errors import ConfigError, RunDirError
+from ..errors import BudgetError, DuplicateRunError
+from ..runs.fingerprint import differing_fields, fingerprints, result_fields
+from ..runs.index import RunIndex
+from ..runs.ledger import usd
 from ..runs.rundir import create_run_dir, open_run_dir
 from .recipe import LoraRecipe, TrainResult
 from .signals import TrainingStopped
@@ -19,8 +24,12 @@ def train(
     resume: str | Path | None = None,
     console: Console | None = None,
     force: bool = False,
+    allow_duplicate: bool = False,
 ) -> TrainResult:
-    """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory."""
+    """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory.
+
+    A new run whose config (less the fields that cannot change the result), data and base model match a
+    completed run's is refused before anything is loaded, naming that run (`allow_duplicate` overrides)."""
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
@@ -28,15 +37,20 @@ def train(
         if run.info().get("status") == "completed":
             raise RunDirError(f"Run '{run.path}' has already completed; its adapter is in {run.adapter}. Start a new run to train further.")
         recipe = LoraRecipe(run.config(), run, console)
+        run.update_info(resumes=run.info().get("resumes", 0) + 1)
         recipe.setup(resume=True, force=force)
     else:
         if not isinstance(config, RunConfig):
             config = load_config(config, overrides)
         elif overrides:
             raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
-        recipe = LoraRecipe(config, create_run_dir(config), console)
+        console = console or Console(stderr=True)
+        prints = fingerprints(config)
+        check_duplicate(config, prints, allow_duplicate, console)
+        recipe = LoraRecipe(config, create_run_dir(config, prints), console)
         try:
             recipe.setup(force=force)
+            check_project_budget(recipe)
         except Exception:
             recipe.run.update_info(status="failed")
             raise
@@ -49,3 +63,43 @@ def train(
         raise
 
 
+
+
+def check_duplicate(config: RunConfig, prints: dict, allow: bool, console: Console) -> None:
+    index = RunIndex(config.output.runs_dir)
+    if not index.path.exists():
+        return
+    same = index.completed_with(prints["config_fp"], prints["data_fp"], prints["model_fp"])
+    if same:
+        r = same[-1]
+        result = f"eval loss {r['eval_loss']:.4f}, " if r["eval_loss"] is not None else ""
+        message = (f"This run repeats completed run {r['id']} ({result}${r['cost_usd'] or 0:.2f}): same config, same data "
+                   f"content, same base model weights. Its results are in {r['path']} (`leantune runs show {r['id']}`).")
+        if not allow:
+            raise DuplicateRunError(message + " Pass --allow-duplicate to train it again anyway (e.g. to measure noise).")
+        console.print(f"[yellow]--allow-duplicate: {message}[/]", highlight=False)
+    fields = result_fields(config)
+    near = []
+    for r in index.completed_on(prints["data_fp"], prints["model_fp"]):
+        differs = differing_fields(fields, json.loads(r["fields"] or "{}"))
+        if 0 < len(differs) <= 2:
+            near.append(f"{r['id']} (differs in {', '.join(differs)})")
+    if near:
+        console.print("similar completed runs on the same data and model: " + "; ".join(near[:5]), highlight=False)
+
+
+def check_project_budget(recipe: LoraRecipe) -> None:
+    """A run whose planned cost is more than the project has left does not start."""
+    config = recipe.config
+    index = RunIndex(config.output.runs_dir)
+    budget, _ = index.budget(config.output.project)
+    if budget is None:
+        return
+    left = budget - index.spent(config.output.project)
+    planned = recipe.planned_cost_usd()
+    recipe.note(f"project '{config.output.project}': {usd(left)} of {usd(budget)} left; this run is planned at {usd(planned)}")
+    if planned > left:
+        recipe.run.update_info(status="refused-budget")
+        raise BudgetError(f"This run is planned to cost {usd(planned)}, more than the {usd(left)} left of project "
+                          f"'{config.output.project}''s {usd(budget)} budget. Raise it (`leantune budget set N --project "
+                          f"{config.output.project}`), shorten the run, or lower cost.usd_per_hour if it is wrong.")

@@ -30,6 +30,8 @@ from ..models.methods import (adalora_model, adalora_ranks, attach_method, check
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
 from ..models.forward import label_logits, summed_label_loss
+from ..runs.index import RunIndex
+from ..runs.ledger import budget_alerts
 from ..runs.report import write_report
 from ..runs.rundir import RunDir
 from .forgetting import EWCPenalty, load_or_estimate_fisher, replay_rows
@@ -279,6 +281,7 @@ class LoraRecipe:
         result = self.result(loss, eval_loss)
         write_report(self.run, cfg, result)
         self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss)
+        budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
         return result
 
     def train_step(self, step: int) -> tuple[float, int, dict]:
@@ -357,6 +360,33 @@ class LoraRecipe:
         if not parts:
             return torch.zeros(0), torch.zeros(0)
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+
+    def planned_cost_usd(self) -> float:
+        """Dollars this run should cost, before it starts: its tokens x the planner's FLOPs per token over this
+        device's throughput (a GPU from the planner's catalog at its default MFU; a CPU at 50 GFLOP/s, the lower
+        half of what bench/memory_model.py measured on 2 cores), times cost.usd_per_hour."""
+        from ..plan.catalog import load_catalog
+        from ..plan.setup import setup_from_run_config
+        from ..plan.shapes import shape_from_hf_config
+        from ..plan.timing import DEFAULT_MFU, flops_per_token
+
+        cfg = self.config
+        if not cfg.cost.usd_per_hour:
+            return 0.0
+        rows = rows_of(self.train_data)
+        per_row = sum(len(e.input_ids) for e in rows) / max(len(rows), 1) * (2 if self.dpo else 1)
+        tokens = self.total_steps * cfg.training.micro_batch_size * cfg.training.grad_accum * per_row
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        shape = shape_from_hf_config(base.config.to_dict(), cfg.model.base)
+        setup = setup_from_run_config(cfg, device=self.device)
+        if self.device == "cuda":
+            name = torch.cuda.get_device_name(0).lower()
+            catalog = load_catalog()
+            gpu = next((g for key, g in catalog.items() if key.replace("-", " ") in name), catalog.get("h100"))
+            flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU.get(setup.method, 0.35)
+        else:
+            flops = 50e9
+        return tokens * flops_per_token(shape, setup) / flops / 3600 * cfg.cost.usd_per_hour
 
     def cost_so_far(self) -> float:
         return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour

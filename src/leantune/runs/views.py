@@ -1,0 +1,128 @@
+"""What `leantune runs ...` prints: tables of runs, one run in detail, side-by-side comparison, config diffs,
+and a PNG of loss curves."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .fingerprint import differing_fields
+from .ledger import _metrics
+
+
+def _money(v) -> str:
+    return "" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+
+
+def _num(v, fmt="{:.4f}") -> str:
+    return "" if v is None else fmt.format(v)
+
+
+def _when(ts) -> str:
+    return "" if not ts else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def runs_table(runs: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("id", "name", "status", "method", "base", "data", "steps", "best eval", "GPU-h", "$", "started"):
+        table.add_column(col, overflow="fold")
+    for r in runs:
+        steps = f"{r['steps'] or 0}/{r['total_steps']}" if r.get("total_steps") else str(r["steps"] or 0)
+        table.add_row(escape(r["id"]), escape(r["name"] or ""), r["status"] or "", r["method"] or "", escape(r["base"] or ""),
+                      escape(Path(r["data"] or "").name), steps, _num(r["best_eval_loss"]), _num(r["gpu_hours"], "{:.3f}"),
+                      _money(r["cost_usd"]), _when(r["started"]))
+    return table
+
+
+def totals_line(runs: list[dict]) -> str:
+    cost = sum(r["cost_usd"] or 0 for r in runs)
+    gpu_h = sum(r["gpu_hours"] or 0 for r in runs)
+    tokens = sum(r["tokens"] or 0 for r in runs)
+    per_m = f", ${cost / tokens * 1e6:.4f} per 1M tokens" if tokens and cost else ""
+    return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}, {tokens:,} tokens{per_m}"
+
+
+def show_run(console: Console, run: dict) -> None:
+    path = Path(run["path"])
+    console.print(f"[bold]{escape(run['id'])}[/] ({escape(run['name'] or '')}), {run['status']}, project {run['project']}",
+                  highlight=False)
+    table = Table(show_header=True)
+    for col in ("", "planned", "actual"):
+        table.add_column(col)
+    plan = {}
+    if (path / "plan.json").is_file():
+        try:
+            plan = json.loads((path / "plan.json").read_text()).get("memory_gib", {})
+        except ValueError:
+            plan = {}
+    peak = run["peak_memory_mb"]
+    table.add_row("peak memory", f"{plan['total']:.2f} GiB" if "total" in plan else "",
+                  f"{peak / 1024:.2f} GiB" if peak else "")
+    table.add_row("steps", str(run["total_steps"] or ""), str(run["steps"] or 0))
+    table.add_row("training time", "", f"{run['wall_s'] or 0:.1f} s on {run['device']}")
+    table.add_row("cost", "", f"{_money(run['cost_usd']) or '$0'} at ${run['usd_per_hour'] or 0}/h"
+                  + (f", ${run['usd_per_m_tokens']:.4f} per 1M tokens" if run["usd_per_m_tokens"] else ""))
+    table.add_row("loss", "", f"final {_num(run['final_loss'])}, eval {_num(run['eval_loss'])}, best eval {_num(run['best_eval_loss'])}")
+    console.print(table)
+    config = json.loads(run["fields"] or "{}")
+    console.print("config (fields that change the result): " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())),
+                  highlight=False, soft_wrap=True)
+    artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
+    console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
+
+
+def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    fa, fb = json.loads(a["fields"] or "{}"), json.loads(b["fields"] or "{}")
+    return [(k, fa.get(k), fb.get(k)) for k in differing_fields(fa, fb)]
+
+
+def compare_table(runs: list[dict]) -> Table:
+    table = Table(title="runs side by side")
+    table.add_column("")
+    for r in runs:
+        table.add_column(escape(r["id"]), overflow="fold")
+    rows = [("status", "status", str), ("method", "method", str), ("steps", "steps", str),
+            ("final loss", "final_loss", _num), ("eval loss", "eval_loss", _num), ("best eval", "best_eval_loss", _num),
+            ("tokens", "tokens", lambda v: f"{v or 0:,}"), ("time s", "wall_s", lambda v: f"{v or 0:.1f}"),
+            ("cost", "cost_usd", _money), ("$ / 1M tokens", "usd_per_m_tokens", lambda v: _num(v)),
+            ("peak memory MiB", "peak_memory_mb", lambda v: _num(v, "{:,.0f}"))]
+    for label, key, fmt in rows:
+        table.add_row(label, *[fmt(r.get(key)) for r in runs])
+    fields = [json.loads(r["fields"] or "{}") for r in runs]
+    differing = sorted({k for f in fields for k in f if len({json.dumps(g.get(k)) for g in fields}) > 1})
+    for k in differing:
+        table.add_row(f"[cyan]{k}[/]", *[str(f.get(k)) for f in fields])
+    return table
+
+
+def loss_plot(runs: list[dict], target: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in runs:
+        metrics = _metrics(Path(r["path"]) / "metrics.jsonl")
+        steps = [m for m in metrics if "loss" in m]
+        if steps:
+            ax.plot([m["step"] for m in steps], [max(m["loss"], 1e-6) for m in steps], label=f"{r['id']} (train)")
+        evals = [m for m in metrics if "eval_loss" in m]
+        if evals:
+            ax.plot([m["step"] for m in evals], [m["eval_loss"] for m in evals], "o--", label=f"{r['id']} (eval)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return target

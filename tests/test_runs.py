@@ -1,0 +1,147 @@
+"""The runs index, duplicate detection, the cost ledger and budget, comparisons, and the registry."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_overrides
+from leantune.errors import BudgetError, DuplicateRunError
+from leantune.runs.index import RunIndex
+from leantune.train import train
+from test_cli import run_cli
+
+FAST = {"training.max_steps": 3, "training.checkpoint_every": 100}
+
+
+def quick(tiny_model_dir, chat_file, runs, **extra):
+    return train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{**FAST, **extra}))
+
+
+def test_index_records_runs_with_cost_and_refuses_a_duplicate(tiny_model_dir, chat_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    first = quick(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0})
+    [row] = RunIndex(runs).runs()
+    assert row["status"] == "completed" and row["steps"] == 3 and row["method"] == "lora"
+    assert row["cost_usd"] == pytest.approx(row["wall_s"] / 3600 * 36.0) and row["cost_usd"] > 0
+    assert row["usd_per_m_tokens"] == pytest.approx(row["cost_usd"] / row["tokens"] * 1e6)
+    assert row["config_fp"] and row["data_fp"] and row["model_fp"]
+
+    # same config, data and model, another name and output settings: refused before anything loads
+    with pytest.raises(DuplicateRunError, match=f"repeats completed run {first.run_dir.name}"):
+        quick(tiny_model_dir, chat_file, runs, **{"output.name": "again", "training.eval_every": 2, "cost.usd_per_hour": 1})
+    # the same data under another file name is still the same data
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(chat_file.read_bytes())
+    with pytest.raises(DuplicateRunError):
+        quick(tiny_model_dir, copy, runs, **{"cost.usd_per_hour": 36.0})
+    forced = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{**FAST, "cost.usd_per_hour": 36.0}),
+                   allow_duplicate=True)
+    assert forced.run_dir != first.run_dir
+
+    # one field different: runs, and the near miss is named
+    from io import StringIO
+
+    from rich.console import Console
+
+    log = StringIO()
+    train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{**FAST, "training.lr": 1e-3}),
+          console=Console(file=log, width=300))
+    assert "similar completed runs" in log.getvalue() and "training.lr" in log.getvalue()
+    assert len(RunIndex(runs).runs()) == 3
+
+
+def test_runs_cli_ls_show_compare_diff_reindex(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    a = quick(tiny_model_dir, chat_file, runs)
+    b = quick(tiny_model_dir, chat_file, runs, **{"method.r": 4})
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "ls", "--runs-dir", runs)
+    assert code == 0 and a.run_dir.name[:10] in out and "2 runs" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "show", a.run_dir.name, "--runs-dir", runs)
+    assert code == 0 and "planned" in out and "peak memory" in out and "adapter/" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "diff", a.run_dir.name, b.run_dir.name, "--runs-dir", runs)
+    assert code == 0 and "method.r: 8 -> 4" in out
+    png = tmp_path / "curves.png"
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "compare", a.run_dir.name, b.run_dir.name, "--runs-dir", runs,
+                           "-o", png)
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG" and "method.r" in out
+    # unknown id: a suggestion
+    code, _, err = run_cli(monkeypatch, capsys, "runs", "show", a.run_dir.name[:-1] + "X", "--runs-dir", runs)
+    assert code == 2 and "Did you mean" in err
+    # a damaged run directory is reported and the others still indexed
+    (b.run_dir / "run.json").write_text("{not json")
+    (runs / "index.sqlite").unlink()
+    code, out, err = run_cli(monkeypatch, capsys, "runs", "reindex", "--runs-dir", runs)
+    assert code == 0 and "run.json: unreadable" in err and "indexed 1 of 2" in out
+    assert [r["id"] for r in RunIndex(runs).runs()] == [a.run_dir.name]
+
+
+def test_budget_alerts_and_refusal(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    for bad in ("0", "lots", "inf", "nan"):
+        code, _, err = run_cli(monkeypatch, capsys, "budget", "set", bad, "--runs-dir", runs)
+        assert code == 2 and "positive number" in err, bad
+    code, _, err = run_cli(monkeypatch, capsys, "budget", "set", "--runs-dir", runs, "--", "-5")
+    assert code == 2 and "positive number" in err
+    # the plan (FLOPs at 50 GFLOP/s) fits this budget; the tiny model's real wall time (Python overhead) does not
+    code, out, _ = run_cli(monkeypatch, capsys, "budget", "set", "0.0002", "--runs-dir", runs)
+    assert code == 0
+    first = quick(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0})
+    alerts = (runs / "alerts.log").read_text()
+    assert "past 50%" in alerts and "past 80%" in alerts and "past 100%" in alerts
+    with pytest.raises(BudgetError, match="more than the .* left"):
+        quick(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0, "training.lr": 1e-3})
+    code, out, _ = run_cli(monkeypatch, capsys, "budget", "--runs-dir", runs)
+    assert code == 0 and "of $0.000200 spent" in out
+    assert first.cost_usd > 0
+
+
+def test_registry_push_promote_rollback(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    one = quick(tiny_model_dir, chat_file, runs)
+    two = quick(tiny_model_dir, chat_file, runs, **{"training.lr": 1e-3})
+    for run, version in ((one, 1), (two, 2)):
+        code, out, _ = run_cli(monkeypatch, capsys, "registry", "push", run.run_dir.name, "--name", "support-bot",
+                               "--runs-dir", runs)
+        assert code == 0 and f"support-bot v{version}" in out
+    run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "1", "--stage", "production", "--runs-dir", runs)
+    run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "2", "--stage", "production", "--runs-dir", runs)
+    stages = lambda: {r["version"]: r["stage"] for r in map(dict, sqlite3.connect(runs / "index.sqlite").execute(  # noqa: E731
+        "SELECT version, stage FROM registry").fetchall() and [])} or {
+        v: s for v, s in sqlite3.connect(runs / "index.sqlite").execute("SELECT version, stage FROM registry")}
+    assert stages() == {1: "archived", 2: "production"}
+    code, out, _ = run_cli(monkeypatch, capsys, "registry", "rollback", "support-bot", "--runs-dir", runs)
+    assert code == 0 and "production v2 -> v1" in out and stages() == {1: "production", 2: "archived"}
+    # the registered copy survives the run's deletion
+    import shutil
+
+    shutil.rmtree(one.run_dir)
+    registered = runs / "registry" / "support-bot" / "v1"
+    assert (registered / "adapter_config.json").is_file()
+    code, _, err = run_cli(monkeypatch, capsys, "registry", "push", two.run_dir.name, "--name", "1bad name", "--runs-dir", runs)
+    assert code == 2 and "not valid" in err
+    code, _, err = run_cli(monkeypatch, capsys, "registry", "show", "nobody", "--runs-dir", runs)
+    assert code == 2 and "No model named 'nobody'" in err
+
+
+def test_two_trainings_and_a_reader_at_once_keep_the_index_whole(tiny_model_dir, chat_file, tmp_path):
+    runs = tmp_path / "runs"
+    procs = [subprocess.Popen([sys.executable, "-m", "leantune.cli", "train",
+                               *tiny_overrides(tiny_model_dir, chat_file, runs, **{**FAST, "training.max_steps": 6,
+                                                                                    "training.lr": lr})],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for lr in ("1e-3", "2e-3")]
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        if (runs / "index.sqlite").exists():
+            RunIndex(runs).runs()  # a reader during the writes
+            reads += 1
+        time.sleep(0.05)
+    for p in procs:
+        out, err = p.communicate()
+        assert p.returncode == 0, err
+    rows = RunIndex(runs).runs()
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"} and reads > 0
+    assert sqlite3.connect(runs / "index.sqlite").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
