@@ -60,6 +60,8 @@ def test_runs_cli_ls_show_compare_diff_reindex(tiny_model_dir, chat_file, tmp_pa
     b = quick(tiny_model_dir, chat_file, runs, **{"method.r": 4})
     code, out, _ = run_cli(monkeypatch, capsys, "runs", "ls", "--runs-dir", runs)
     assert code == 0 and a.run_dir.name[:10] in out and "2 runs" in out
+    report = (a.run_dir / "report.md").read_text()
+    assert "## Plan vs actual" in report and "| peak memory |" in report and "| training time |" in report
     code, out, _ = run_cli(monkeypatch, capsys, "runs", "show", a.run_dir.name, "--runs-dir", runs)
     assert code == 0 and "planned" in out and "peak memory" in out and "adapter/" in out
     code, out, _ = run_cli(monkeypatch, capsys, "runs", "diff", a.run_dir.name, b.run_dir.name, "--runs-dir", runs)
@@ -145,3 +147,10 @@ def test_two_trainings_and_a_reader_at_once_keep_the_index_whole(tiny_model_dir,
     rows = RunIndex(runs).runs()
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"} and reads > 0
     assert sqlite3.connect(runs / "index.sqlite").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_cuda_run_without_a_declared_price_is_costed_from_the_gpu_table():
+    from leantune.runs.ledger import catalog_price
+
+    assert catalog_price("cpu") == 0.0
+    assert catalog_price("cuda:NVIDIA H100 80GB HBM3") == 3.0

@@ -134,6 +134,12 @@ class ObjectiveConfig(_Section):
     alpha: float = Field(0.5, ge=0, le=1, description="distill: weight of the teacher term; 1 - alpha goes to the SFT loss")
 
 
+class TrackingConfig(_Section):
+    backend: Literal["none", "mlflow"] = Field("none", description="where params, metrics and artifacts also go")
+    uri: str | None = Field(None, description="mlflow: tracking server, e.g. http://127.0.0.1:5000")
+    experiment: str = Field("leantune", description="mlflow: experiment name")
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -144,6 +150,7 @@ class RunConfig(_Section):
     cost: CostConfig = CostConfig()
     hardware: HardwareConfig = HardwareConfig()
     output: OutputConfig = OutputConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

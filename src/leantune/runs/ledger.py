@@ -46,6 +46,19 @@ def _metrics(path: Path) -> list[dict]:
     return out
 
 
+def catalog_price(device: str) -> float:
+    """On-demand $/h of a CUDA device from the planner's GPU table when the config declares no price; 0 on CPU."""
+    if not device.startswith("cuda"):
+        return 0.0
+    from ..plan.catalog import load_catalog
+
+    name = device.removeprefix("cuda:").lower()
+    for key, gpu in load_catalog().items():
+        if key.replace("-", " ") in name or gpu.name.lower() in name:
+            return gpu.on_demand_usd or 0.0
+    return 0.0
+
+
 def row_for(run_dir: str | Path) -> dict:
     """The index row of a run directory. Raises RunDirError naming the file that is missing or corrupt."""
     run_dir = Path(run_dir)
@@ -60,9 +73,9 @@ def row_for(run_dir: str | Path) -> dict:
     last = steps[-1] if steps else {}
     wall = float(last.get("elapsed_s", 0.0))
     tokens = int(last.get("tokens", 0))
-    price = config.cost.usd_per_hour
-    cost = wall / 3600 * price
     device = info.get("device", "cpu")
+    price = config.cost.usd_per_hour or catalog_price(device)
+    cost = wall / 3600 * price
     plan = {}
     if (run_dir / "plan.json").is_file():
         try:

@@ -36,6 +36,30 @@ def plot_loss(run: RunDir) -> bool:
     return True
 
 
+def plan_vs_actual(run: RunDir, result, config) -> list[str]:
+    """What the planner said before the run next to what happened (plan.json, written at setup)."""
+    import json
+
+    try:
+        plan = json.loads((run.path / "plan.json").read_text())
+    except (OSError, ValueError):
+        return []
+    planned_gib = plan.get("memory_gib", {}).get("total")
+    planned_s = plan.get("seconds")
+    rows = ["## Plan vs actual", "", "| | planned | actual | actual / planned |", "|---|---|---|---|"]
+    actual_gib = result.peak_memory_mb / 1024
+    if planned_gib:
+        rows.append(f"| peak memory | {planned_gib:.2f} GiB | {actual_gib:.2f} GiB | {actual_gib / planned_gib:.2f} |")
+    if planned_s:
+        rows.append(f"| training time | {planned_s:.0f} s | {result.elapsed_s:.0f} s | {result.elapsed_s / planned_s:.2f} |")
+        planned_cost = planned_s / 3600 * config.cost.usd_per_hour
+        if config.cost.usd_per_hour:
+            rows.append(f"| cost | ${planned_cost:.4f} | ${result.cost_usd:.4f} | {result.cost_usd / planned_cost:.2f} |")
+    note = ("Peak memory on CPU is the process's resident peak, which also holds allocator slack the plan leaves out "
+            "(see plan/MEMORY_MODEL.md)." if result.peak_memory_mb and "cuda" not in str(plan.get("setup", {}).get("device", "cpu")) else "")
+    return rows + ["", note, ""] if note else rows + [""]
+
+
 def write_report(run: RunDir, config, result, extra: str = "") -> None:
     has_plot = plot_loss(run)
     m, t = config.method, config.training
@@ -58,6 +82,7 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
         f"| cost | ${result.cost_usd:.4f} at ${config.cost.usd_per_hour}/h |",
         "",
     ]
+    lines += plan_vs_actual(run, result, config)
     if has_plot:
         lines += ["![loss](loss.png)", ""]
     if config.method.name == "full":

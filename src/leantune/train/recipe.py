@@ -7,6 +7,7 @@ gradient of one big batch; dividing each micro-batch by its own count would weig
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import shlex
@@ -33,6 +34,7 @@ from ..models.forward import label_logits, summed_label_loss
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
 from ..runs.report import write_report
+from ..runs.trackers import Trackers
 from ..runs.rundir import RunDir
 from .forgetting import EWCPenalty, load_or_estimate_fisher, replay_rows
 from .distill import distill_terms, load_teacher
@@ -105,6 +107,7 @@ class LoraRecipe:
             self.note(f"[yellow]data: {splits.leaked_kept} training rows have a prompt that is also in {cfg.data.eval}: "
                       "the eval score will reward memorising them (`leantune data check --eval` lists them)[/]")
         check_method_available(cfg.method, self.device)  # before minutes of model loading, not after
+        self.trackers = Trackers(cfg, self.note)  # an unreachable tracking server stops us here, not after loading
         base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
@@ -164,6 +167,10 @@ class LoraRecipe:
                           f"({stored / params:.3f} bytes/parameter)")
                 self.run.update_info(quantized_bytes_per_param=stored / params)
         self.check_memory_plan(base.model.config.to_dict(), compute_dtype, force)
+        from .. import atomic
+
+        plan = json.loads((self.run.path / "plan.json").read_text())
+        atomic.write_json(self.run.path / "plan.json", {**plan, "seconds": self.planned_seconds()})
         self.ewc = None
         if forget.ewc_lambda:
             general, _ = tokenize_examples(self.tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples],
@@ -244,6 +251,7 @@ class LoraRecipe:
     def train(self) -> TrainResult:
         cfg, t = self.config, self.config.training
         self.run.update_info(status="running", total_steps=self.total_steps)
+        self.trackers.start(self.run, self.config, resumed=self.progress.step > 0)
         self.model.train()
         loss = float("nan")
         eval_loss = None
@@ -281,6 +289,10 @@ class LoraRecipe:
         result = self.result(loss, eval_loss)
         write_report(self.run, cfg, result)
         self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss)
+        self.trackers.finish(self.run, "completed", {
+            "cost_usd": result.cost_usd, "usd_per_hour": cfg.cost.usd_per_hour, "device": self.device,
+            "gpu_hours": result.elapsed_s / 3600 if self.device == "cuda" else 0.0, "tokens": result.tokens,
+            "method": cfg.method.name, "objective": cfg.objective.name, "project": cfg.output.project})
         budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
         return result
 
@@ -362,17 +374,18 @@ class LoraRecipe:
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
 
     def planned_cost_usd(self) -> float:
-        """Dollars this run should cost, before it starts: its tokens x the planner's FLOPs per token over this
-        device's throughput (a GPU from the planner's catalog at its default MFU; a CPU at 50 GFLOP/s, the lower
-        half of what bench/memory_model.py measured on 2 cores), times cost.usd_per_hour."""
+        return self.planned_seconds() / 3600 * self.config.cost.usd_per_hour
+
+    def planned_seconds(self) -> float:
+        """Training time this run should take, before it starts: its tokens x the planner's FLOPs per token over
+        this device's throughput (a GPU from the planner's catalog at its default MFU; a CPU at 50 GFLOP/s, the
+        lower half of what bench/memory_model.py measured on 2 cores)."""
         from ..plan.catalog import load_catalog
         from ..plan.setup import setup_from_run_config
         from ..plan.shapes import shape_from_hf_config
         from ..plan.timing import DEFAULT_MFU, flops_per_token
 
         cfg = self.config
-        if not cfg.cost.usd_per_hour:
-            return 0.0
         rows = rows_of(self.train_data)
         per_row = sum(len(e.input_ids) for e in rows) / max(len(rows), 1) * (2 if self.dpo else 1)
         tokens = self.total_steps * cfg.training.micro_batch_size * cfg.training.grad_accum * per_row
@@ -386,7 +399,7 @@ class LoraRecipe:
             flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU.get(setup.method, 0.35)
         else:
             flops = 50e9
-        return tokens * flops_per_token(shape, setup) / flops / 3600 * cfg.cost.usd_per_hour
+        return tokens * flops_per_token(shape, setup) / flops
 
     def cost_so_far(self) -> float:
         return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour
@@ -421,6 +434,7 @@ class LoraRecipe:
             if p.step % every == 0 or p.step == self.total_steps or p.step == 1:
                 self.run.append_jsonl("adalora_ranks.jsonl", {"step": p.step, "ranks": ranks})
         self.run.append_metrics(record)
+        self.trackers.metrics(record)
         return record
 
     @torch.no_grad()
@@ -446,6 +460,7 @@ class LoraRecipe:
         if self.progress.best_eval_loss is None or eval_loss < self.progress.best_eval_loss:
             self.progress.best_eval_loss = eval_loss
         self.run.append_metrics({"step": self.progress.step, "eval_loss": eval_loss, **extra})
+        self.trackers.metrics({"step": self.progress.step, "eval_loss": eval_loss, **extra})
         shown = "".join(f", {k.removeprefix('eval_').replace('_', ' ')} {v:.3f}" for k, v in extra.items())
         self.note(f"step {self.progress.step}: eval loss {eval_loss:.4f}{shown} on {len(self.eval_data)} examples")
         return eval_loss
