@@ -80,7 +80,7 @@ def test_generate_from_a_base_model_and_from_a_run(monkeypatch, capsys, tmp_path
     assert code == 0, err  # a random model may say anything, even nothing: only the exit code is meaningful
     code, _, err = run_cli(monkeypatch, capsys, "train", *tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
     assert code == 0, err
-    (run,) = (tmp_path / "runs").iterdir()
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     code, out, err = run_cli(monkeypatch, capsys, "generate", run, "Is message 3 spam?", "--max-new-tokens", "8")
     assert code == 0, err
 
