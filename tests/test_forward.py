@@ -67,3 +67,18 @@ def test_the_planner_caps_logits_memory_at_one_chunk():
     whole = logits_bytes(shape, Setup(seq_len=2048, micro_batch=4))
     chunked = logits_bytes(shape, Setup(seq_len=2048, micro_batch=4, loss_chunk=1024))
     assert chunked == whole / 8
+
+
+def test_multiple_choice_picks_the_likeliest_answer(tiny_model_dir):
+    from leantune.evaluate.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
+
+    base = load_base(str(tiny_model_dir), dtype="float32")
+    examples = [ChatExample(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}))
+                for i in range(6)]
+    questions = questions_with_distractors(examples, n_choices=3, seed=1)
+    assert all(len(q.choices) == 3 and q.choices[q.correct] == f"answer {i}" for i, q in enumerate(questions))
+    assert questions == questions_with_distractors(examples, n_choices=3, seed=1)
+    # the same candidate twice: whichever the model prefers, a question whose choices are identical is "right"
+    same = [Question(examples[0].prompt, ("answer 0", "answer 0"), 0)]
+    assert multiple_choice_accuracy(base.model, base.tokenizer, same) == 1.0
+    assert 0.0 <= multiple_choice_accuracy(base.model, base.tokenizer, questions) <= 1.0

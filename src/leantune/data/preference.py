@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import DataError
 from .records import Example
-from .tokenize import TRUNCATION, TokenizedExample, TokenizeStats, end_of_turn_ids, fit_to_length, tokenize_chat
+from .tokenize import TokenizedExample, TokenizeStats, fit_to_length, start_tokenizing, tokenize_chat
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,7 @@ def require_pairs(examples: list[Example], spec: str) -> None:
 
 def tokenize_pairs(tokenizer, examples: list[Example], max_seq_len: int, truncation: str = "keep_end"
                    ) -> tuple[list[TokenizedPair], TokenizeStats]:
-    if truncation not in TRUNCATION:
-        raise DataError(f"Unknown data.truncation '{truncation}'; use one of {', '.join(TRUNCATION)}.")
-    eot = end_of_turn_ids(tokenizer)
-    stats = TokenizeStats()
+    eot, stats = start_tokenizing(tokenizer, truncation)
     pairs = []
     for example in examples:
         rejected_example = Example(example.messages[:-1] + ({"role": "assistant", "content": example.rejected},),

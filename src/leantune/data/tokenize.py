@@ -130,14 +130,18 @@ def fit_to_length(tok: TokenizedExample, max_seq_len: int, truncation: str, is_t
     return [TokenizedExample(tok.input_ids[n - max_seq_len :], labels, tok.source)]
 
 
+def start_tokenizing(tokenizer, truncation: str) -> tuple[set[int], TokenizeStats]:
+    """The end-of-turn ids and fresh counters for a tokenising pass, after checking the truncation policy."""
+    if truncation not in TRUNCATION:
+        raise DataError(f"Unknown data.truncation '{truncation}'; use one of {', '.join(TRUNCATION)}.")
+    return end_of_turn_ids(tokenizer), TokenizeStats()
+
+
 def tokenize_examples(
     tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant", truncation: str = "keep_end"
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
     """Tokenise and fit to max_seq_len by the truncation policy, counting what was cut so nothing is lost silently."""
-    if truncation not in TRUNCATION:
-        raise DataError(f"Unknown data.truncation '{truncation}'; use one of {', '.join(TRUNCATION)}.")
-    eot_ids = end_of_turn_ids(tokenizer)
-    stats = TokenizeStats()
+    eot_ids, stats = start_tokenizing(tokenizer, truncation)
     out = []
     for example in examples:
         tok = tokenize_example(tokenizer, example, eot_ids, train_on=train_on)

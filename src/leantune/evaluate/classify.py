@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.batches import collate
 from ..data.records import ChatExample
 from ..data.tokenize import end_of_turn_ids, tokenize_chat
-from ..models.forward import sequence_logprobs
+from .scoring import score_rows
 
 
 @dataclass
@@ -42,15 +41,7 @@ def classify(model, tokenizer, examples: list[ChatExample], labels: list[str], b
         for label in labels:
             chat = ChatExample(ex.prompt + ({"role": "assistant", "content": label},), ex.source)
             candidates.append(tokenize_chat(tokenizer, chat, eot, last_turn_only=True))
-    was_training = model.training
-    model.eval()
-    # Sorting by length keeps padding (wasted compute) low; scores go back to their original slots.
-    order = sorted(range(len(candidates)), key=lambda i: len(candidates[i].input_ids))
-    scores = torch.empty(len(candidates))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        scores[chunk] = sequence_logprobs(model, collate([candidates[i] for i in chunk], tokenizer.pad_token_id)).cpu()
-    model.train(was_training)
+    scores = score_rows(model, tokenizer.pad_token_id, candidates, batch_size)
     best = scores.view(len(examples), len(labels)).argmax(dim=1)
     return [labels[i] for i in best.tolist()]
 

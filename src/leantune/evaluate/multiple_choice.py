@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.batches import collate
 from ..data.records import Example
 from ..data.tokenize import end_of_turn_ids, tokenize_chat
-from ..models.forward import sequence_logprobs
+from .scoring import score_rows
 
 
 @dataclass(frozen=True)
@@ -39,21 +38,12 @@ def questions_with_distractors(examples: list[Example], n_choices: int = 4, seed
 @torch.no_grad()
 def multiple_choice_accuracy(model, tokenizer, questions: list[Question], batch_size: int = 16) -> float:
     eot = end_of_turn_ids(tokenizer)
-    rows, owner = [], []
-    for qi, q in enumerate(questions):
+    rows = []
+    for q in questions:
         for choice in q.choices:
             example = Example(q.prompt + ({"role": "assistant", "content": choice},))
             rows.append(tokenize_chat(tokenizer, example, eot, last_turn_only=True))
-            owner.append(qi)
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
-    scores = torch.empty(len(rows))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        logps = sequence_logprobs(model, collate([rows[i] for i in chunk], tokenizer.pad_token_id)).cpu()
-        scores[chunk] = logps / torch.tensor([max(rows[i].n_label_tokens, 1) for i in chunk], dtype=torch.float32)
-    model.train(was_training)
+    scores = score_rows(model, tokenizer.pad_token_id, rows, batch_size, per_token=True)
     correct, start = 0, 0
     for q in questions:
         best = int(scores[start : start + len(q.choices)].argmax())
