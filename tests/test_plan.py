@@ -230,3 +230,13 @@ def test_peak_holds_the_larger_of_activations_and_gradients():
         static = m.weights + m.trainable_weights + m.optimizer + m.reference_model + m.overhead
         assert m.total == pytest.approx(static + max(m.activations + m.logits, m.gradients))
     assert long_seq.activations > long_seq.gradients and short_seq.gradients > short_seq.activations + short_seq.logits
+
+
+def test_plan_takes_every_training_method_from_a_run_config(tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    for method, shown in (("adalora", "lora on"), ("full", "full on"), ("dora", "dora on"), ("qlora", "qlora on")):
+        config = tmp_path / f"{method}.yaml"
+        config.write_text(f"method: {{name: {method}, r: 8, target_r: 4}}\ntraining: {{loss_chunk: 256}}\n")
+        code, out, err = run_cli(monkeypatch, capsys, "plan", config, "--gpu", "l4")
+        assert code == 0 and shown in out, (method, err)

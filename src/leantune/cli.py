@@ -100,8 +100,8 @@ def plan(
         from .plan.setup import setup_from_run_config
 
         run = load_config(config)
-        from_config = {"model": run.model.base, "method": run.method.name, "dataset": run.data.train, "epochs": float(run.training.epochs)}
-        base = setup_from_run_config(run)
+        base = setup_from_run_config(run)  # AdaLoRA plans as LoRA of its initial rank
+        from_config = {"model": run.model.base, "method": base.method, "dataset": run.data.train, "epochs": float(run.training.epochs)}
     given = {"seq_len": seq_len, "micro_batch": batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing}
     setup = replace(
         base, **{k: v for k, v in given.items() if v is not None},
