@@ -21,7 +21,8 @@ def load_for_inference(spec: str):
         if run.full_model.is_dir():  # full fine-tuning: the run holds a whole model
             tuned = load_base(str(run.full_model), config.model.dtype)
             return tuned.model, tuned.tokenizer
-        base = load_base(config.model.base, config.model.dtype)
+        # a QLoRA adapter was trained over the 4-bit base: serve it over the same weights it learned to correct
+        base = load_base(config.model.base, config.model.dtype, quantize_4bit=config.method.name == "qlora")
         return load_adapter(base.model, run.adapter), base.tokenizer
     base = load_base(spec)
     return base.model, base.tokenizer
