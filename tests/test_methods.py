@@ -75,6 +75,10 @@ def test_qlora_keeps_the_base_in_4_bit(tiny_model_dir, chat_file, tmp_path):
     assert quantised and all(m.weight.dtype == torch.uint8 and not m.weight.requires_grad for m in quantised)
     info = json.loads((result.run_dir / "run.json").read_text())
     assert 0.5 <= info["quantized_bytes_per_param"] < 1.0  # 4 bits + block statistics (large share on tiny layers)
+    from leantune.generate import load_for_inference
+
+    served, _ = load_for_inference(str(result.run_dir))  # over the same 4-bit base it was trained on
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in served.modules())
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
