@@ -43,7 +43,7 @@ def run_demo(runs_dir: str = "runs", steps: int | None = None, console: Console 
     started = time.perf_counter()
     config = demo_config(runs_dir, steps)
     console.print(f"[bold]leantune demo[/]: LoRA on {config.model.base}, data {config.data.train}, {config.training.max_steps} steps")
-    result = train(config, console=console)
+    result = train(config, console=console, allow_duplicate=True)  # a demo is meant to be run again
     console.print(f"evaluating base and tuned model on the same {len(result.eval_examples)} held-out messages ...")
     model, tokenizer, examples = result.model, result.tokenizer, result.eval_examples
     labels = list(SMS_LABELS)
