@@ -24,18 +24,19 @@ def _num(v, fmt="{:.4f}") -> str:
 
 
 def _when(ts) -> str:
-    return "" if not ts else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    return "" if not ts else time.strftime("%m-%d %H:%M", time.localtime(ts))
 
 
 def runs_table(runs: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for col in ("id", "name", "status", "method", "base", "data", "steps", "best eval", "GPU-h", "$", "started"):
+    # the id already ends with the run's name, so the name gets no column of its own (narrow terminals)
+    for col in ("id", "status", "method", "base", "data", "steps", "best eval", "GPU-h", "$", "started"):
         table.add_column(col, overflow="fold")
     for r in runs:
         steps = f"{r['steps'] or 0}/{r['total_steps']}" if r.get("total_steps") else str(r["steps"] or 0)
-        table.add_row(escape(r["id"]), escape(r["name"] or ""), r["status"] or "", r["method"] or "", escape(r["base"] or ""),
+        table.add_row(escape(r["id"]), r["status"] or "", r["method"] or "", escape(Path(r["base"] or "").name),
                       escape(Path(r["data"] or "").name), steps, _num(r["best_eval_loss"]), _num(r["gpu_hours"], "{:.3f}"),
-                      _money(r["cost_usd"]), _when(r["started"]))
+                      _money(r["cost_usd"]) if r["cost_usd"] else "0", _when(r["started"]))
     return table
 
 
