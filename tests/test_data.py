@@ -266,6 +266,10 @@ def test_preview_marks_exactly_the_trained_tokens(tiny_model_dir):
     assert [text for text, trained in row.segments if trained] == ["hello<|im_end|>"]
     assert "".join(text for text, _ in row.segments) == tok.decode(tokenize_chat(tok, example).input_ids)
     assert row.truncated_at == 8 and row.trained_tokens == tokenize_chat(tok, example).n_label_tokens
+    ids = tokenize_chat(tok, example).input_ids
+    assert row.dropped_where == "start" and row.dropped == tok.decode(ids[: len(ids) - 8])  # keep_end cuts the start
+    (end,) = preview_rows(tok, [example], max_seq_len=8, truncation="keep_start")
+    assert end.dropped_where == "end" and end.dropped == tok.decode(ids[8:])
 
 
 def test_data_preview_command(monkeypatch, capsys, tmp_path, tiny_model_dir):

@@ -152,25 +152,33 @@ def data_preview(
     train_on: str = typer.Option("all_assistant", "--train-on", help="all_assistant | last_assistant | everything"),
     fmt: str = typer.Option("auto", "--format", help="row format; auto-detected by default"),
     column: List[str] = typer.Option([], "--column", help="map a field name: OURS=THEIRS, e.g. prompt=question"),
+    truncation: str = typer.Option("keep_end", "--truncation", help="keep_end | keep_start | drop (data.truncation)"),
 ):
-    """Show rows exactly as the model will see them: trained tokens in green, masked ones dimmed."""
+    """Show rows exactly as the model will see them: trained tokens in green, masked ones dimmed, and what the
+    truncation policy cuts off an over-long row in red."""
     from rich.text import Text
 
     from .data import load_examples
     from .data.preview import load_tokenizer, preview_rows
-    from .data.tokenize import TRAIN_ON
+    from .data.tokenize import TRAIN_ON, TRUNCATION
 
     if train_on not in TRAIN_ON:
         raise ConfigError(f"--train-on '{train_on}' is not one of {', '.join(TRAIN_ON)}.")
     examples = load_examples(data, fmt, parse_columns(column))[:n]
     console = Console()
-    for row in preview_rows(load_tokenizer(model), examples, max_seq_len, train_on):
-        note = f", [red]longer than --max-seq-len {row.truncated_at}: truncated in training[/]" if row.truncated_at else ""
+    if truncation not in TRUNCATION:
+        raise ConfigError(f"--truncation '{truncation}' is not one of {', '.join(TRUNCATION)}.")
+    for row in preview_rows(load_tokenizer(model), examples, max_seq_len, train_on, truncation):
+        note = f", [red]longer than --max-seq-len {row.truncated_at}[/]" if row.truncated_at else ""
         console.print(f"[bold]{row.source}[/]: {row.tokens} tokens, {row.trained_tokens} trained{note}")
         text = Text()
         for segment, trained in row.segments:
             text.append(segment, style="bold green" if trained else "dim")
         console.print(text)
+        if row.dropped_where:
+            what = {"start": "cuts off its first", "end": "cuts off its last", "row": "skips the whole row of"}[row.dropped_where]
+            console.print(Text(f"training ({truncation}) {what} {row.tokens - row.truncated_at if row.dropped_where != 'row' else row.tokens} "
+                               f"tokens: ", style="bold red") + Text(row.dropped[:300] + ("..." if len(row.dropped) > 300 else ""), style="red"))
         if row.rejected is not None:
             console.print(Text("rejected reply (DPO pushes its likelihood down): ", style="bold red") + Text(row.rejected))
         console.print()

@@ -17,9 +17,12 @@ class PreviewRow:
     trained_tokens: int
     truncated_at: int | None  # max_seq_len when the row is longer
     rejected: str | None = None  # preference rows: the dispreferred reply (the segments show the chosen one)
+    dropped: str = ""  # the text training cuts off by data.truncation ("" when nothing is cut)
+    dropped_where: str = ""  # "start" | "end" | "row" (truncation: drop) | "" 
 
 
-def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant") -> list[PreviewRow]:
+def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant",
+                 truncation: str = "keep_end") -> list[PreviewRow]:
     rows = []
     for example in examples:
         tok = tokenize_example(tokenizer, example, train_on=train_on)
@@ -35,8 +38,15 @@ def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train
             trained = is_trained
         if run:
             segments.append((tokenizer.decode(run), bool(trained)))
-        truncated = max_seq_len if len(tok.input_ids) > max_seq_len else None
-        rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated, example.rejected))
+        over = len(tok.input_ids) - max_seq_len
+        truncated = max_seq_len if over > 0 else None
+        dropped, where = "", ""
+        if over > 0 and example.kind != "text":  # plain text is split into pieces, not cut
+            where = {"keep_end": "start", "keep_start": "end", "drop": "row"}[truncation]
+            ids = tok.input_ids[:over] if where == "start" else tok.input_ids[max_seq_len:] if where == "end" else tok.input_ids
+            dropped = tokenizer.decode(ids)
+        rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated, example.rejected,
+                               dropped, where))
     return rows
 
 
