@@ -419,6 +419,8 @@ def registry_push(run: str = typer.Argument(...), name: str = typer.Option(..., 
 @registry_app.command("ls")
 def registry_ls(runs_dir: str = RUNS_DIR):
     """Every registered version with its stage, source run, eval loss and cost."""
+    import json
+
     from rich.table import Table
 
     from .runs.registry import versions
@@ -427,9 +429,7 @@ def registry_ls(runs_dir: str = RUNS_DIR):
     for col in ("name", "version", "stage", "run", "eval loss", "$"):
         table.add_column(col)
     for r in versions(_index(runs_dir)):
-        import json as _json
-
-        metrics = _json.loads(r["metrics"] or "{}")
+        metrics = json.loads(r["metrics"] or "{}")
         table.add_row(r["name"], str(r["version"]), r["stage"], r["run_id"],
                       f"{metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else "", f"{r['cost_usd'] or 0:.4f}")
     Console().print(table)

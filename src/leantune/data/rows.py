@@ -50,16 +50,15 @@ def _decode(raw: bytes) -> tuple[str | None, str | None]:
         return None, f"not UTF-8 text ({e.reason} at byte {e.start} of the row). Re-encode the file as UTF-8."
 
 
-def _long_line_lines(f, first: bytes) -> tuple[int, bool]:
-    """Skip the rest of an over-long line; returns its size in bytes and whether it ended with a newline."""
-    size = len(first)
-    chunk = first
+def _skip_rest_of_line(f, first: bytes) -> int:
+    """Read past the rest of an over-long line a megabyte at a time; returns the line's size in bytes."""
+    size, chunk = len(first), first
     while not chunk.endswith(b"\n"):
         chunk = f.readline(1 << 20)
         if not chunk:
-            return size, False
+            break
         size += len(chunk)
-    return size, True
+    return size
 
 
 def _jsonl_rows(path: Path, max_row_bytes: int) -> Iterator[RawRow]:
@@ -72,7 +71,7 @@ def _jsonl_rows(path: Path, max_row_bytes: int) -> Iterator[RawRow]:
             number += 1
             where = f"{path}:{number}"
             if len(raw) > max_row_bytes and not raw.endswith(b"\n"):
-                size, _ = _long_line_lines(f, raw)
+                size = _skip_rest_of_line(f, raw)
                 yield RawRow(where, None, f"this row is {size / 2**20:.0f} MiB, over the {max_row_bytes // 2**20} MiB limit "
                              "for one row: the file has probably lost its line breaks. Each line must be one JSON object.",
                              raw[:RAW_KEEP_CHARS].decode("utf-8", "replace"))

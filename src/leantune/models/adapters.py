@@ -3,6 +3,7 @@ The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in models/methods.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..config import MethodConfig
@@ -28,3 +29,17 @@ def trainable_parameter_count(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+@contextmanager
+def base_behaviour(model):
+    """The model as its base, in eval mode, for the duration: the adapter switched off where there is one (the
+    DPO reference, self-distillation's teacher, EWC's Fisher); a model without one is only put in eval mode.
+    Training mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+            yield model
+    finally:
+        model.train(was_training)

@@ -18,7 +18,7 @@ import torch
 from ..config import MethodConfig
 from ..errors import ConfigError
 
-LORA_FAMILY = ("lora", "dora", "qlora", "adalora")
+METHOD_TITLES = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 base)"}
 
 
 def describe_method(method: MethodConfig) -> str:
@@ -27,7 +27,7 @@ def describe_method(method: MethodConfig) -> str:
     extra = " rsLoRA" if method.rslora else ""
     if method.name == "adalora":
         return f"AdaLoRA r={method.r} -> {method.target_r}{extra}"
-    return f"{ {'lora': 'LoRA', 'dora': 'DoRA', 'qlora': 'QLoRA (NF4 base)'}[method.name]} r={method.r}{extra}"
+    return f"{METHOD_TITLES[method.name]} r={method.r}{extra}"
 
 
 def needs_bitsandbytes(method: MethodConfig) -> str | None:

@@ -85,7 +85,8 @@ def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
     for s in (spec, eval_spec):
         if s is None:
             continue
-        parts.append(file_hash(_data_file(s)) if _data_file(s) else f"builtin:{s}")
+        found = _data_file(s)
+        parts.append(file_hash(found) if found else f"builtin:{s}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

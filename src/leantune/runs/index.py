@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS registry (
     PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS budgets (project TEXT PRIMARY KEY, usd REAL, alerted_pct INTEGER);
 """
+INSERT_RUN = f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 class RunIndex:
@@ -62,7 +63,7 @@ class RunIndex:
     def upsert(self, row: dict) -> None:
         values = [row.get(c) for c in COLUMNS]
         with self.connect(write=True) as db:
-            db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
+            db.execute(INSERT_RUN, values)
 
     def runs(self, project: str | None = None) -> list[dict]:
         with self.connect() as db:
@@ -119,7 +120,7 @@ class RunIndex:
         with self.connect(write=True) as db:
             db.execute("DELETE FROM runs")
             for row in rows:
-                db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                db.execute(INSERT_RUN,
                            [row.get(c) for c in COLUMNS])
         return problems
 

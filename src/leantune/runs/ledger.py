@@ -16,6 +16,7 @@ from ..config import load_config
 from ..errors import ConfigError, RunDirError
 from .fingerprint import result_fields
 from .index import RunIndex
+from .rundir import RunDir
 
 ALERT_LEVELS = (50, 80, 100)
 
@@ -32,18 +33,6 @@ def _read_json(path: Path) -> dict:
         raise RunDirError(f"{path}: missing. This run directory is incomplete; `leantune runs reindex` skips it.") from None
     except (OSError, ValueError) as e:
         raise RunDirError(f"{path}: unreadable ({e}). Restore or delete it; the other runs are unaffected.") from None
-
-
-def _metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by a crash
-    return out
 
 
 def catalog_price(device: str) -> float:
@@ -67,7 +56,7 @@ def row_for(run_dir: str | Path) -> dict:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise RunDirError(f"{run_dir / 'config.yaml'}: unreadable ({str(e).splitlines()[0]}).") from None
-    metrics = _metrics(run_dir / "metrics.jsonl")
+    metrics = RunDir(run_dir).read_metrics()
     steps = [m for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     last = steps[-1] if steps else {}

@@ -61,7 +61,7 @@ class RunDir:
         if not self.metrics_path.is_file():
             return []
         records = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:

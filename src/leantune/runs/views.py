@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .fingerprint import differing_fields
-from .ledger import _metrics
+from .rundir import RunDir
 
 
 def _money(v) -> str:
@@ -111,7 +111,7 @@ def loss_plot(runs: list[dict], target: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in runs:
-        metrics = _metrics(Path(r["path"]) / "metrics.jsonl")
+        metrics = RunDir(Path(r["path"])).read_metrics()
         steps = [m for m in metrics if "loss" in m]
         if steps:
             ax.plot([m["step"] for m in steps], [max(m["loss"], 1e-6) for m in steps], label=f"{r['id']} (train)")

@@ -11,29 +11,24 @@ with the adapter switched off (no second copy of the weights).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..models.adapters import base_behaviour
 from ..models.forward import label_logits
 
 
 class Teacher:
-    def __init__(self, model, own_base: bool):
-        self.model, self.own_base = model, own_base
+    """A separate model, or the student itself, whose adapter is then switched off for the teacher's pass."""
+
+    def __init__(self, model):
+        self.model = model
 
     @torch.no_grad()
     def logits(self, batch) -> torch.Tensor:
-        context = self.model.disable_adapter() if self.own_base else nullcontext()
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with context:
-                return label_logits(self.model, batch)[0]
-        finally:
-            self.model.train(was_training)
+        with base_behaviour(self.model):
+            return label_logits(self.model, batch)[0]
 
 
 def load_teacher(spec: str | None, student, student_tokenizer, dtype: str, device: str) -> Teacher:
@@ -42,7 +37,7 @@ def load_teacher(spec: str | None, student, student_tokenizer, dtype: str, devic
             raise ConfigError("objective.name=distill without objective.teacher distils from the base model with the "
                               "adapter switched off, which needs an adapter method (lora, dora, qlora, adalora). "
                               "Set objective.teacher for full fine-tuning.")
-        return Teacher(student, own_base=True)
+        return Teacher(student)
     from ..models import load_base
 
     teacher = load_base(spec, dtype, device)
@@ -52,7 +47,7 @@ def load_teacher(spec: str | None, student, student_tokenizer, dtype: str, devic
         raise ConfigError(f"objective.teacher={spec} does not share the student's tokenizer and vocabulary, so their "
                           "token distributions cannot be compared. Pick a teacher from the same model family.")
     teacher.model.requires_grad_(False)
-    return Teacher(teacher.model, own_base=False)
+    return Teacher(teacher.model)
 
 
 def distill_terms(student_logits, teacher_logits, targets, temperature: float, alpha: float):

@@ -9,13 +9,12 @@ log-probabilities are computed once before the first step, while the weights sti
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 
 from ..data.batches import collate
 from ..data.preference import TokenizedPair
+from ..models.adapters import base_behaviour
 from ..models.forward import sequence_logprobs
 
 
@@ -32,14 +31,8 @@ def split_logprobs(model, pairs: list[TokenizedPair], pad_id: int) -> tuple[torc
 @torch.no_grad()
 def reference_logprobs(model, pairs: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The base model's log-probabilities: the adapter disabled when there is one."""
-    disable = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-    was_training = model.training
-    model.eval()
-    try:
-        with disable:
-            return split_logprobs(model, pairs, pad_id)
-    finally:
-        model.train(was_training)
+    with base_behaviour(model):
+        return split_logprobs(model, pairs, pad_id)
 
 
 def dpo_terms(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):

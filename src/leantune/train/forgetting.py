@@ -24,6 +24,7 @@ import torch
 from ..atomic import atomic_path
 from ..data.batches import collate
 from ..errors import ConfigError
+from ..models.adapters import base_behaviour
 from ..models.cache import leantune_home
 from ..models.forward import summed_label_loss
 
@@ -53,11 +54,8 @@ def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch
     for t in targets.values():
         t.requires_grad_(True)
     fisher = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in targets.items()}
-    was_training = model.training
-    model.eval()
-    disable = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
     try:
-        with disable:
+        with base_behaviour(model):
             for example in examples:
                 summed, count = summed_label_loss(model, collate([example], pad_id))
                 grads = torch.autograd.grad(summed / max(count, 1), list(targets.values()), allow_unused=True)
@@ -69,16 +67,7 @@ def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch
             t.requires_grad_(saved[n])
         for p in trainable:
             p.requires_grad_(True)
-        model.train(was_training)
     return {n: f / len(examples) for n, f in fisher.items()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fisher_cache_path(key: dict) -> Path:

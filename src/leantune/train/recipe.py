@@ -7,7 +7,6 @@ gradient of one big batch; dividing each micro-batch by its own count would weig
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import shlex
@@ -95,6 +94,9 @@ class LoraRecipe:
         if cfg.training.threads:
             torch.set_num_threads(cfg.training.threads)
         self.dpo = cfg.objective.name == "dpo"
+        if cfg.forgetting.replay_fraction and self.dpo:
+            raise ConfigError("forgetting.replay_fraction mixes supervised examples into training and does not apply "
+                              "to DPO; set it to 0 (or use forgetting.ewc_lambda).")
         splits = load_splits(
             cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
             cfg.data.format, cfg.data.columns, objective=cfg.objective.name,
@@ -126,9 +128,6 @@ class LoraRecipe:
             f"dropped with nothing left to learn: {stats.dropped_no_labels}"
         )
         forget = cfg.forgetting
-        if forget.replay_fraction and self.dpo:
-            raise ConfigError("forgetting.replay_fraction mixes supervised examples into training and does not apply "
-                              "to DPO; set it to 0 (or use forgetting.ewc_lambda).")
         if forget.replay_fraction:
             replay, _ = tokenize_examples(self.tokenizer, load_examples(forget.replay_data), cfg.data.max_seq_len,
                                           cfg.data.train_on, cfg.data.truncation)
@@ -167,10 +166,6 @@ class LoraRecipe:
                           f"({stored / params:.3f} bytes/parameter)")
                 self.run.update_info(quantized_bytes_per_param=stored / params)
         self.check_memory_plan(base.model.config.to_dict(), compute_dtype, force)
-        from .. import atomic
-
-        plan = json.loads((self.run.path / "plan.json").read_text())
-        atomic.write_json(self.run.path / "plan.json", {**plan, "seconds": self.planned_seconds()})
         self.ewc = None
         if forget.ewc_lambda:
             general, _ = tokenize_examples(self.tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples],
@@ -232,7 +227,8 @@ class LoraRecipe:
         )
         memory = estimate_peak_memory(shape_from_hf_config(model_config, cfg.model.base), setup)
         gib = memory.as_gib()
-        atomic.write_json(self.run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib})
+        atomic.write_json(self.run.path / "plan.json",
+                          {"setup": setup.__dict__, "memory_gib": gib, "seconds": self.planned_seconds()})
         self.note(
             f"plan: peak ~{gib['total']:.2f} GiB for micro-batch {setup.micro_batch} x up to {longest} tokens "
             f"(weights {gib['weights']:.2f}, activations {gib['activations']:.2f}, logits {gib['logits']:.2f}, overhead {gib['overhead']:.2f})"
@@ -450,7 +446,7 @@ class LoraRecipe:
             self.model.train(was_training)
             return loss, {f"eval_{k}": v for k, v in rewards.items()}
         for i in range(0, len(data), size):
-            summed, n = summed_label_loss(self.model, collate(data[i : i + size], self.pad_id))
+            summed, n = summed_label_loss(self.model, collate(data[i : i + size], self.pad_id), self.config.training.loss_chunk)
             total, count = total + summed.item(), count + n
         self.model.train(was_training)
         return total / max(count, 1), extra
