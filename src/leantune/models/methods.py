@@ -71,10 +71,8 @@ def _peft_config(method: MethodConfig, total_steps: int):
     common = dict(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout, target_modules=method.target_modules,
                   task_type="CAUSAL_LM", bias="none", use_rslora=method.rslora)
     if method.name == "adalora":
+        # the config already holds tinit + tfinal below 1, so rounding down leaves at least one step to prune in
         tinit, tfinal = int(method.tinit * total_steps), int(method.tfinal * total_steps)
-        if total_steps - tinit - tfinal < 1:
-            raise ConfigError(f"AdaLoRA needs steps to prune in: {total_steps} steps leave none between tinit "
-                              f"({tinit}) and tfinal ({tfinal}). Train longer or lower method.tinit / method.tfinal.")
         common.pop("r")
         return AdaLoraConfig(init_r=method.r, target_r=method.target_r, tinit=tinit, tfinal=tfinal, deltaT=method.delta_t,
                              total_step=total_steps, orth_reg_weight=method.orth_reg_weight, **common)
