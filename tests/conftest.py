@@ -47,6 +47,7 @@ def tiny_overrides(model_dir, data, runs_dir, **extra) -> list[str]:
         "training.checkpoint_every": 4,
         "training.threads": 1,
         "output.runs_dir": str(runs_dir),
+        "eval.after_train": False,  # tests/test_evaluate.py covers it; elsewhere it would only add seconds
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -13,6 +13,10 @@ def __getattr__(name):
         from .train import train
 
         return train
+    if name == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate
     if name == "load_base":
         from .models import load_base
 
@@ -24,4 +28,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "load_base", "load_config", "train"]
+__all__ = ["RunConfig", "evaluate", "load_base", "load_config", "train"]

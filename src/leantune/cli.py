@@ -15,6 +15,7 @@ from .errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune open-weight language models for the least money that does the job.")
 err = Console(stderr=True)
+RUNS_DIR = typer.Option("runs", "--runs-dir", help="the runs root (output.runs_dir)")
 
 
 def split_train_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -42,6 +43,55 @@ def train(
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
         + f", {result.tokens_per_s:.0f} tok/s. Adapter and report in {result.run_dir}"
     )
+    if result.evaluation is not None:
+        Console().print(eval_table(result.evaluation))
+
+
+def eval_table(result):
+    """An EvalResult as a rich table (the same rows as the report's markdown)."""
+    from rich.table import Table
+
+    from .evaluate.result import format_delta, format_value
+
+    table = Table(title=f"evaluation of {result.target}")
+    for col in ["task", "metric", "n", *result.models] + (["tuned - base (95% CI)"] if len(result.models) == 2 else []):
+        table.add_column(col)
+    for t in result.tasks:
+        n = f"{t.n}" + (f" of {t.available}" if t.n < t.available else "")
+        for m in t.metrics:
+            cells = [format_value(m.metric, m.scores.get(name)) for name in result.models]
+            table.add_row(t.task, m.metric, n, *cells, *([format_delta(m)] if len(result.models) == 2 else []))
+            for extra, values in m.extra.items():
+                table.add_row(t.task, extra, n, *[format_value(extra, values.get(name)) for name in result.models],
+                              *([""] if len(result.models) == 2 else []))
+    return table
+
+
+@app.command("eval")
+def eval_command(
+    target: str = typer.Argument(..., help="a run (directory, id or name) or a model (smollm2-135m, HF directory, .gguf)"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="held-out, trivia, analogies, a built-in dataset or a data "
+                                             "file; repeat for several (default: a run's held-out split + the general suite)"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="loss, accuracy, multiple_choice, exact_match, token_f1, "
+                                               "preference_accuracy; repeat for several (default: what fits each task)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="at most this many items per task (a random sample)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    runs_dir: str = RUNS_DIR,
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    no_save: bool = typer.Option(False, "--no-save", help="do not write eval.json / report.md into the run"),
+):
+    """Score a run against its base model on the same items (task metrics + forgetting on the general suite), or a model alone."""
+    from .evaluate import evaluate
+
+    result = evaluate(target, task or (), metric or (), limit, batch_size, save=not no_save, runs_dir=runs_dir,
+                      console=None if as_json else err)
+    if as_json:
+        print(result.to_json())
+        return
+    Console().print(eval_table(result))
+    for line in result.markdown().splitlines():
+        if line.startswith(("Forgetting", "Cost per point", "Evaluated", "QLoRA", "This run", "Time-boxed")):
+            err.print(line, highlight=False)
 
 
 @app.command()
@@ -282,7 +332,6 @@ def data_clean(
 
 runs_app = typer.Typer(no_args_is_help=True, help="Runs: the index, costs, comparisons.")
 app.add_typer(runs_app, name="runs")
-RUNS_DIR = typer.Option("runs", "--runs-dir", help="the runs root (output.runs_dir)")
 
 
 def _index(runs_dir: str):

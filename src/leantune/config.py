@@ -140,6 +140,17 @@ class TrackingConfig(_Section):
     experiment: str = Field("leantune", description="mlflow: experiment name")
 
 
+class EvalConfig(_Section):
+    """The evaluation at the end of `leantune train` (the same as `leantune eval RUN` run later, but time-boxed)."""
+
+    after_train: bool = Field(True, description="score base vs tuned on the held-out split and the general suite "
+                              "after training; results in report.md and eval.json")
+    tasks: list[str] = Field(["held-out", "trivia", "analogies"], min_length=1,
+                             description="held-out, trivia, analogies, a built-in dataset or a data file")
+    time_share: float = Field(0.1, gt=0, le=10, description="time budget as a share of the training time")
+    min_items: int = Field(32, ge=1, description="items per task scored even when the time budget is spent")
+
+
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -151,6 +162,7 @@ class RunConfig(_Section):
     hardware: HardwareConfig = HardwareConfig()
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

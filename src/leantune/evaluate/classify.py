@@ -1,17 +1,13 @@
 """Classification without generation: score every allowed answer as the assistant's reply and pick the
 most likely one. This measures what the model would say, needs one forward pass per (example, answer)
-pair, and cannot produce an unparseable reply."""
+pair (each prompt run once for all answers), and cannot produce an unparseable reply."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
-
 from ..data.records import ChatExample
-from ..data.tokenize import end_of_turn_ids, tokenize_chat
-from .scoring import score_rows
 
 
 @dataclass
@@ -32,18 +28,14 @@ class ClassificationResult:
         return {k: v for k, v in self.__dict__.items() if k != "predictions"} | {"balanced_accuracy": self.balanced_accuracy}
 
 
-@torch.no_grad()
 def classify(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> list[str]:
-    """The most likely label for each example, as the reply to its prompt (the examples' own answers are ignored)."""
-    eot = end_of_turn_ids(tokenizer)
-    candidates = []
-    for ex in examples:
-        for label in labels:
-            chat = ChatExample(ex.prompt + ({"role": "assistant", "content": label},), ex.source)
-            candidates.append(tokenize_chat(tokenizer, chat, eot, last_turn_only=True))
-    scores = score_rows(model, tokenizer.pad_token_id, candidates, batch_size)
-    best = scores.view(len(examples), len(labels)).argmax(dim=1)
-    return [labels[i] for i in best.tolist()]
+    """The most likely label for each example, as the reply to its prompt (the examples' own answers are ignored).
+    Each prompt runs once for all labels (KV-cache reuse, evaluate/shared_prompt.py)."""
+    from .multiple_choice import Question, choice_scores
+
+    questions = [Question(ex.prompt, tuple(labels), 0) for ex in examples]
+    scores = choice_scores(model, tokenizer, questions, batch_size, per_token=False)  # a label is a whole reply
+    return [labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
 
 
 def classification_accuracy(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> ClassificationResult:

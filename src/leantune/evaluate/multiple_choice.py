@@ -1,6 +1,8 @@
 """Multiple choice by log-likelihood: each question's own candidate answers, scored as the assistant's reply by
 mean log-probability per token (a sum would favour short answers), the most likely one taken as the answer.
-The general-knowledge score for forgetting: trivia questions with other questions' answers as distractors."""
+The general-knowledge score for forgetting: trivia questions with other questions' answers as distractors.
+
+Each question's prompt runs once and its KV cache serves all its choices (evaluate/shared_prompt.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from ..data.records import Example
 from ..data.tokenize import end_of_turn_ids, tokenize_chat
 from .scoring import score_rows
+from .shared_prompt import score_shared_prompts, split_at_answer
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class Question:
     prompt: tuple[dict, ...]
     choices: tuple[str, ...]
     correct: int
+    source: str = ""
 
 
 def questions_with_distractors(examples: list[Example], n_choices: int = 4, seed: int = 0) -> list[Question]:
@@ -31,22 +35,50 @@ def questions_with_distractors(examples: list[Example], n_choices: int = 4, seed
         others = rng.sample([a for a in answers if a != right], min(n_choices - 1, len(answers) - 1))
         choices = others + [right]
         rng.shuffle(choices)
-        out.append(Question(ex.prompt, tuple(choices), choices.index(right)))
+        out.append(Question(ex.prompt, tuple(choices), choices.index(right), ex.source))
     return out
 
 
+def choice_rows(tokenizer, question: Question, eot: set[int]):
+    return [tokenize_chat(tokenizer, Example(question.prompt + ({"role": "assistant", "content": c},)), eot, last_turn_only=True)
+            for c in question.choices]
+
+
 @torch.no_grad()
-def multiple_choice_accuracy(model, tokenizer, questions: list[Question], batch_size: int = 16) -> float:
+def choice_scores(model, tokenizer, questions: list[Question], batch_size: int = 16, per_token: bool = True,
+                  share_prompt: bool = True) -> list[list[float]]:
+    """Each question's choices' log-likelihoods (mean per token by default). With share_prompt, questions whose
+    choices all start after the same prompt tokens (every chat template we know) run their prompt once."""
     eot = end_of_turn_ids(tokenizer)
-    rows = []
-    for q in questions:
-        for choice in q.choices:
-            example = Example(q.prompt + ({"role": "assistant", "content": choice},))
-            rows.append(tokenize_chat(tokenizer, example, eot, last_turn_only=True))
-    scores = score_rows(model, tokenizer.pad_token_id, rows, batch_size, per_token=True)
-    correct, start = 0, 0
-    for q in questions:
-        best = int(scores[start : start + len(q.choices)].argmax())
-        correct += best == q.correct
-        start += len(q.choices)
-    return correct / max(1, len(questions))
+    groups = [choice_rows(tokenizer, q, eot) for q in questions]
+    shareable = [share_prompt and len({tuple(split_at_answer(r)[0]) for r in g}) == 1 for g in groups]
+    out: list[list[float] | None] = [None] * len(questions)
+    was_training = model.training
+    model.eval()
+    try:
+        shared = sorted((i for i, ok in enumerate(shareable) if ok), key=lambda i: len(groups[i][0].input_ids))
+        for start in range(0, len(shared), batch_size):  # batch_size prompts, then replies batch_size at a time
+            chunk = shared[start : start + batch_size]
+            for i, scores in zip(chunk, score_shared_prompts(model, tokenizer.pad_token_id, [groups[i] for i in chunk],
+                                                             per_token, batch_size)):
+                out[i] = scores
+        rest = [i for i, ok in enumerate(shareable) if not ok]
+        if rest:
+            rows = [r for i in rest for r in groups[i]]
+            flat = score_rows(model, tokenizer.pad_token_id, rows, batch_size, per_token=per_token).tolist()
+            for i in rest:
+                out[i], flat = flat[: len(groups[i])], flat[len(groups[i]) :]
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def multiple_choice_correct(model, tokenizer, questions: list[Question], batch_size: int = 16, share_prompt: bool = True) -> list[float]:
+    """1.0 where the most likely choice is the right one, else 0.0, per question."""
+    scores = choice_scores(model, tokenizer, questions, batch_size, share_prompt=share_prompt)
+    return [float(max(range(len(s)), key=s.__getitem__) == q.correct) for q, s in zip(questions, scores)]
+
+
+def multiple_choice_accuracy(model, tokenizer, questions: list[Question], batch_size: int = 16) -> float:
+    correct = multiple_choice_correct(model, tokenizer, questions, batch_size)
+    return sum(correct) / max(1, len(correct))

@@ -34,7 +34,7 @@ def result_fields(config: RunConfig) -> dict[str, object]:
     """The config flattened to 'section.key' -> value, without the fields that do not change the result."""
     flat = {}
     for section, values in config.model_dump(mode="json").items():
-        if section == "tracking":  # where metrics are sent does not change them
+        if section in ("tracking", "eval"):  # where metrics are sent, and what is measured after, do not change them
             continue
         for key, value in values.items():
             if (section, key) not in NOT_RESULT:

@@ -97,3 +97,16 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
 def append_to_report(run: RunDir, section: str) -> None:
     text = run.report_path.read_text(encoding="utf-8") if run.report_path.is_file() else ""
     atomic.write_text(run.report_path, text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
+
+
+def replace_report_section(run: RunDir, heading: str, section: str) -> None:
+    """Put `section` in report.md in place of an earlier section with the same heading (one per evaluation), or
+    at the end; the rest of the report is kept."""
+    text = run.report_path.read_text(encoding="utf-8") if run.report_path.is_file() else ""
+    lines = text.rstrip("\n").split("\n") if text else []
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is not None:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + lines[end:]
+    kept = "\n".join(lines).rstrip("\n")
+    atomic.write_text(run.report_path, (kept + "\n\n" if kept else "") + section.strip("\n") + "\n")

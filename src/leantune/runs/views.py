@@ -94,11 +94,47 @@ def compare_table(runs: list[dict]) -> Table:
             ("peak memory MiB", "peak_memory_mb", lambda v: _num(v, "{:,.0f}"))]
     for label, key, fmt in rows:
         table.add_row(label, *[fmt(r.get(key)) for r in runs])
+    evaluations = [read_evaluation(r) for r in runs]
+    if any(evaluations):
+        for label, cell in (("task score (base -> tuned)", _task_cell), ("forgetting (95% CI)", _forgetting_cell),
+                            ("$ / point of task gain", _usd_per_point_cell)):
+            table.add_row(label, *[cell(e) if e else "-" for e in evaluations])
     fields = [json.loads(r["fields"] or "{}") for r in runs]
     differing = sorted({k for f in fields for k in f if len({json.dumps(g.get(k)) for g in fields}) > 1})
     for k in differing:
         table.add_row(f"[cyan]{k}[/]", *[str(f.get(k)) for f in fields])
     return table
+
+
+def read_evaluation(run: dict) -> dict | None:
+    """The run's standard evaluation (eval.json: from eval.after_train or `leantune eval`), if it has one."""
+    try:
+        return json.loads((Path(run["path"]) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _task_cell(e: dict) -> str:
+    t = e.get("task_score")
+    if not t or "tuned" not in t:
+        return "-"
+    return f"{t['task']} {t['metric']}: {t['base']:.1%} -> {t['tuned']:.1%}"
+
+
+def _forgetting_cell(e: dict) -> str:
+    f = e.get("forgetting")
+    if not f:
+        return "-"
+    verdict = "noise" if f["ci"][0] <= 0 <= f["ci"][1] else ("forgot" if f["points"] > 0 else "improved")
+    return f"{f['points']:+.1f} pt ({f['ci'][0]:+.1f}..{f['ci'][1]:+.1f}, {verdict})"
+
+
+def _usd_per_point_cell(e: dict) -> str:
+    v = e.get("usd_per_point")
+    if v is not None:
+        return f"${v:.4f}"
+    t = e.get("task_score") or {}
+    return "no gain" if t.get("delta") is not None and t["delta"] <= 0 else "-"
 
 
 def loss_plot(runs: list[dict], target: Path) -> Path:

@@ -15,3 +15,14 @@ def __getattr__(name):
 
 
 __all__ = ["BudgetReached", "Preempted", "TrainResult", "TrainingStopped", "train"]
+
+
+def _train(*args, **kwargs):
+    from .api import train
+
+    return train(*args, **kwargs)
+
+
+from ..callable_module import make_callable  # noqa: E402
+
+make_callable(__name__, _train)  # `leantune.train(...)` even after `import leantune.train`

@@ -32,6 +32,7 @@ from ..models.methods import (adalora_model, adalora_ranks, attach_method, check
 from ..models.forward import label_logits, summed_label_loss
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
+from ..evaluate.tasks import after_train_tasks
 from ..runs.report import write_report
 from ..runs.trackers import Trackers
 from ..runs.rundir import RunDir
@@ -79,6 +80,7 @@ class TrainResult:
     model: object = field(repr=False, default=None)
     tokenizer: object = field(repr=False, default=None)
     eval_examples: list = field(repr=False, default_factory=list)
+    evaluation: object = field(repr=False, default=None)  # evaluate.EvalResult when eval.after_train ran
 
 
 class LoraRecipe:
@@ -108,6 +110,7 @@ class LoraRecipe:
         if splits.leaked_kept:
             self.note(f"[yellow]data: {splits.leaked_kept} training rows have a prompt that is also in {cfg.data.eval}: "
                       "the eval score will reward memorising them (`leantune data check --eval` lists them)[/]")
+        self.eval_tasks = after_train_tasks(cfg, self.eval_examples, self.note) if cfg.eval.after_train else []
         check_method_available(cfg.method, self.device)  # before minutes of model loading, not after
         self.trackers = Trackers(cfg, self.note)  # an unreachable tracking server stops us here, not after loading
         base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
@@ -290,7 +293,25 @@ class LoraRecipe:
             "gpu_hours": result.elapsed_s / 3600 if self.device == "cuda" else 0.0, "tokens": result.tokens,
             "method": cfg.method.name, "objective": cfg.objective.name, "project": cfg.output.project})
         budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
+        result.evaluation = self.evaluate_after_training()
         return result
+
+    def evaluate_after_training(self):
+        """Training is done and saved: a failure here costs the evaluation, never the run."""
+        if not self.eval_tasks:
+            return None
+        from ..evaluate.api import evaluate_after_training
+
+        try:
+            evaluation = evaluate_after_training(self)
+        except Exception as e:  # noqa: BLE001 - reported, and the run stays completed
+            self.note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
+                      f"Retry with `leantune eval {self.run.path}`.[/]")
+            return None
+        for line in evaluation.markdown().splitlines():
+            if line.startswith(("Forgetting", "Cost per point")):
+                self.note(line)
+        return evaluation
 
     def train_step(self, step: int) -> tuple[float, int, dict]:
         t = self.config.training

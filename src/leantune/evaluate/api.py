@@ -1,0 +1,183 @@
+"""`leantune.evaluate(...)`, what `leantune eval` calls: a run (tuned vs its base on the same items) or a plain model.
+
+For a run: its own held-out split and the general suite by default, the adapter switched off for the base
+scores (no second copy of the weights; for full fine-tuning the base is loaded beside the tuned model).
+The result is written to the run's eval.json and report.md unless `save=False`."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import RunDirError
+from .general import GENERAL_TASKS
+from .result import EvalResult
+from .runner import Contender, Settings, evaluate_task, forgetting_score
+from .tasks import resolve_task
+
+RUN_TASKS = ("held-out",) + GENERAL_TASKS
+
+
+@contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def run_contenders(run, device: str = "cpu") -> tuple[list[Contender], object, list[str]]:
+    """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights."""
+    from ..models import load_adapter, load_base
+    from ..models.adapters import base_behaviour
+
+    config = run.config()
+    notes = []
+    if run.full_model.is_dir():
+        tuned = load_base(str(run.full_model), config.model.dtype, device)
+        base = load_base(config.model.base, config.model.dtype, device)
+        return ([Contender("base", base.model, lambda: _eval_mode(base.model)),
+                 Contender("tuned", tuned.model, lambda: _eval_mode(tuned.model))], tuned.tokenizer, notes)
+    if not (run.adapter / "adapter_config.json").is_file():
+        status = run.info().get("status", "unknown")
+        raise RunDirError(f"Run '{run.path}' has no adapter to evaluate ({run.adapter} is missing; status: {status}). "
+                          f"Finish it first: `leantune train --resume {run.path}`, or evaluate the base model by name.")
+    qlora = config.method.name == "qlora"
+    base = load_base(config.model.base, config.model.dtype, device, quantize_4bit=qlora)
+    model = load_adapter(base.model, run.adapter)
+    if qlora:
+        notes.append("QLoRA: 'base' is the 4-bit NF4 base the adapter was trained over, not the original weights.")
+    return ([Contender("base", model, lambda: base_behaviour(model)), Contender("tuned", model, lambda: _eval_mode(model))],
+            base.tokenizer, notes)
+
+
+def replay_note(config) -> list[str]:
+    f = config.forgetting
+    used = {f.replay_data for _ in [0] if f.replay_fraction} | {f.ewc_data for _ in [0] if f.ewc_lambda}
+    overlap = sorted(used & set(GENERAL_TASKS))
+    if overlap:
+        return [f"This run trained on (replay) or was anchored to (EWC) {', '.join(overlap)}: its forgetting score there "
+                "measures memory of those questions as well as general knowledge."]
+    return []
+
+
+def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Settings, target: str,
+                    console: Console | None = None, cost_usd: float | None = None, notes: list[str] | None = None) -> EvalResult:
+    started = time.perf_counter()
+
+    def progress(name, done, total):
+        if console:
+            console.print(f"  eval {name}: {done}/{total} items", highlight=False)
+
+    results = [evaluate_task(task, contenders, tokenizer, settings, progress) for task in tasks]
+    result = EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
+                        time.perf_counter() - started, list(notes or []))
+    return result
+
+
+def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
+             limit: int | None = None, batch_size: int = 16, save: bool = True, runs_dir: str = "runs",
+             console: Console | None = None) -> EvalResult:
+    """Evaluate a run (directory or id in `runs_dir`) against its base, or a model (name, HF directory, .gguf) alone.
+
+    tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
+    run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
+    import torch
+
+    from ..models import load_base
+    from ..runs.rundir import open_run_dir
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = _find_run(str(target), runs_dir)
+    metrics = tuple(metrics)
+    if run is not None:
+        config = run.config()
+        # resolve tasks before loading weights: a bad task or metric is refused in a second, not after a load
+        task_list = [resolve_task(t, metrics, config) for t in (tasks or RUN_TASKS)]
+        contenders, tokenizer, notes = run_contenders(run, device)
+        from ..runs.ledger import row_for
+
+        cost = row_for(run.path).get("cost_usd")
+        settings = Settings(batch_size=batch_size, max_seq_len=config.data.max_seq_len, limit=limit)
+        result = evaluate_models(contenders, tokenizer, task_list, settings, str(run.path), console, cost,
+                                 notes + replay_note(config))
+        if save:
+            save_to_run(run, result, tuple(tasks))
+        return result
+    task_list = [resolve_task(t, metrics) for t in (tasks or GENERAL_TASKS)]
+    loaded = load_base(str(target), "auto", device)
+    model = loaded.model
+    contenders = [Contender("model", model, lambda: _eval_mode(model))]
+    return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
+
+
+def evaluate_after_training(recipe) -> EvalResult | None:
+    """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
+    training time (every task gets an equal share, and at least eval.min_items items)."""
+    from ..models import load_base
+    from ..models.adapters import base_behaviour
+    from ..runs.ledger import row_for
+
+    config, model = recipe.config, recipe.model
+    if not recipe.eval_tasks:
+        return None
+    if hasattr(model, "disable_adapter"):
+        contenders = [Contender("base", model, lambda: base_behaviour(model)), Contender("tuned", model, lambda: _eval_mode(model))]
+    else:  # full fine-tuning: the base is loaded beside the tuned weights
+        base = load_base(config.model.base, config.model.dtype, recipe.device).model
+        contenders = [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", model, lambda: _eval_mode(model))]
+    budget = config.eval.time_share * recipe.progress.elapsed_s
+    settings = Settings(batch_size=max(config.training.micro_batch_size, 8), max_seq_len=config.data.max_seq_len,
+                        budget_s=budget / len(recipe.eval_tasks), min_items=config.eval.min_items)
+    recipe.note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in recipe.eval_tasks)} "
+                f"(time budget {budget:.0f} s = {config.eval.time_share:.0%} of training; `leantune eval {recipe.run.path}` "
+                "scores every item)")
+    notes = [f"Time-boxed to {config.eval.time_share:.0%} of the training time; `leantune eval RUN` scores every item."]
+    result = evaluate_models(contenders, recipe.tokenizer, recipe.eval_tasks, settings, str(recipe.run.path), None,
+                             row_for(recipe.run.path).get("cost_usd"), notes + replay_note(config))
+    save_to_run(recipe.run, result)
+    return result
+
+
+def _find_run(target: str, runs_dir: str):
+    """The run a target names (a run directory, or an id / prefix / name in runs_dir's index), else None (a model)."""
+    from ..models.loading import BUNDLED
+    from ..runs.index import RunIndex
+    from ..runs.rundir import open_run_dir
+
+    path = Path(target)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return open_run_dir(path)
+    if target in BUNDLED or path.exists():
+        return None
+    index = RunIndex(runs_dir)
+    if not index.path.exists():
+        return None  # load_base says what is wrong with it as a model
+    try:
+        return open_run_dir(index.find(target)["path"])
+    except RunDirError as e:
+        raise RunDirError(f"'{target}' is neither a model (a built-in name: {', '.join(BUNDLED)}; a Hugging Face directory; "
+                          f"a .gguf file) nor a run: {e}") from None
+
+
+def save_to_run(run, result: EvalResult, tasks: tuple[str, ...] = ()) -> None:
+    """The standard evaluation (held-out + general suite) goes to eval.json and the report's '## Evaluation'
+    section, replacing an earlier one (the time-boxed one from training, say); other task sets get their own
+    eval-<tasks>.json and section, so a custom evaluation never overwrites the standard one."""
+    import re
+
+    from .. import atomic
+    from ..runs.report import replace_report_section
+
+    if not tasks or sorted(tasks) == sorted(RUN_TASKS):
+        name, heading = "eval.json", "## Evaluation"
+    else:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(Path(t).stem for t in tasks)).strip("-")[:60]
+        name, heading = f"eval-{slug}.json", f"## Evaluation: {', '.join(tasks)}"
+    atomic.write_json(run.path / name, result.to_dict())
+    replace_report_section(run, heading, result.markdown(heading))

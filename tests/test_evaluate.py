@@ -1,0 +1,213 @@
+"""Evaluation: scoring paths agree with each other, metrics and the bootstrap behave, tasks refuse metrics that
+do not fit, and `leantune eval` / eval.after_train write what they claim, tuned and base on the same items."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import chat_row, tiny_overrides
+from leantune.data.records import Example
+from leantune.data.tokenize import end_of_turn_ids, tokenize_chat
+from leantune.evaluate.metrics import exact_match, normalise_answer, paired_bootstrap, token_f1
+from leantune.evaluate.tasks import MetricError, resolve_task
+from leantune.models import load_base
+from leantune.train import train
+from test_cli import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_base(str(tiny_model_dir), "float32")
+
+
+def qa(question, answer):
+    return Example(({"role": "user", "content": question}, {"role": "assistant", "content": answer}))
+
+
+QUESTIONS = [("What is the capital of France?", ["Paris", "Rome is the answer to this", "Berlin"]),
+             ("Hi", ["hello there my good friend", "yo"]),
+             ("Name a colour used on many flags around the world", ["red", "blue", "green and white and gold"]),
+             ("2+2?", ["4", "five", "it is twenty two"])]
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_shared_prompt_scores_equal_scoring_every_row_whole(tiny, per_token):
+    from leantune.evaluate.multiple_choice import Question, choice_scores
+    from leantune.evaluate.scoring import score_rows
+
+    eot = end_of_turn_ids(tiny.tokenizer)
+    questions = [Question(({"role": "user", "content": q},), tuple(c), 0) for q, c in QUESTIONS]
+    rows = [tokenize_chat(tiny.tokenizer, qa(q, c), eot, last_turn_only=True) for q, cs in QUESTIONS for c in cs]
+    whole = score_rows(tiny.model, tiny.tokenizer.pad_token_id, rows, 16, per_token=per_token).tolist()
+    for batch in (1, 3, 16):  # prompts and replies split across batches in different ways
+        shared = [s for group in choice_scores(tiny.model, tiny.tokenizer, questions, batch, per_token) for s in group]
+        assert shared == pytest.approx(whole, abs=1e-4)
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(tiny):
+    from leantune.evaluate.generation import greedy_answers
+
+    examples = [qa(q, c[0]) for q, c in QUESTIONS]
+    together = greedy_answers(tiny.model, tiny.tokenizer, examples, max_new_tokens=6, batch_size=4)
+    alone = [greedy_answers(tiny.model, tiny.tokenizer, [ex], max_new_tokens=6, batch_size=1)[0] for ex in examples]
+    assert together == alone
+
+
+def test_answer_metrics():
+    assert normalise_answer("  The Eiffel   Tower! ") == "eiffel tower"
+    assert exact_match("Paris.", "paris") == 1.0 and exact_match("Paris, France", "Paris") == 0.0
+    assert token_f1("Paris France", "Paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert token_f1("", "") == 1.0 and token_f1("Rome", "Paris") == 0.0
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_noise():
+    same = [1, 0, 1, 1, 0] * 20
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    better = [1] * 90 + [0] * 10
+    worse = [1] * 50 + [0] * 50
+    mean, lo, hi = paired_bootstrap(better, worse)
+    assert mean == pytest.approx(0.4) and 0 < lo < mean < hi
+    noisy_a = [1, 0] * 10
+    noisy_b = [0, 1] * 9 + [1, 1]
+    _, lo, hi = paired_bootstrap(noisy_a, noisy_b)
+    assert lo < 0 < hi
+
+
+def test_analogies_come_from_the_gensim_file_with_same_section_distractors():
+    from leantune.evaluate.general import ANALOGY_SECTIONS, analogy_questions
+
+    questions = analogy_questions()
+    assert questions == analogy_questions() and len(questions) == 60 * len(ANALOGY_SECTIONS)
+    capitals = [q for q in questions if q.source.endswith("capital-common-countries")]
+    assert capitals and all(len(set(q.choices)) == 4 for q in questions)
+    from leantune.evaluate.general import analogy_file
+
+    lines = set(analogy_file().read_text().splitlines())
+    for q in questions[::17]:  # each question is a line of the file, its fourth word the right choice
+        words = q.prompt[0]["content"].removeprefix("Complete the analogy with one word. ").split()
+        assert f"{words[0]} {words[3]} {words[5]} {q.choices[q.correct]}" in lines
+    family = [q for q in questions if q.source.endswith("family")]
+    assert all(c[0].islower() for q in family for c in q.choices)  # family words, not capitals, as distractors
+
+
+def test_metrics_that_do_not_fit_the_data_are_refused(tmp_path):
+    free = tmp_path / "free.jsonl"
+    free.write_text("".join(json.dumps(chat_row(f"Tell me fact {i}", f"Fact number {i} is unique")) + "\n" for i in range(30)))
+    with pytest.raises(MetricError, match="closed answer set .* 30 different answers in 30 rows"):
+        resolve_task(str(free), ("accuracy",))
+    assert resolve_task(str(free)).metrics == ("loss",)
+    assert resolve_task(str(free), ("exact_match", "token_f1")).metrics == ("exact_match", "token_f1")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "What."}) + "\n")
+    with pytest.raises(MetricError, match="preference pairs .* preference_accuracy"):
+        resolve_task(str(pairs), ("exact_match",))
+    assert resolve_task(str(pairs)).metrics == ("preference_accuracy",)
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "Plain prose for continued pretraining."}) + "\n")
+    with pytest.raises(MetricError, match="plain text .* only loss"):
+        resolve_task(str(text), ("accuracy",))
+    with pytest.raises(MetricError, match="multiple choice only"):
+        resolve_task("analogies", ("exact_match",))
+    with pytest.raises(MetricError, match="Unknown metric 'bleu'"):
+        resolve_task(str(free), ("bleu",))
+    with pytest.raises(MetricError, match="preference_accuracy needs preference pairs"):
+        resolve_task(str(free), ("preference_accuracy",))
+
+
+def test_time_box_scores_a_shared_random_sample(tiny):
+    from leantune.evaluate.runner import Contender, Settings, evaluate_task
+    from contextlib import nullcontext
+
+    task = resolve_task("analogies")
+    contenders = [Contender("base", tiny.model, nullcontext), Contender("tuned", tiny.model, nullcontext)]
+    result = evaluate_task(task, contenders, tiny.tokenizer, Settings(budget_s=0.0, min_items=32))
+    assert result.n == 32 and result.available == 240
+    mc = result.metrics[0]
+    assert mc.scores["base"] == mc.scores["tuned"] and mc.delta == 0 and mc.ci == (0.0, 0.0)
+
+
+def test_after_train_evaluation_and_leantune_eval(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{"eval.after_train": True, "eval.min_items": 16}))
+    run = result.run_dir
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["models"] == ["base", "tuned"]
+    by_task = {t["task"]: t for t in saved["tasks"]}
+    assert set(by_task) == {"held-out", "trivia", "analogies"}
+    assert by_task["held-out"]["n"] == 8  # the run's 8 held-out examples, all of them
+    held_loss = next(m for m in by_task["held-out"]["metrics"] if m["metric"] == "loss")
+    assert held_loss["scores"]["tuned"] == pytest.approx(result.eval_loss, rel=1e-5)  # same examples, same loss
+    assert held_loss["scores"]["tuned"] < held_loss["scores"]["base"]
+    assert by_task["trivia"]["n"] == 16 < by_task["trivia"]["available"]  # budget spent: the minimum
+    f = saved["forgetting"]
+    assert f["n"] == 32 and f["ci"][0] <= f["points"] <= f["ci"][1] and f["tasks"] == ["trivia", "analogies"]
+    report = (run / "report.md").read_text()
+    assert "## Evaluation" in report and "Forgetting (base - tuned on the general suite)" in report
+
+    # the CLI, every item of the named task, JSON out; a custom task set does not replace eval.json
+    code, out, err = run_cli(monkeypatch, capsys, "eval", run, "--task", chat_file, "--metric", "exact_match",
+                             "--metric", "accuracy", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    task = data["tasks"][0]
+    assert task["n"] == task["available"] == 48 and [m["metric"] for m in task["metrics"]] == ["exact_match", "accuracy"]
+    assert data["task_score"]["metric"] == "exact_match" and data["forgetting"] is None
+    assert json.loads((run / "eval.json").read_text()) == saved
+    assert (run / "eval-chat.json").is_file() and "## Evaluation: " in (run / "report.md").read_text()
+
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "compare", run, run, "--runs-dir", runs)
+    assert code == 0 and "forgetting" in out and "task score" in out and "held-out accuracy" in out
+
+
+def test_evaluating_a_model_alone(tiny_model_dir):
+    import leantune
+
+    result = leantune.evaluate(str(tiny_model_dir), tasks=["trivia"], limit=8)
+    assert result.models == ["model"] and result.forgetting is None and result.tasks[0].n == 8
+    again = json.loads(result.to_json())
+    from leantune.evaluate.result import from_dict
+
+    assert json.loads(from_dict(again).to_json()) == again
+
+
+def test_full_fine_tune_is_compared_with_a_fresh_base(tiny_model_dir, chat_file, tmp_path):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{
+        "method.name": "full", "training.max_steps": 4, "training.lr": 1e-3, "eval.after_train": True,
+        "eval.tasks": "[held-out]"}))
+    held = result.evaluation.tasks[0]
+    loss = held.metrics[0]
+    assert loss.metric == "loss" and loss.scores["tuned"] < loss.scores["base"]
+
+
+def test_eval_errors(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{"training.max_steps": 2}))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assist\n')
+    code, _, err = run_cli(monkeypatch, capsys, "eval", result.run_dir, "--task", broken)
+    assert_user_error(code, err, "broken.jsonl:1")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", result.run_dir, "--task", chat_file, "--metric", "accuracy",
+                           "--metric", "multiple_choice", "--metric", "bleu")
+    assert_user_error(code, err, "Unknown metric 'bleu'")
+    free = tmp_path / "free.jsonl"
+    free.write_text("".join(json.dumps(chat_row(f"q{i}", f"a unique answer {i}")) + "\n" for i in range(10)))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", result.run_dir, "--task", free, "--metric", "accuracy")
+    assert_user_error(code, err, "needs a closed answer set", "exact_match")
+    no_adapter = tmp_path / "copy"
+    shutil.copytree(result.run_dir, no_adapter)
+    shutil.rmtree(no_adapter / "adapter")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", no_adapter)
+    assert_user_error(code, err, "has no adapter to evaluate", "--resume")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", "2099-no-such-run", "--runs-dir", runs)
+    assert_user_error(code, err, "neither a model", "nor a run")
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tiny_model_dir, "--task", "held-out")
+    assert_user_error(code, err, "Task 'held-out' is a run's own eval split")
+
+
+def test_the_api_functions_survive_importing_their_packages():
+    import leantune
+    import leantune.evaluate  # noqa: F401 - the import that used to hide the function
+    import leantune.train  # noqa: F401
+
+    assert callable(leantune.evaluate) and callable(leantune.train)
