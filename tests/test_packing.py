@@ -67,3 +67,14 @@ def test_packing_is_deterministic_and_respects_capacity():
     assert all(sum(lengths[i] for i in b) <= 12 for b in bins)
     assert len(bins) == -(-sum(lengths) // 12)  # these lengths pack perfectly
     assert padding_fraction(lengths, 2, capacity=12) < padding_fraction(lengths, 2)
+
+
+def test_a_micro_batch_packs_into_as_few_rows_of_nearly_equal_length():
+    from leantune.data.batches import balanced_packing
+
+    lengths = [70, 40, 90, 30, 60, 50, 80, 20]  # 440 tokens: 2 rows of 256 at most
+    rows = balanced_packing(lengths, 256)
+    assert len(rows) == 2 and sorted(i for r in rows for i in r) == list(range(8))
+    sizes = [sum(lengths[i] for i in r) for r in rows]
+    assert max(sizes) <= 256 and max(sizes) - min(sizes) <= 40  # not 256 + 184
+    assert balanced_packing([300, 10], 256) == [[0], [1]]  # an over-long example (already truncated upstream) alone

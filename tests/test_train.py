@@ -183,15 +183,38 @@ def test_a_run_predicted_not_to_fit_is_refused_unless_forced(tiny_model_dir, cha
     assert plan["memory_gib"]["total"] > 0.01 and plan["setup"]["method"] == "lora"
 
 
-def test_packing_trains_on_the_same_tokens_in_fewer_rows(tiny_model_dir, chat_file, tmp_path):
+def test_packing_trains_exactly_like_padding_in_fewer_token_slots(tiny_model_dir, chat_file, tmp_path):
+    """The packing lever: each micro-batch's examples share rows instead of padding to the longest, so the
+    losses of every step (and the eval loss) are the unpacked run's up to float rounding."""
     from io import StringIO
 
     from rich.console import Console
 
     log = StringIO()
-    common = {"training.max_steps": 6, "method.dropout": 0.0}
+    common = {"training.max_steps": 6, "method.dropout": 0.0, "data.max_seq_len": 48}
     packed = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "p", **common, **{"data.packing": "true"}),
                    console=Console(file=log, width=200))
-    assert "packing: 40 examples into" in log.getvalue() and "padding" in log.getvalue()
-    rows = [json.loads(line) for line in (packed.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]
+    padded = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "u", **common, **{"data.packing": "false"}))
+    assert "packing: each micro-batch's 4 examples packed into rows of <= 48 tokens" in log.getvalue()
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    assert losses(packed) == pytest.approx(losses(padded), rel=1e-4)
+    assert packed.eval_loss == pytest.approx(padded.eval_loss, rel=1e-4)
+
+
+def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_path):
+    """training.compile compiles the decoder in place (inductor on CPU): same losses, same adapter names."""
+    common = {"training.max_steps": 3, "method.dropout": 0.0}
+    compiled = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "c", **common, **{"training.compile": "true"}))
+    plain = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "p", **common))
+
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    assert losses(compiled) == pytest.approx(losses(plain), rel=1e-4)
+    from safetensors.torch import load_file
+
+    assert load_file(compiled.run_dir / "adapter" / "adapter_model.safetensors").keys() == \
+        load_file(plain.run_dir / "adapter" / "adapter_model.safetensors").keys()

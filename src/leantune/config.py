@@ -41,7 +41,9 @@ class DataConfig(_Section):
     truncation: Literal["keep_end", "keep_start", "drop"] = Field(
         "keep_end", description="rows over max_seq_len: keep_end cuts the start (the answer survives), keep_start cuts "
         "the end, drop skips them; plain text is split into max_seq_len pieces instead. Counts are always reported")
-    packing: bool = Field(False, description="pack several short examples into each sequence (no attention across them)")
+    packing: bool = Field(True, description="padding-free micro-batches: each micro-batch's examples share rows of up to "
+                          "max_seq_len tokens (no attention across them) instead of padding to the longest; same "
+                          "examples per step, so the same training, on fewer token slots")
 
 
 class MethodConfig(_Section):
@@ -90,6 +92,8 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False
     loss_chunk: int = Field(0, ge=0, description="compute the output layer and loss this many labelled positions at a "
                             "time (recomputed in backward), so all fp32 logits never exist at once; 0: all together")
+    compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays only for long runs: "
+                          "see bench/results/throughput.json for its compile time and step-time gain on this machine")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -52,11 +52,11 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def pack_examples(examples: list[TokenizedExample], capacity: int) -> list[TokenizedExample]:
+def pack_examples(examples: list[TokenizedExample], capacity: int, groups: list[list[int]] | None = None) -> list[TokenizedExample]:
     """Several examples per row of at most `capacity` tokens (see pack_lengths), each keeping its own labels.
     The first label of every example is dropped: nothing before it in its own example predicts it."""
     packs = []
-    for members in pack_lengths([len(e.input_ids) for e in examples], capacity):
+    for members in groups or pack_lengths([len(e.input_ids) for e in examples], capacity):
         ids, labels, segments = [], [], []
         for i in members:
             e = examples[i]
@@ -104,17 +104,38 @@ def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+def balanced_packing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """The examples of one micro-batch in as few rows as `capacity` allows, with rows of nearly equal length (the
+    batch is padded to its longest row, so the tightest row capacity that keeps the row count is the one to use)."""
+    total, longest = sum(min(n, capacity) for n in lengths), min(max(lengths), capacity)
+    rows = -(-total // capacity)
+    cap = max(longest, -(-total // rows))
+    while True:
+        bins = pack_lengths(lengths, cap)
+        if len(bins) <= rows or cap >= capacity:
+            return bins
+        cap = min(capacity, cap + max(1, cap // 16))
+
+
+def pack_micro_batch(examples: list[TokenizedExample], capacity: int) -> list[TokenizedExample]:
+    """Padding-free micro-batch: the same examples (so the same loss and gradient as unpacked, up to float
+    rounding), concatenated into a few rows of at most `capacity` tokens."""
+    if len(examples) < 2:
+        return examples
+    return pack_examples(examples, capacity, balanced_packing([len(e.input_ids) for e in examples], capacity))
+
+
 def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, capacity: int | None = None) -> float:
     """Share of the token slots a step pays for that are padding: random micro-batches right-padded to their
-    longest row, or (capacity given) packed sequences of `capacity`, batched the same way."""
+    longest row, or (capacity given) each micro-batch packed into rows of at most `capacity` first."""
     if not lengths:
         return 0.0
-    if capacity is not None:
-        lengths = [sum(min(lengths[i], capacity) for i in b) for b in pack_lengths(lengths, capacity)]
     order = epoch_order(len(lengths), seed, 0)
     paid = real = 0
     for start in range(0, len(order), micro_batch_size):
-        batch = [lengths[i] for i in order[start : start + micro_batch_size]]
+        batch = [min(lengths[i], capacity or lengths[i]) for i in order[start : start + micro_batch_size]]
+        if capacity is not None:
+            batch = [sum(batch[i] for i in b) for b in balanced_packing(batch, capacity)]
         paid += max(batch) * len(batch)
         real += sum(batch)
     return 1 - real / paid

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..data import load_examples, load_splits
-from ..data.batches import collate, micro_batches_for_step, pack_examples, padding_fraction, steps_per_epoch
+from ..data.batches import collate, micro_batches_for_step, pack_micro_batch, padding_fraction, steps_per_epoch
 from ..data.preference import TokenizedPair, tokenize_pairs
 from ..data.tokenize import TokenizedExample, tokenize_examples
 from ..errors import ConfigError, DataError, PlanError
@@ -29,7 +29,7 @@ from ..models.adapters import trainable_parameter_count
 from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
-from ..models.forward import label_logits, summed_label_loss
+from ..models.forward import decoder_and_head, label_logits, summed_label_loss
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
 from ..evaluate.tasks import after_train_tasks
@@ -138,17 +138,15 @@ class LoraRecipe:
             self.train_data = replay_rows(self.train_data, replay, forget.replay_fraction, cfg.training.seed)
             self.note(f"replay: {len(self.train_data) - before} rows from {forget.replay_data} mixed into {before} "
                       f"training rows ({forget.replay_fraction:.0%} of the total)")
-        if cfg.data.packing and self.dpo:
+        if cfg.data.packing and self.dpo and "packing" in cfg.data.model_fields_set:
             self.note("data.packing is not used with DPO: each pair's two replies are scored as separate rows")
         if cfg.data.packing and self.train_data and not self.dpo:
             lengths = [len(e.input_ids) for e in self.train_data]
             mb = cfg.training.micro_batch_size
             before = padding_fraction(lengths, mb, cfg.training.seed)
             after = padding_fraction(lengths, mb, cfg.training.seed, capacity=cfg.data.max_seq_len)
-            n_examples = len(self.train_data)
-            self.train_data = pack_examples(self.train_data, cfg.data.max_seq_len)
-            self.note(f"packing: {n_examples} examples into {len(self.train_data)} rows of <= {cfg.data.max_seq_len} tokens; "
-                      f"padding {before:.1%} -> {after:.1%} of paid token slots (micro-batches of {mb} rows)")
+            self.note(f"packing: each micro-batch's {mb} examples packed into rows of <= {cfg.data.max_seq_len} tokens; "
+                      f"padding {before:.1%} -> {after:.1%} of paid token slots")
         if not self.train_data:
             raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
                             f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
@@ -160,6 +158,10 @@ class LoraRecipe:
         compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
         self.model = attach_method(base.model, cfg.method, cfg.training.seed, self.total_steps)
         self.adalora = adalora_model(self.model)
+        if t.compile:
+            # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
+            decoder_and_head(self.model)[0].compile(dynamic=True)
+            self.note("training.compile: the decoder is compiled on the first step (dynamic shapes)")
         trainable, total = trainable_parameter_count(self.model)
         self.note(f"{describe_method(cfg.method)}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
         if cfg.method.name == "qlora":
@@ -337,6 +339,13 @@ class LoraRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens, extra
 
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        """A micro-batch as tensors; with data.packing its examples share rows instead of padding to the longest
+        (same examples per step either way, so packing changes the speed, not the training)."""
+        if self.config.data.packing:
+            examples = pack_micro_batch(examples, self.config.data.max_seq_len)
+        return collate(examples, self.pad_id)
+
     def sft_backward(self, micro_batches) -> tuple[float, int, dict]:
         n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
         n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
@@ -344,7 +353,7 @@ class LoraRecipe:
         if self.teacher is not None:
             return self.distill_backward(micro_batches, n_labels, n_tokens)
         for examples in micro_batches:
-            summed, _ = summed_label_loss(self.model, collate(examples, self.pad_id), self.config.training.loss_chunk)
+            summed, _ = summed_label_loss(self.model, self.collate(examples), self.config.training.loss_chunk)
             (summed / n_labels).backward()
             total += summed.item()
         return total / n_labels, n_tokens, {}
@@ -353,7 +362,7 @@ class LoraRecipe:
         o = self.config.objective
         total = kl_total = ce_total = 0.0
         for examples in micro_batches:
-            batch = collate(examples, self.pad_id)
+            batch = self.collate(examples)
             student, targets, _ = label_logits(self.model, batch)
             summed, kl, ce = distill_terms(student, self.teacher.logits(batch), targets, o.temperature, o.alpha)
             (summed / n_labels).backward()
@@ -467,7 +476,7 @@ class LoraRecipe:
             self.model.train(was_training)
             return loss, {f"eval_{k}": v for k, v in rewards.items()}
         for i in range(0, len(data), size):
-            summed, n = summed_label_loss(self.model, collate(data[i : i + size], self.pad_id), self.config.training.loss_chunk)
+            summed, n = summed_label_loss(self.model, self.collate(data[i : i + size]), self.config.training.loss_chunk)
             total, count = total + summed.item(), count + n
         self.model.train(was_training)
         return total / max(count, 1), extra

@@ -1,0 +1,443 @@
+"""Tokens per second of `leantune train` against Hugging Face PEFT + TRL `SFTTrainer`, side by side.
+
+Same model (the bundled SmolLM2-135M), same training examples (each seen once), same LoRA (r=8, alpha=16,
+dropout 0.05, every linear layer), same micro-batch, learning rate, schedule and seed. The schedule is cosine to
+zero without warmup: the two libraries count warmup steps differently, and without warmup their
+learning rates are the same at every step.
+Every job runs in a fresh process (its peak memory is its own), alternating leantune and the baseline
+`--repeats` times; medians are reported. Tokens/s counts real tokens only (no padding), over the steps after the
+first two (warm-up: allocator growth, first-call overheads). The final eval loss of both is computed by the same
+function (leantune's, over the same 64 held-out examples), so "as good" is checked, not assumed.
+
+Baselines:
+- trl-defaults: SFTConfig's defaults on this machine (use_cpu=True is required on a CPU; its defaults then
+  turn on bf16 autocast and activation checkpointing);
+- trl-fp32: the same with bf16 and activation checkpointing off: the fastest plain HF setup here.
+
+    python bench/throughput.py                 # compare + levers + scaling (~45 min on 2 cores)
+    python bench/throughput.py --only compare  # or levers, padding, fusion, scaling
+    python bench/throughput.py --fresh         # forget finished jobs (they are kept in bench/.work/throughput/)
+
+Needs TRL (`pip install -c constraints.txt '.[bench]'`). Writes bench/results/throughput.json and
+bench/results/throughput_scaling.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".work" / "throughput"
+RESULTS = HERE / "results" / "throughput.json"
+PLOT = HERE / "results" / "throughput_scaling.png"
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "src"))
+
+from common import write_results  # noqa: E402
+
+LR, RANK, ALPHA, DROPOUT, SEED, EVAL_SIZE = 5e-4, 8, 16, 0.05, 0, 64
+COMPARE = {"sms-spam": {"steps": 14, "mb": 8, "seq": 256}, "trivia": {"steps": 12, "mb": 8, "seq": 256}}
+BASELINES = {"trl-defaults": {}, "trl-fp32": {"bf16": False, "gradient_checkpointing": False}}
+LEVERS = {  # leantune with one thing changed from its defaults, on sms-spam
+    "defaults": {},
+    "no packing": {"data.packing": False},
+    "full-vocabulary logits": {"full_logits": True},
+    "loss in chunks of 64": {"training.loss_chunk": 64},
+    "torch.compile": {"training.compile": True},
+    "1 thread": {"training.threads": 1},
+    "activation checkpointing": {"training.gradient_checkpointing": True},
+}
+SCALING = [(128, 8), (256, 8), (512, 4), (1024, 2), (128, 1), (512, 1), (2048, 1)]  # (sequence length, micro-batch)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def examples_for(job: dict):
+    """(train examples, eval examples): the same for both systems."""
+    from leantune.data import load_splits
+
+    if job.get("synthetic"):
+        return synthetic_examples(job["synthetic"], job["steps"] * job["mb"]), synthetic_examples(job["synthetic"], 8, offset=10_000)
+    splits = load_splits(job["dataset"], None, EVAL_SIZE, SEED, job["steps"] * job["mb"])
+    return splits.train, splits.eval
+
+
+def synthetic_examples(tokens: int, n: int, offset: int = 0):
+    """Chat rows of about `tokens` tokens (SmolLM2's tokenizer: ~1 token per short word), short answers."""
+    import random
+
+    from leantune.data.records import Example
+
+    words = ["river", "stone", "market", "yellow", "seven", "quiet", "engine", "paper", "window", "garden"]
+    out = []
+    for i in range(n):
+        rng = random.Random(offset + i)
+        body = " ".join(rng.choice(words) for _ in range(max(1, tokens - 40)))
+        out.append(Example(({"role": "user", "content": f"Summarise: {body}"}, {"role": "assistant", "content": rng.choice(words)})))
+    return out
+
+
+def eval_loss(model, tokenizer, examples, seq: int, batch: int) -> float:
+    """leantune's eval loss, in batches of the run's micro-batch size (as leantune's own eval pass runs)."""
+    import torch
+
+    from leantune.data.batches import collate
+    from leantune.data.tokenize import tokenize_examples
+    from leantune.models.forward import summed_label_loss
+
+    rows, _ = tokenize_examples(tokenizer, examples, seq, "all_assistant", "keep_end")
+    model.eval()
+    total = count = 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            s, n = summed_label_loss(model, collate(rows[i : i + batch], tokenizer.pad_token_id))
+            total, count = total + s.item(), count + n
+    return total / count
+
+
+def full_logits_loss(model, batch, chunk: int = 0):
+    """The lever turned off: the model's whole output (every position x the vocabulary), as HF's loss does."""
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    extra = {k: batch[k].to(device) for k in ("attention_mask", "position_ids") if k in batch}
+    logits = model(input_ids=batch["input_ids"].to(device), use_cache=False, **extra).logits.float()
+    targets = batch["labels"][:, 1:].to(device)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+def run_ours(job: dict) -> dict:
+    from leantune.config import RunConfig
+    from leantune.train import recipe
+    from leantune.train.api import train
+
+    variant = dict(job.get("variant", {}))
+    if variant.pop("full_logits", False):
+        recipe.summed_label_loss = full_logits_loss
+    train_ex, eval_ex = examples_for(job)
+    data = WORK / f"{job['id']}-train.jsonl"
+    data.write_text("".join(json.dumps({"messages": list(e.messages)}) + "\n" for e in train_ex))
+    evalf = WORK / f"{job['id']}-eval.jsonl"
+    evalf.write_text("".join(json.dumps({"messages": list(e.messages)}) + "\n" for e in eval_ex))
+    values = {
+        "model": {"base": "smollm2-135m"},
+        "data": {"train": str(data), "eval": str(evalf), "max_seq_len": job["seq"]},
+        "method": {"name": "lora", "r": RANK, "alpha": ALPHA, "dropout": DROPOUT},
+        "training": {"max_steps": job["steps"], "micro_batch_size": job["mb"], "lr": LR, "warmup_ratio": 0.0,
+                     "min_lr_ratio": 0.0, "seed": SEED, "checkpoint_every": 10**6},
+        "eval": {"after_train": False},
+        "output": {"runs_dir": str(WORK / "runs"), "name": job["id"]},
+    }
+    for key, value in variant.items():
+        section, field = key.split(".")
+        values.setdefault(section, {})[field] = value
+    started = time.perf_counter()
+    result = train(RunConfig.model_validate(values), allow_duplicate=True)
+    wall = time.perf_counter() - started
+    steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return measured(steps, [(s["step"], s["elapsed_s"], s["tokens"]) for s in steps], result.eval_loss, wall)
+
+
+def measured(steps, timeline: list[tuple[int, float, int]], loss_eval: float, wall: float) -> dict:
+    """tokens/s and seconds/step over the steps after the first two."""
+    first, last = timeline[1], timeline[-1]
+    seconds, tokens = last[1] - first[1], last[2] - first[2]
+    return {"tokens_per_s": tokens / seconds, "step_s": seconds / (last[0] - first[0]), "first_steps_s": first[1],
+            "tokens": timeline[-1][2], "eval_loss": loss_eval, "peak_rss_mib": peak_rss_mib(), "wall_s": wall,
+            "final_train_loss": steps[-1]["loss"] if steps and "loss" in steps[-1] else None}
+
+
+def run_trl(job: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from leantune.models.loading import hf_dir_for
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    train_ex, eval_ex = examples_for(job)
+    rows = [{"prompt": list(e.prompt), "completion": [{"role": "assistant", "content": e.answer}]} for e in train_ex]
+    path = hf_dir_for("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    timeline: list[tuple[int, float, int]] = []
+    counted = {"tokens": 0, "train_s": 0.0}
+
+    class Counting(SFTTrainer):
+        def training_step(self, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            counted["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            counted["train_s"] += time.perf_counter() - self.t0
+            timeline.append((state.global_step, counted["train_s"], counted["tokens"]))
+
+    args = SFTConfig(output_dir=str(WORK / f"trl-{job['id']}"), use_cpu=True, per_device_train_batch_size=job["mb"],
+                     gradient_accumulation_steps=1, learning_rate=LR, lr_scheduler_type="cosine",
+                     warmup_steps=0, max_steps=job["steps"], seed=SEED, max_length=job["seq"],
+                     logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, **job.get("variant", {}))
+    peft = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = Counting(model=model, args=args, train_dataset=Dataset.from_list(rows), peft_config=peft,
+                       processing_class=tokenizer, callbacks=[Clock()])
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    loss = eval_loss(trainer.model, tokenizer, eval_ex, job["seq"], job["mb"])
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return measured([{"loss": losses[-1]}] if losses else [], timeline, loss, wall)
+
+
+def worker(job: dict) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    os.environ.setdefault("LEANTUNE_HOME", str(Path.home() / ".cache" / "leantune"))
+    result = run_trl(job) if job["system"].startswith("trl") else run_ours(job)
+    print("RESULT " + json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def run_job(job: dict, fresh: bool) -> dict | None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = WORK / f"{job['id']}.json"
+    if out.is_file() and not fresh:
+        return json.loads(out.read_text())
+    print(f"  {job['id']} ...", end="", flush=True)
+    started = time.perf_counter()
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, env=env)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        print(f" failed ({proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    result = {**job, **json.loads(line[7:])}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    print(f" {result['tokens_per_s']:.0f} tok/s, {result['peak_rss_mib']:.0f} MiB, eval loss {result['eval_loss']:.4f} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return result
+
+
+def median_of(results: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in results)
+
+
+def compare(repeats: int, fresh: bool) -> dict:
+    table = {}
+    for dataset, shape in COMPARE.items():
+        print(f"[compare] {dataset}: {shape['steps']} steps x {shape['mb']} examples, max {shape['seq']} tokens")
+        runs: dict[str, list[dict]] = {"leantune": [], **{b: [] for b in BASELINES}}
+        for rep in range(repeats):  # alternate, so drift in the machine's load hits every system alike
+            for system in runs:
+                job = {"id": f"{dataset}-{system}-{rep}", "system": system, "dataset": dataset, **shape,
+                       "variant": BASELINES.get(system, {})}
+                result = run_job(job, fresh)
+                if result:
+                    runs[system].append(result)
+        summary = {s: {k: median_of(r, k) for k in ("tokens_per_s", "step_s", "peak_rss_mib", "eval_loss")} | {"runs": len(r)}
+                   for s, r in runs.items() if r}
+        for b in BASELINES:
+            if b in summary and "leantune" in summary:
+                summary[f"vs {b}"] = {
+                    "speed_ratio": summary["leantune"]["tokens_per_s"] / summary[b]["tokens_per_s"],
+                    "memory_ratio": summary["leantune"]["peak_rss_mib"] / summary[b]["peak_rss_mib"],
+                    "eval_loss_difference": summary["leantune"]["eval_loss"] - summary[b]["eval_loss"]}
+                print(f"  leantune vs {b}: {summary[f'vs {b}']['speed_ratio']:.2f}x tokens/s, "
+                      f"{summary[f'vs {b}']['memory_ratio']:.2f}x peak memory, eval loss "
+                      f"{summary['leantune']['eval_loss']:.4f} vs {summary[b]['eval_loss']:.4f}")
+        table[dataset] = summary
+    return table
+
+
+def levers(fresh: bool) -> dict:
+    print("[levers] leantune on sms-spam, one change from its defaults at a time")
+    shape = COMPARE["sms-spam"]
+    out = {}
+    for name, variant in LEVERS.items():
+        job = {"id": "lever-" + name.replace(" ", "_").replace(".", ""), "system": "leantune", "dataset": "sms-spam",
+               **shape, "variant": variant}
+        if name == "torch.compile":
+            job["steps"] = 30  # compile time is paid once; enough steps to see what it buys per step
+        result = run_job(job, fresh)
+        if result:
+            out[name] = {k: result[k] for k in ("tokens_per_s", "step_s", "first_steps_s", "peak_rss_mib", "eval_loss")}
+    if "defaults" in out:
+        base = out["defaults"]
+        for name, r in out.items():
+            r["speed_vs_defaults"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["memory_vs_defaults"] = r["peak_rss_mib"] / base["peak_rss_mib"]
+            print(f"  {name:26s} {r['tokens_per_s']:7.0f} tok/s ({r['speed_vs_defaults']:.2f}x)  "
+                  f"{r['peak_rss_mib']:6.0f} MiB ({r['memory_vs_defaults']:.2f}x)  eval loss {r['eval_loss']:.4f}")
+    return out
+
+
+def scaling(fresh: bool) -> list[dict]:
+    print("[scaling] synthetic rows of a fixed length, 4 steps each")
+    rows = []
+    for seq, mb in SCALING:
+        for system in ("leantune", "trl-fp32"):
+            job = {"id": f"scale-{seq}x{mb}-{system}", "system": system, "dataset": "synthetic", "synthetic": seq,
+                   "steps": 4, "mb": mb, "seq": seq + 16, "variant": BASELINES.get(system, {})}
+            result = run_job(job, fresh)
+            if result:
+                rows.append({"seq": seq, "mb": mb, "system": system, "tokens_per_s": result["tokens_per_s"],
+                             "peak_rss_mib": result["peak_rss_mib"]})
+    plot_scaling(rows)
+    return rows
+
+
+def padding(fresh: bool) -> dict:
+    """Share of paid token slots that are padding, per dataset: random micro-batches of 8 padded to the longest
+    (what the baseline pays), the same micro-batches length-grouped (sorted within windows of 64 examples), and
+    packed (leantune's default). Computed from the tokenised lengths; no training."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from leantune.data import load_examples
+    from leantune.data.batches import padding_fraction
+    from leantune.data.tokenize import tokenize_examples
+    from leantune.models.loading import hf_dir_for
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir_for("smollm2-135m"))
+    out = {}
+    for dataset in ("sms-spam", "trivia", "tweets-sentiment"):
+        rows, _ = tokenize_examples(tokenizer, load_examples(dataset)[:2000], 256, "all_assistant", "keep_end")
+        lengths = [len(r.input_ids) for r in rows]
+        rng = random.Random(0)
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        grouped = []
+        for start in range(0, len(order), 64):
+            grouped += sorted((lengths[i] for i in order[start : start + 64]), reverse=True)
+        paid = real = 0
+        for start in range(0, len(grouped), 8):
+            batch = grouped[start : start + 8]
+            paid, real = paid + max(batch) * len(batch), real + sum(batch)
+        out[dataset] = {"examples": len(lengths), "mean_tokens": sum(lengths) / len(lengths),
+                        "padded": padding_fraction(lengths, 8), "length_grouped": 1 - real / paid,
+                        "packed": padding_fraction(lengths, 8, capacity=256)}
+        r = out[dataset]
+        print(f"  {dataset:17s} mean {r['mean_tokens']:.0f} tokens: padding {r['padded']:.1%} random, "
+              f"{r['length_grouped']:.1%} length-grouped, {r['packed']:.1%} packed")
+    return out
+
+
+def fusion(fresh: bool) -> dict:
+    """Fused LoRA (one matmul with W + s*B@A) against the usual three (x@W, x@A, then @B), forward + backward of
+    one SmolLM2 MLP projection (576 -> 1536, r=8) at the token counts of a micro-batch. Gradients flow to A and B
+    only, as in LoRA training."""
+    import torch
+
+    torch.manual_seed(0)
+    d_in, d_out, r, scale = 576, 1536, 8, 2.0
+    weight = torch.randn(d_out, d_in) / d_in**0.5
+    a = (torch.randn(r, d_in) / d_in**0.5).requires_grad_()
+    b = (torch.randn(d_out, r) * 0.01).requires_grad_()
+
+    def separate(x):
+        return x @ weight.T + scale * ((x @ a.T) @ b.T)
+
+    def fused(x):
+        return x @ (weight + scale * (b @ a)).T
+
+    out = {}
+    for tokens in (64, 512, 2048):
+        x = torch.randn(tokens, d_in)
+        times = {}
+        for name, fn in (("separate", separate), ("fused", fused)):
+            for _ in range(3):
+                fn(x).sum().backward()
+            start = time.perf_counter()
+            for _ in range(20):
+                fn(x).sum().backward()
+            times[name] = (time.perf_counter() - start) / 20
+        out[tokens] = {"separate_ms": times["separate"] * 1e3, "fused_ms": times["fused"] * 1e3,
+                       "fused_speedup": times["separate"] / times["fused"]}
+        print(f"  {tokens:5d} tokens: separate {times['separate'] * 1e3:.2f} ms, fused {times['fused'] * 1e3:.2f} ms "
+              f"({out[tokens]['fused_speedup']:.2f}x)")
+    return out
+
+
+def plot_scaling(rows: list[dict]) -> None:
+    """tokens/s and peak memory against sequence length, one line per system and micro-batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"leantune": "tab:blue", "trl-fp32": "tab:orange"}
+    for system in colours:
+        for mb, marker in zip(sorted({r["mb"] for r in rows}), "os^D"):
+            pts = sorted((r["seq"], r["tokens_per_s"], r["peak_rss_mib"]) for r in rows if r["system"] == system and r["mb"] == mb)
+            if not pts:
+                continue
+            style = dict(color=colours[system], marker=marker, linestyle="-" if system == "leantune" else "--",
+                         label=f"{system}, micro-batch {mb}")
+            a.plot([p[0] for p in pts], [p[1] for p in pts], **style)
+            b.plot([p[0] for p in pts], [p[2] / 1024 for p in pts], **style)
+    for ax, ylabel in ((a, "tokens/s (real tokens)"), (b, "peak RSS (GiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"SmolLM2-135M LoRA r=8 on CPU ({os.cpu_count()} cores), leantune vs PEFT + TRL SFTTrainer (fp32), "
+                 f"{time.strftime('%Y-%m-%d')}", fontsize=9)
+    fig.tight_layout()
+    PLOT.parent.mkdir(exist_ok=True)
+    fig.savefig(PLOT, dpi=100)
+    print(f"wrote {PLOT}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker")
+    parser.add_argument("--only", choices=("compare", "levers", "scaling", "padding", "fusion"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m", "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT}}
+    if args.only in (None, "compare"):
+        results["compare"] = compare(args.repeats, args.fresh)
+    if args.only in (None, "levers"):
+        results["levers"] = levers(args.fresh)
+    if args.only in (None, "padding"):
+        print("[padding] share of paid token slots that are padding, micro-batches of 8, max 256 tokens")
+        results["padding"] = padding(args.fresh)
+    if args.only in (None, "fusion"):
+        print("[fusion] one LoRA projection, forward + backward")
+        results["fusion"] = fusion(args.fresh)
+    if args.only in (None, "scaling"):
+        results["scaling"] = scaling(args.fresh)
+    write_results(RESULTS, results)
+
+
+if __name__ == "__main__":
+    main()
