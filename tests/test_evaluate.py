@@ -211,3 +211,19 @@ def test_the_api_functions_survive_importing_their_packages():
     import leantune.train  # noqa: F401
 
     assert callable(leantune.evaluate) and callable(leantune.train)
+
+
+def test_dollars_per_point_of_task_gain():
+    from leantune.evaluate.result import EvalResult, MetricScore, TaskResult
+
+    def result(delta, cost):
+        held = TaskResult("held-out", 200, 200, False, [
+            MetricScore("loss", {"base": 2.0, "tuned": 0.5}, delta=-1.5),
+            MetricScore("accuracy", {"base": 0.5, "tuned": 0.5 + delta}, delta=delta)], 1.0)
+        general = TaskResult("trivia", 190, 190, True, [MetricScore("multiple_choice", {"base": 0.5, "tuned": 0.5}, delta=0.0)], 1.0)
+        return EvalResult("run", ["base", "tuned"], [held, general], cost_usd=cost)
+
+    assert result(0.20, 4.0).usd_per_point == pytest.approx(0.2)  # $4 for +20 points of accuracy, not of loss
+    assert "Cost per point of task gain: $0.2000" in result(0.20, 4.0).markdown()
+    assert result(-0.05, 4.0).usd_per_point is None  # no gain: no price per point
+    assert result(0.20, 0.0).usd_per_point is None and "set cost.usd_per_hour" in result(0.20, 0.0).markdown()

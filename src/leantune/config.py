@@ -152,7 +152,8 @@ class EvalConfig(_Section):
     tasks: list[str] = Field(["held-out", "trivia", "analogies"], min_length=1,
                              description="held-out, trivia, analogies, a built-in dataset or a data file")
     time_share: float = Field(0.1, gt=0, le=10, description="time budget as a share of the training time")
-    min_items: int = Field(32, ge=1, description="items per task scored even when the time budget is spent")
+    min_items: int = Field(8, ge=1, description="items per task scored even when the time budget is spent (the "
+                           "forgetting interval says how little a few items prove)")
 
 
 class RunConfig(_Section):

@@ -57,12 +57,12 @@ def choice_scores(model, tokenizer, questions: list[Question], batch_size: int =
     model.eval()
     try:
         shared = sorted((i for i, ok in enumerate(shareable) if ok), key=lambda i: len(groups[i][0].input_ids))
-        # batch_size prompts at a time; their replies (a few tokens each) 4 x batch_size rows at a time, since on a
-        # CPU a forward pass has a fixed cost (~0.15 s for SmolLM2) that short rows do not amortise
+        # batch_size prompts at a time; their replies up to 4 x batch_size rows and 32 x batch_size tokens at a
+        # time: on a CPU a forward pass has a fixed cost (~0.15 s for SmolLM2) that a few short rows do not amortise
         for start in range(0, len(shared), batch_size):
             chunk = shared[start : start + batch_size]
             for i, scores in zip(chunk, score_shared_prompts(model, tokenizer.pad_token_id, [groups[i] for i in chunk],
-                                                             per_token, 4 * batch_size)):
+                                                             per_token, 4 * batch_size, 32 * batch_size)):
                 out[i] = scores
         rest = [i for i, ok in enumerate(shareable) if not ok]
         if rest:

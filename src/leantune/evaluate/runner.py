@@ -21,6 +21,7 @@ from .scoring import score_rows
 from .tasks import Task, shuffled
 
 CHUNK = 32
+BOXED_CHUNK = 8
 
 
 @dataclass
@@ -114,7 +115,8 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
         answer_tokens = min(256, longest + 8)  # room for the longest reference answer, and no more
     values: dict[str, dict[str, list]] = {c.name: {m: [] for m in task.metrics} for c in contenders}
     done = 0
-    chunk = min(CHUNK, settings.min_items)  # a time-boxed task stops at min_items, not at the next multiple of CHUNK
+    # a time-boxed task checks its clock every few items, so it overshoots its share by little
+    chunk = min(CHUNK, settings.min_items) if settings.budget_s is None else min(BOXED_CHUNK, settings.min_items)
     while done < len(order):
         items = order[done : done + chunk]
         for c in contenders:

@@ -46,13 +46,14 @@ def _select_rows(cache, index: torch.Tensor):
 
 @torch.no_grad()
 def score_shared_prompts(model, pad_id: int, groups: list[list[TokenizedExample]], per_token: bool,
-                         rows_per_batch: int = 16) -> list[list[float]]:
+                         rows_per_batch: int = 16, tokens_per_batch: int = 512) -> list[list[float]]:
     """For each group (rows that differ only after a common prompt), each row's summed (or per-token mean)
     log-probability of its labelled tokens.
 
-    The groups' prompts run as one batch; the continuations then run in batches of `rows_per_batch`, sorted by
-    length across all groups (answers of one question often differ 10x in length: padding them to each other
-    would cost more than the shared prompt saves), each over the cache rows of its own prompts."""
+    The groups' prompts run as one batch; the continuations then run sorted by length across all groups (answers
+    of one question often differ 10x in length: padding them to each other would cost more than the shared
+    prompt saves), in batches of at most `rows_per_batch` rows and `tokens_per_batch` padded tokens, each over
+    the cache rows of its own prompts (one-word answers go 64 at a time, sentences a dozen)."""
     from transformers import DynamicCache
 
     decoder, head = decoder_and_head(model)
@@ -72,8 +73,14 @@ def score_shared_prompts(model, pad_id: int, groups: list[list[TokenizedExample]
         if labs[0] != IGNORE:
             totals[r] += first_logp[g, ids[0]]
     order = sorted(range(len(rows)), key=lambda r: len(rows[r][1]))
-    for start in range(0, len(order), rows_per_batch):
-        batch = order[start : start + rows_per_batch]
+    batches, current = [], []
+    for r in order:  # lengths only grow along `order`, so the newest row sets the batch's width
+        if current and (len(current) == rows_per_batch or (len(current) + 1) * len(rows[r][1]) > tokens_per_batch):
+            batches.append(current)
+            current = []
+        current.append(r)
+    batches += [current] if current else []
+    for batch in batches:
         owners = torch.tensor([rows[r][0] for r in batch])
         cont_ids, cont_mask = _right_pad([rows[r][1] for r in batch], pad_id)
         if cont_ids.shape[1] < 2:
