@@ -227,3 +227,11 @@ def test_dollars_per_point_of_task_gain():
     assert "Cost per point of task gain: $0.2000" in result(0.20, 4.0).markdown()
     assert result(-0.05, 4.0).usd_per_point is None  # no gain: no price per point
     assert result(0.20, 0.0).usd_per_point is None and "set cost.usd_per_hour" in result(0.20, 0.0).markdown()
+
+
+def test_trivia_with_generated_answers_and_multiple_choice_together(tiny_model_dir):
+    import leantune
+
+    result = leantune.evaluate(str(tiny_model_dir), tasks=["trivia"], metrics=["exact_match", "multiple_choice"], limit=4)
+    assert [m.metric for m in result.tasks[0].metrics] == ["exact_match", "multiple_choice"] and result.tasks[0].general
+    assert result.tasks[0].n == 4

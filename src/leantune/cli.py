@@ -48,22 +48,14 @@ def train(
 
 
 def eval_table(result):
-    """An EvalResult as a rich table (the same rows as the report's markdown)."""
+    """An EvalResult as a rich table (the rows of the report's markdown table)."""
     from rich.table import Table
 
-    from .evaluate.result import format_delta, format_value
-
     table = Table(title=f"evaluation of {result.target}")
-    for col in ["task", "metric", "n", *result.models] + (["tuned - base (95% CI)"] if len(result.models) == 2 else []):
+    for col in result.columns:
         table.add_column(col)
-    for t in result.tasks:
-        n = f"{t.n}" + (f" of {t.available}" if t.n < t.available else "")
-        for m in t.metrics:
-            cells = [format_value(m.metric, m.scores.get(name)) for name in result.models]
-            table.add_row(t.task, m.metric, n, *cells, *([format_delta(m)] if len(result.models) == 2 else []))
-            for extra, values in m.extra.items():
-                table.add_row(t.task, extra, n, *[format_value(extra, values.get(name)) for name in result.models],
-                              *([""] if len(result.models) == 2 else []))
+    for row in result.rows():
+        table.add_row(*row)
     return table
 
 
@@ -89,9 +81,8 @@ def eval_command(
         print(result.to_json())
         return
     Console().print(eval_table(result))
-    for line in result.markdown().splitlines():
-        if line.startswith(("Forgetting", "Cost per point", "Evaluated", "QLoRA", "This run", "Time-boxed")):
-            err.print(line, highlight=False)
+    for line in result.summary():
+        err.print(line, highlight=False)
 
 
 @app.command()

@@ -7,7 +7,7 @@ The result is written to the run's eval.json and report.md unless `save=False`."
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -31,18 +31,25 @@ def _eval_mode(model):
         model.train(was)
 
 
+def base_and_tuned(tuned, base=None) -> list[Contender]:
+    """The pair to score: a separate base model (full fine-tuning), or the tuned model with its adapter off."""
+    from ..models.adapters import base_behaviour
+
+    if base is None:
+        return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
+    return [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
+
+
 def run_contenders(run, device: str = "cpu") -> tuple[list[Contender], object, list[str]]:
     """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights."""
     from ..models import load_adapter, load_base
-    from ..models.adapters import base_behaviour
 
     config = run.config()
     notes = []
     if run.full_model.is_dir():
         tuned = load_base(str(run.full_model), config.model.dtype, device)
         base = load_base(config.model.base, config.model.dtype, device)
-        return ([Contender("base", base.model, lambda: _eval_mode(base.model)),
-                 Contender("tuned", tuned.model, lambda: _eval_mode(tuned.model))], tuned.tokenizer, notes)
+        return base_and_tuned(tuned.model, base.model), tuned.tokenizer, notes
     if not (run.adapter / "adapter_config.json").is_file():
         status = run.info().get("status", "unknown")
         raise RunDirError(f"Run '{run.path}' has no adapter to evaluate ({run.adapter} is missing; status: {status}). "
@@ -52,13 +59,16 @@ def run_contenders(run, device: str = "cpu") -> tuple[list[Contender], object, l
     model = load_adapter(base.model, run.adapter)
     if qlora:
         notes.append("QLoRA: 'base' is the 4-bit NF4 base the adapter was trained over, not the original weights.")
-    return ([Contender("base", model, lambda: base_behaviour(model)), Contender("tuned", model, lambda: _eval_mode(model))],
-            base.tokenizer, notes)
+    return base_and_tuned(model), base.tokenizer, notes
 
 
 def replay_note(config) -> list[str]:
     f = config.forgetting
-    used = {f.replay_data for _ in [0] if f.replay_fraction} | {f.ewc_data for _ in [0] if f.ewc_lambda}
+    used = set()
+    if f.replay_fraction:
+        used.add(f.replay_data)
+    if f.ewc_lambda:
+        used.add(f.ewc_data)
     overlap = sorted(used & set(GENERAL_TASKS))
     if overlap:
         return [f"This run trained on (replay) or was anchored to (EWC) {', '.join(overlap)}: its forgetting score there "
@@ -75,9 +85,8 @@ def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Set
             console.print(f"  eval {name}: {done}/{total} items", highlight=False)
 
     results = [evaluate_task(task, contenders, tokenizer, settings, progress) for task in tasks]
-    result = EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
-                        time.perf_counter() - started, list(notes or []))
-    return result
+    return EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
+                      time.perf_counter() - started, list(notes or []))
 
 
 def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
@@ -90,7 +99,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     import torch
 
     from ..models import load_base
-    from ..runs.rundir import open_run_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = _find_run(str(target), runs_dir)
@@ -120,17 +128,15 @@ def evaluate_after_training(recipe) -> EvalResult | None:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
     training time (every task gets an equal share, and at least eval.min_items items)."""
     from ..models import load_base
-    from ..models.adapters import base_behaviour
     from ..runs.ledger import row_for
 
     config, model = recipe.config, recipe.model
     if not recipe.eval_tasks:
         return None
     if hasattr(model, "disable_adapter"):
-        contenders = [Contender("base", model, lambda: base_behaviour(model)), Contender("tuned", model, lambda: _eval_mode(model))]
+        contenders = base_and_tuned(model)
     else:  # full fine-tuning: the base is loaded beside the tuned weights
-        base = load_base(config.model.base, config.model.dtype, recipe.device).model
-        contenders = [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", model, lambda: _eval_mode(model))]
+        contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, recipe.device).model)
     budget = config.eval.time_share * recipe.progress.elapsed_s
     settings = Settings(batch_size=max(config.training.micro_batch_size, 8), max_seq_len=config.data.max_seq_len,
                         budget_s=budget / len(recipe.eval_tasks), min_items=config.eval.min_items)

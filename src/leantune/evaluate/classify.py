@@ -31,11 +31,11 @@ class ClassificationResult:
 def classify(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> list[str]:
     """The most likely label for each example, as the reply to its prompt (the examples' own answers are ignored).
     Each prompt runs once for all labels (KV-cache reuse, evaluate/shared_prompt.py)."""
-    from .multiple_choice import Question, choice_scores
+    from .multiple_choice import Question, argmax, choice_scores
 
     questions = [Question(ex.prompt, tuple(labels), 0) for ex in examples]
     scores = choice_scores(model, tokenizer, questions, batch_size, per_token=False)  # a label is a whole reply
-    return [labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
+    return [labels[argmax(s)] for s in scores]
 
 
 def classification_accuracy(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> ClassificationResult:

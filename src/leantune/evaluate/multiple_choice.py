@@ -39,6 +39,10 @@ def questions_with_distractors(examples: list[Example], n_choices: int = 4, seed
     return out
 
 
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
 def choice_rows(tokenizer, question: Question, eot: set[int]):
     return [tokenize_chat(tokenizer, Example(question.prompt + ({"role": "assistant", "content": c},)), eot, last_turn_only=True)
             for c in question.choices]
@@ -78,7 +82,7 @@ def choice_scores(model, tokenizer, questions: list[Question], batch_size: int =
 def multiple_choice_correct(model, tokenizer, questions: list[Question], batch_size: int = 16, share_prompt: bool = True) -> list[float]:
     """1.0 where the most likely choice is the right one, else 0.0, per question."""
     scores = choice_scores(model, tokenizer, questions, batch_size, share_prompt=share_prompt)
-    return [float(max(range(len(s)), key=s.__getitem__) == q.correct) for q, s in zip(questions, scores)]
+    return [float(argmax(s) == q.correct) for q, s in zip(questions, scores)]
 
 
 def multiple_choice_accuracy(model, tokenizer, questions: list[Question], batch_size: int = 16) -> float:

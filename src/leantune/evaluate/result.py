@@ -29,6 +29,8 @@ class TaskResult:
     general: bool
     metrics: list[MetricScore]
     seconds: float
+    # per model, per metric, the per-item values (for the forgetting score); kept in memory, not written out
+    items: dict[str, dict[str, list]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -83,6 +85,8 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        for task in data["tasks"]:
+            del task["items"]
         data["items_per_s"] = self.items_per_s
         data["usd_per_point"] = self.usd_per_point
         best = self.primary()
@@ -95,21 +99,27 @@ class EvalResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def markdown(self, heading: str = "## Evaluation") -> str:
-        cols = self.models + (["tuned - base (95% CI)"] if len(self.models) == 2 else [])
-        lines = [heading, "", "Tuned and base scored on the same items." if len(self.models) == 2 else "", "",
-                 "| task | metric | n | " + " | ".join(cols) + " |", "|---" * (3 + len(cols)) + "|"]
+    @property
+    def columns(self) -> list[str]:
+        return ["task", "metric", "n", *self.models] + (["tuned - base (95% CI)"] if len(self.models) == 2 else [])
+
+    def rows(self) -> list[list[str]]:
+        """The table's rows, formatted: one per task and metric, then one per extra value (perplexity, ...)."""
+        paired = len(self.models) == 2
+        out = []
         for t in self.tasks:
             n = f"{t.n}" + (f" of {t.available}" if t.n < t.available else "")
             for m in t.metrics:
-                cells = [format_value(m.metric, m.scores.get(name)) for name in self.models]
-                if len(self.models) == 2:
-                    cells.append(format_delta(m))
-                lines.append(f"| {t.task} | {m.metric} | {n} | " + " | ".join(cells) + " |")
+                out.append([t.task, m.metric, n, *[format_value(m.metric, m.scores.get(name)) for name in self.models],
+                            *([format_delta(m)] if paired else [])])
                 for extra_name, values in m.extra.items():
-                    lines.append(f"| {t.task} | {extra_name} | {n} | " + " | ".join(
-                        format_value(extra_name, values.get(name)) for name in self.models) + (" | |" if len(self.models) == 2 else " |"))
-        lines.append("")
+                    out.append([t.task, extra_name, n, *[format_value(extra_name, values.get(name)) for name in self.models],
+                                *([""] if paired else [])])
+        return out
+
+    def summary(self) -> list[str]:
+        """The lines under the table: forgetting, cost per point, notes, speed."""
+        lines = []
         if self.forgetting:
             lines.append(f"Forgetting (base - tuned on the general suite): {self.forgetting.describe()}.")
         best = self.primary()
@@ -118,9 +128,15 @@ class EvalResult:
                          f"{best[1].delta * 100:+.1f} pt {best[1].metric} on {best[0].task}).")
         elif best and self.cost_usd == 0 and best[1].delta:
             lines.append("Cost per point of task gain: unknown (the run's price is 0: set cost.usd_per_hour).")
-        lines += [f"{note}" for note in self.notes]
+        lines += self.notes
         lines.append(f"Evaluated in {self.seconds:.1f} s ({self.items_per_s:.1f} items/s per model).")
-        return "\n".join(lines) + "\n"
+        return lines
+
+    def markdown(self, heading: str = "## Evaluation") -> str:
+        lines = [heading, "", "Tuned and base scored on the same items." if len(self.models) == 2 else "", "",
+                 "| " + " | ".join(self.columns) + " |", "|---" * len(self.columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        return "\n".join(lines + [""] + self.summary()) + "\n"
 
 
 def format_value(metric: str, value: float | None) -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 from ..data.tokenize import end_of_turn_ids, fit_to_length, tokenize_example
 from .generation import greedy_answers
 from .metrics import exact_match, paired_bootstrap, token_f1
-from .multiple_choice import Question, choice_scores
+from .multiple_choice import Question, argmax, choice_scores
 from .result import Forgetting, MetricScore, TaskResult
 from .scoring import score_rows
 from .tasks import Task, shuffled
@@ -40,10 +40,6 @@ class Settings:
     limit: int | None = None  # at most this many items per task
 
 
-def _argmax(values: list[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
-
-
 def score_chunk(task: Task, items: list[int], model, tokenizer, settings: Settings, answer_tokens: int) -> dict[str, list]:
     """Per-item values of each of the task's metrics for one model (loss: (log-likelihood, labelled tokens))."""
     out: dict[str, list] = {}
@@ -66,13 +62,13 @@ def score_chunk(task: Task, items: list[int], model, tokenizer, settings: Settin
         elif metric == "accuracy":
             questions = [Question(task.examples[i].prompt, task.labels, 0) for i in items]
             scores = choice_scores(model, tokenizer, questions, bs, per_token=False)  # summed: a label is a whole reply
-            out[metric] = [(task.labels[_argmax(s)], (task.examples[i].label or task.examples[i].answer).strip())
+            out[metric] = [(task.labels[argmax(s)], (task.examples[i].label or task.examples[i].answer).strip())
                            for i, s in zip(items, scores)]
         elif metric in ("multiple_choice", "preference_accuracy"):
             questions = [task.questions[i] for i in items]
             # multiple choice: mean per token (a sum favours short answers); a preference: the whole reply, as DPO sees it
             scores = choice_scores(model, tokenizer, questions, bs, per_token=metric == "multiple_choice")
-            out[metric] = [float(_argmax(s) == q.correct) for q, s in zip(questions, scores)]
+            out[metric] = [float(argmax(s) == q.correct) for q, s in zip(questions, scores)]
         else:  # exact_match, token_f1
             examples = [task.examples[i] for i in items]
             replies = greedy_answers(model, tokenizer, examples, max_new_tokens=answer_tokens, batch_size=bs)
@@ -98,7 +94,7 @@ def summarise(metric: str, values: list) -> tuple[float, dict[str, float]]:
 
 
 def item_points(metric: str, values: list) -> list[float]:
-    """Per-item values a paired bootstrap can resample (None for loss: its items differ in weight)."""
+    """Per-item values a paired bootstrap can resample (not for loss: its items differ in weight)."""
     if metric == "accuracy":
         return [float(p == t) for p, t in values]
     return list(values)
@@ -116,8 +112,7 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
     values: dict[str, dict[str, list]] = {c.name: {m: [] for m in task.metrics} for c in contenders}
     done = 0
     # a time-boxed task checks its clock every few items, so it overshoots its share by little
-    chunk = min(CHUNK, settings.min_items) if settings.budget_s is None else min(BOXED_CHUNK, settings.min_items)
-    last_chunk_s = 0.0
+    chunk = CHUNK if settings.budget_s is None else min(BOXED_CHUNK, settings.min_items)
     while done < len(order):
         chunk_started = time.perf_counter()
         items = order[done : done + chunk]
@@ -147,17 +142,15 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
                 _, lo, hi = paired_bootstrap(item_points(metric, values["tuned"][metric]), item_points(metric, values["base"][metric]))
                 score.ci = (lo, hi)
         metrics.append(score)
-    result = TaskResult(task.name, done, len(task), task.general, metrics, time.perf_counter() - started)
-    result._items = values  # kept in memory for the forgetting score; not serialised
-    return result
+    return TaskResult(task.name, done, len(task), task.general, metrics, time.perf_counter() - started, values)
 
 
 def forgetting_score(results: list[TaskResult]) -> Forgetting | None:
     """base - tuned over every general-suite question, each question weighing the same."""
     base, tuned, names = [], [], []
     for r in results:
-        items = getattr(r, "_items", None)
-        if not r.general or not items or "base" not in items or "tuned" not in items:
+        items = r.items
+        if not r.general or "base" not in items or "tuned" not in items:
             continue
         metric = next(m.metric for m in r.metrics)
         base += item_points(metric, items["base"][metric])

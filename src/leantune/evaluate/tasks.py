@@ -113,7 +113,9 @@ def resolve_task(spec: str, metrics: tuple[str, ...] = (), run_config=None) -> T
         if spec == "trivia" and any(m in GENERATION_METRICS for m in metrics):
             from ..data.builtin import load_trivia
 
-            return Task(spec, metrics, examples=load_trivia(), general=True)
+            task = task_from_examples(spec, load_trivia(), metrics)  # builds the questions too, if multiple_choice is asked
+            task.general = True
+            return task
         return Task(spec, ("multiple_choice",), questions=general_questions(spec), general=True)
     if spec == "held-out":
         if run_config is None:

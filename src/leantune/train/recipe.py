@@ -310,7 +310,7 @@ class LoraRecipe:
             self.note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
                       f"Retry with `leantune eval {self.run.path}`.[/]")
             return None
-        for line in evaluation.markdown().splitlines():
+        for line in evaluation.summary():
             if line.startswith(("Forgetting", "Cost per point")):
                 self.note(line)
         return evaluation
