@@ -235,3 +235,10 @@ def test_trivia_with_generated_answers_and_multiple_choice_together(tiny_model_d
     result = leantune.evaluate(str(tiny_model_dir), tasks=["trivia"], metrics=["exact_match", "multiple_choice"], limit=4)
     assert [m.metric for m in result.tasks[0].metrics] == ["exact_match", "multiple_choice"] and result.tasks[0].general
     assert result.tasks[0].n == 4
+
+
+def test_a_run_without_held_out_examples_has_no_held_out_task(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"training.max_steps": 2,
+                                                                                      "data.eval_size": 0}))
+    code, _, err = run_cli(monkeypatch, capsys, "eval", result.run_dir)
+    assert_user_error(code, err, "held out no examples (data.eval_size=0", "--task")
