@@ -26,7 +26,10 @@ def test_index_records_runs_with_cost_and_refuses_a_duplicate(tiny_model_dir, ch
     first = quick(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0})
     [row] = RunIndex(runs).runs()
     assert row["status"] == "completed" and row["steps"] == 3 and row["method"] == "lora"
-    assert row["cost_usd"] == pytest.approx(row["wall_s"] / 3600 * 36.0) and row["cost_usd"] > 0
+    billed = json.loads((first.run_dir / "run.json").read_text())["billed"]
+    # the index holds the run's own bill (the whole process), which is more than its steps' time at the price
+    assert (row["cost_usd"], row["wall_s"], row["usd_per_hour"]) == (billed["usd"], billed["seconds"], 36.0)
+    assert row["cost_usd"] > first.elapsed_s / 3600 * 36.0
     assert row["usd_per_m_tokens"] == pytest.approx(row["cost_usd"] / row["tokens"] * 1e6)
     assert row["config_fp"] and row["data_fp"] and row["model_fp"]
 
@@ -111,9 +114,9 @@ def test_registry_push_promote_rollback(tiny_model_dir, chat_file, tmp_path, mon
         assert code == 0 and f"support-bot v{version}" in out
     run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "1", "--stage", "production", "--runs-dir", runs)
     run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "2", "--stage", "production", "--runs-dir", runs)
-    stages = lambda: {r["version"]: r["stage"] for r in map(dict, sqlite3.connect(runs / "index.sqlite").execute(  # noqa: E731
-        "SELECT version, stage FROM registry").fetchall() and [])} or {
-        v: s for v, s in sqlite3.connect(runs / "index.sqlite").execute("SELECT version, stage FROM registry")}
+    def stages():
+        return dict(sqlite3.connect(runs / "index.sqlite").execute("SELECT version, stage FROM registry").fetchall())
+
     assert stages() == {1: "archived", 2: "production"}
     code, out, _ = run_cli(monkeypatch, capsys, "registry", "rollback", "support-bot", "--runs-dir", runs)
     assert code == 0 and "production v2 -> v1" in out and stages() == {1: "production", 2: "archived"}
@@ -149,8 +152,12 @@ def test_two_trainings_and_a_reader_at_once_keep_the_index_whole(tiny_model_dir,
     assert sqlite3.connect(runs / "index.sqlite").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_a_cuda_run_without_a_declared_price_is_costed_from_the_gpu_table():
-    from leantune.runs.ledger import catalog_price
+def test_a_gpu_run_from_before_prices_were_recorded_is_billed_at_its_cards_catalog_price():
+    from leantune.runs.cost import run_cost
 
-    assert catalog_price("cpu") == 0.0
-    assert catalog_price("cuda:NVIDIA H100 80GB HBM3") == 3.0
+    steps = [{"step": 4, "loss": 1.0, "elapsed_s": 3600.0}]
+    h100 = run_cost({"device": "cuda:NVIDIA H100 80GB HBM3"}, steps, None)
+    assert (h100.usd, h100.price.source) == (3.0, "catalog h100")
+    a100 = run_cost({"device": "cuda:NVIDIA A100-SXM4-40GB"}, steps, None)
+    assert (a100.usd, a100.price.source) == (1.3, "catalog a100-40gb")
+    assert run_cost({"device": "cpu"}, steps, None).usd is None  # no price: unknown, not $0

@@ -112,13 +112,18 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     proc.wait()
     run = only_run(runs)
     assert not (run / "adapter").exists()
+    billed_before = max(m["billed_s"] for m in RunDir(run).read_metrics() if "billed_s" in m)
 
     resumed = cli("train", "--resume", str(run))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resumed from" in err
     assert losses(run) == losses(reference.run_dir)  # exactly, not approximately
-    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    # the killed process's time stays billed (its steps past the checkpoint too), and the new one's is added
+    assert info["billed"]["seconds"] > billed_before + info["billed"]["phases"]["load"] * 0
+    assert info["billed"]["seconds"] > billed_before + 1.0  # the second process's imports alone take longer
     with pytest.raises(RunDirError, match="already completed"):
         train(resume=run)
 
@@ -162,7 +167,7 @@ def test_budget_stops_at_a_step_boundary_with_a_checkpoint(tiny_model_dir, chat_
     # $36/h is a cent a second: 2 cents last a few dozen tiny-model steps of the 2000
     overrides = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{
         "training.max_steps": 2000, "training.checkpoint_every": 5000, "cost.usd_per_hour": 36, "cost.budget_usd": 0.02})
-    with pytest.raises(BudgetReached, match="next step would pass cost.budget_usd") as e:
+    with pytest.raises(BudgetReached, match="next step with the final evaluation and save would pass cost.budget_usd") as e:
         train(None, overrides)
     run = only_run(tmp_path / "runs")
     info = json.loads((run / "run.json").read_text())

@@ -34,10 +34,12 @@ def train(
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="train even if a completed run had the same config, data and model"),
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
+    from .runs.cost import process_start_time
     from .train import train as run_training
 
     config, overrides = split_train_args(args or [])
-    result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate)
+    result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
+                          started_at=process_start_time())
     err.print(
         f"[green]done[/]: {result.steps} steps, loss {result.final_loss:.4f}"
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
@@ -410,7 +412,7 @@ def budget_show(ctx: typer.Context, runs_dir: str = RUNS_DIR, project: str = typ
     """Spend so far against the project's budget."""
     if ctx.invoked_subcommand:
         return
-    from .runs.ledger import usd
+    from .runs.cost import usd
 
     index = _index(runs_dir)
     budget, _ = index.budget(project)
@@ -436,7 +438,7 @@ def budget_set(amount: str = typer.Argument(..., help="dollars, e.g. 200"), runs
         raise BudgetError(f"A budget must be a positive number of dollars, got {amount!r}. Example: leantune budget set 200")
     index = _index(runs_dir)
     index.set_budget(project, usd)
-    from .runs.ledger import usd as money
+    from .runs.cost import usd as money
 
     Console().print(f"project '{project}': budget {money(usd)}; {money(index.spent(project))} spent so far.", highlight=False)
 
@@ -514,8 +516,9 @@ def demo(
 ):
     """Fine-tune the bundled SmolLM2-135M on bundled SMS spam data and compare base vs tuned accuracy."""
     from .demo import run_demo
+    from .runs.cost import process_start_time
 
-    run_demo(runs_dir, steps)
+    run_demo(runs_dir, steps, started_at=process_start_time())
 
 
 def main() -> None:

@@ -111,8 +111,11 @@ class ForgettingConfig(_Section):
 
 
 class CostConfig(_Section):
-    usd_per_hour: float = Field(0.0, ge=0, description="price of the machine, for the live cost meter")
-    budget_usd: float | None = Field(None, gt=0, description="stop (with a checkpoint) before the cost passes this")
+    usd_per_hour: float | None = Field(
+        None, ge=0, description="price of the machine per hour (0: a machine you own); default: the GPU catalog's "
+        "on-demand price for the detected GPU, none on a CPU (runs/cost.py)")
+    budget_usd: float | None = Field(None, gt=0, description="stop (with a checkpoint) before the billed cost passes "
+                                     "this; needs a price")
 
 
 class HardwareConfig(_Section):

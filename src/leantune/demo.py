@@ -38,12 +38,13 @@ def demo_config(runs_dir: str = "runs", steps: int | None = None) -> RunConfig:
     return config
 
 
-def run_demo(runs_dir: str = "runs", steps: int | None = None, console: Console | None = None) -> dict:
+def run_demo(runs_dir: str = "runs", steps: int | None = None, console: Console | None = None,
+             started_at: float | None = None) -> dict:
     console = console or Console(stderr=True)
     started = time.perf_counter()
     config = demo_config(runs_dir, steps)
     console.print(f"[bold]leantune demo[/]: LoRA on {config.model.base}, data {config.data.train}, {config.training.max_steps} steps")
-    result = train(config, console=console, allow_duplicate=True)  # a demo is meant to be run again
+    result = train(config, console=console, allow_duplicate=True, started_at=started_at)  # a demo is meant to be run again
     console.print(f"evaluating base and tuned model on the same {len(result.eval_examples)} held-out messages ...")
     model, tokenizer, examples = result.model, result.tokenizer, result.eval_examples
     labels = list(SMS_LABELS)

@@ -124,11 +124,11 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
 
 
-def evaluate_after_training(recipe) -> EvalResult | None:
+def evaluate_after_training(recipe, max_seconds: float | None = None) -> EvalResult | None:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
-    training time (every task gets an equal share, and at least eval.min_items items)."""
+    training time, or `max_seconds` when less (what a run's budget has left); every task gets an equal share, and
+    at least eval.min_items items."""
     from ..models import load_base
-    from ..runs.ledger import row_for
 
     config, model = recipe.config, recipe.model
     if not recipe.eval_tasks:
@@ -138,14 +138,17 @@ def evaluate_after_training(recipe) -> EvalResult | None:
     else:  # full fine-tuning: the base is loaded beside the tuned weights
         contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, recipe.device).model)
     budget = config.eval.time_share * recipe.progress.elapsed_s
+    min_items = config.eval.min_items
+    if max_seconds is not None and max_seconds < budget:
+        budget, min_items = max_seconds, 1  # the run's budget rules: no floor of items that could overshoot it
     settings = Settings(batch_size=max(config.training.micro_batch_size, 8), max_seq_len=config.data.max_seq_len,
-                        budget_s=budget / len(recipe.eval_tasks), min_items=config.eval.min_items)
+                        budget_s=budget / len(recipe.eval_tasks), min_items=min_items)
     recipe.note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in recipe.eval_tasks)} "
                 f"(time budget {budget:.0f} s = {config.eval.time_share:.0%} of training; `leantune eval {recipe.run.path}` "
                 "scores every item)")
     notes = [f"Time-boxed to {config.eval.time_share:.0%} of the training time; `leantune eval RUN` scores every item."]
     result = evaluate_models(contenders, recipe.tokenizer, recipe.eval_tasks, settings, str(recipe.run.path), None,
-                             row_for(recipe.run.path).get("cost_usd"), notes + replay_note(config))
+                             recipe.cost_so_far(), notes + replay_note(config))
     save_to_run(recipe.run, result)
     return result
 

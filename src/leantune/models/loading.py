@@ -47,6 +47,13 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def detected_device() -> tuple[str, str]:
+    """(torch device, its name for pricing): ('cuda', 'cuda:NVIDIA H100 80GB HBM3') or ('cpu', 'cpu')."""
+    if torch.cuda.is_available():
+        return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu", "cpu"
+
+
 def bundled_gguf_path(name: str) -> Path:
     entry = BUNDLED[name]
     return package_file(entry.package, entry.filename, entry.install, ModelError)

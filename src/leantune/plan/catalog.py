@@ -23,6 +23,7 @@ class GPU:
     spot_usd: float | None
     price_date: str = ""
     price_source: str = ""
+    device_names: tuple[str, ...] = ()  # what the driver calls this card (torch.cuda.get_device_name, nvidia-smi)
 
 
 def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:
@@ -48,7 +49,8 @@ def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:
             entries[key] = merged
     catalog = {}
     for key, e in entries.items():
-        catalog[key] = GPU(key=key, **{k: e.get(k) for k in GPU.__dataclass_fields__ if k != "key"})
+        fields = {k: e.get(k) for k in GPU.__dataclass_fields__ if k not in ("key", "device_names")}
+        catalog[key] = GPU(key=key, device_names=tuple(e.get("device_names", ())), **fields)
     return catalog
 
 

@@ -1,7 +1,7 @@
 """The cost ledger: what each run used and cost, read from its directory into the index row.
 
-Dollars are the run's measured training time (wall time of its steps) times `cost.usd_per_hour` (the price
-the config declares; on a CPU that is the declared CPU price, 0 by default). GPU-hours count only CUDA runs.
+Dollars and billed time come from runs/cost.py (the run's whole process at the price resolved when it started);
+a run without a price has an unknown cost (NULL), counted as nothing spent. GPU-hours count only CUDA runs.
 Budget alerts fire once each at 50%, 80% and 100% of a project's budget, printed and appended to
 `<runs root>/alerts.log`.
 """
@@ -14,16 +14,12 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError, RunDirError
+from .cost import run_cost, usd
 from .fingerprint import result_fields
 from .index import RunIndex
 from .rundir import RunDir
 
 ALERT_LEVELS = (50, 80, 100)
-
-
-def usd(value: float) -> str:
-    """Dollars readable at any scale: cents for real runs, more digits for the fractions of a cent of tiny ones."""
-    return f"${value:,.2f}" if abs(value) >= 0.01 or value == 0 else f"${value:.6f}"
 
 
 def _read_json(path: Path) -> dict:
@@ -33,19 +29,6 @@ def _read_json(path: Path) -> dict:
         raise RunDirError(f"{path}: missing. This run directory is incomplete; `leantune runs reindex` skips it.") from None
     except (OSError, ValueError) as e:
         raise RunDirError(f"{path}: unreadable ({e}). Restore or delete it; the other runs are unaffected.") from None
-
-
-def catalog_price(device: str) -> float:
-    """On-demand $/h of a CUDA device from the planner's GPU table when the config declares no price; 0 on CPU."""
-    if not device.startswith("cuda"):
-        return 0.0
-    from ..plan.catalog import load_catalog
-
-    name = device.removeprefix("cuda:").lower()
-    for key, gpu in load_catalog().items():
-        if key.replace("-", " ") in name or gpu.name.lower() in name:
-            return gpu.on_demand_usd or 0.0
-    return 0.0
 
 
 def row_for(run_dir: str | Path) -> dict:
@@ -60,11 +43,10 @@ def row_for(run_dir: str | Path) -> dict:
     steps = [m for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     last = steps[-1] if steps else {}
-    wall = float(last.get("elapsed_s", 0.0))
     tokens = int(last.get("tokens", 0))
     device = info.get("device", "cpu")
-    price = config.cost.usd_per_hour or catalog_price(device)
-    cost = wall / 3600 * price
+    billed = run_cost(info, metrics, config.cost.usd_per_hour)
+    cost = billed.usd
     plan = {}
     if (run_dir / "plan.json").is_file():
         try:
@@ -77,9 +59,10 @@ def row_for(run_dir: str | Path) -> dict:
         "objective": config.objective.name, "base": config.model.base, "data": config.data.train,
         "steps": int(last.get("step", 0)), "total_steps": info.get("total_steps"),
         "final_loss": last.get("loss"), "eval_loss": evals[-1] if evals else None,
-        "best_eval_loss": min(evals) if evals else None, "tokens": tokens, "wall_s": wall, "device": device,
-        "gpu_hours": wall / 3600 if device.startswith("cuda") else 0.0, "usd_per_hour": price, "cost_usd": cost,
-        "usd_per_m_tokens": cost / tokens * 1e6 if tokens else None,
+        "best_eval_loss": min(evals) if evals else None, "tokens": tokens, "wall_s": billed.seconds, "device": device,
+        "gpu_hours": billed.seconds / 3600 if device.startswith("cuda") else 0.0,
+        "usd_per_hour": billed.price.usd_per_hour, "cost_usd": cost,
+        "usd_per_m_tokens": cost / tokens * 1e6 if tokens and cost is not None else None,
         "peak_memory_mb": max((m.get("peak_memory_mb", 0) for m in steps), default=None),
         "planned_memory_gib": plan.get("memory_gib", {}).get("total"),
         "started": info.get("created"), "finished": info.get("finished"), "resumes": info.get("resumes", 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import atomic
+from .cost import PHASE_LABELS, PHASES, Price, cost_usd, usd
 from .rundir import RunDir
 
 
@@ -52,9 +53,12 @@ def plan_vs_actual(run: RunDir, result, config) -> list[str]:
         rows.append(f"| peak memory | {planned_gib:.2f} GiB | {actual_gib:.2f} GiB | {actual_gib / planned_gib:.2f} |")
     if planned_s:
         rows.append(f"| training time | {planned_s:.0f} s | {result.elapsed_s:.0f} s | {result.elapsed_s / planned_s:.2f} |")
-        planned_cost = planned_s / 3600 * config.cost.usd_per_hour
-        if config.cost.usd_per_hour:
-            rows.append(f"| cost | ${planned_cost:.4f} | ${result.cost_usd:.4f} | {result.cost_usd / planned_cost:.2f} |")
+        price = Price.from_dict(run.info().get("price") or {})
+        planned_cost = cost_usd(planned_s, price)
+        if planned_cost:
+            # the plan prices training steps; the bill also holds loading, data, evaluation and saving
+            rows.append(f"| cost of the training steps | {usd(planned_cost)} | {usd(cost_usd(result.elapsed_s, price))} | "
+                        f"{result.elapsed_s / planned_s:.2f} |")
     note = ("Peak memory on CPU is the process's resident peak, which also holds allocator slack the plan leaves out "
             "(see plan/MEMORY_MODEL.md)." if result.peak_memory_mb and "cuda" not in str(plan.get("setup", {}).get("device", "cpu")) else "")
     return rows + ["", note, ""] if note else rows + [""]
@@ -79,7 +83,6 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
         f"| training time | {result.elapsed_s:.1f} s |",
         f"| throughput | {result.tokens_per_s:.0f} tokens/s |",
         f"| peak memory | {result.peak_memory_mb:,.0f} MiB |",
-        f"| cost | ${result.cost_usd:.4f} at ${config.cost.usd_per_hour}/h |",
         "",
     ]
     lines += plan_vs_actual(run, result, config)
@@ -92,6 +95,21 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
     if extra:
         lines += [extra, ""]
     atomic.write_text(run.report_path, "\n".join(lines))
+
+
+def cost_section(billed: dict) -> str:
+    """'## Cost': the billed wall time by phase and the dollars, from run.json's "billed" record."""
+    price = Price.from_dict(billed.get("price") or {})
+    seconds = billed.get("seconds", 0.0)
+    lines = ["## Cost", "",
+             f"Billed: {seconds:.1f} s of wall time (the whole process, not just the training steps) at "
+             f"{price.describe()}: **{usd(billed.get('usd'))}**.", "",
+             "| phase | seconds | share | cost |", "|---|---|---|---|"]
+    for phase in PHASES:
+        spent = billed.get("phases", {}).get(phase, 0.0)
+        share = f"{spent / seconds:.0%}" if seconds else "-"
+        lines.append(f"| {PHASE_LABELS[phase]} | {spent:.1f} | {share} | {usd(cost_usd(spent, price))} |")
+    return "\n".join(lines) + "\n"
 
 
 def append_to_report(run: RunDir, section: str) -> None:

@@ -78,9 +78,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
 
 
-def create_run_dir(config: RunConfig, prints: dict | None = None) -> RunDir:
-    import torch
-
+def create_run_dir(config: RunConfig, prints: dict | None = None, device: str = "cpu", price: dict | None = None) -> RunDir:
+    """A new run folder; `device` is what the run trains on ('cpu' or 'cuda:<the driver's card name>') and `price`
+    the price resolved for it (runs/cost.py), both kept in run.json."""
     root = Path(config.output.runs_dir)
     name = config.output.name or f"{config.method.name}-{Path(config.model.base).stem}-{Path(config.data.train).stem}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -95,8 +95,7 @@ def create_run_dir(config: RunConfig, prints: dict | None = None) -> RunDir:
             suffix += 1
     run = RunDir(path)
     atomic.write_text(run.config_path, config.to_yaml())
-    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
-    run.update_info(id=run.id, name=name, status="created", created=time.time(), device=device, **(prints or {}))
+    run.update_info(id=run.id, name=name, status="created", created=time.time(), device=device, price=price, **(prints or {}))
     return run
 
 

@@ -11,8 +11,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cost import PHASE_LABELS, Price, usd
 from .fingerprint import differing_fields
 from .rundir import RunDir
+
+
+def _billed(path: Path) -> dict:
+    try:
+        return json.loads((path / "run.json").read_text()).get("billed") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _money(v) -> str:
@@ -65,8 +73,12 @@ def show_run(console: Console, run: dict) -> None:
     table.add_row("peak memory", f"{plan['total']:.2f} GiB" if "total" in plan else "",
                   f"{peak / 1024:.2f} GiB" if peak else "")
     table.add_row("steps", str(run["total_steps"] or ""), str(run["steps"] or 0))
-    table.add_row("training time", "", f"{run['wall_s'] or 0:.1f} s on {run['device']}")
-    table.add_row("cost", "", f"{_money(run['cost_usd']) or '$0'} at ${run['usd_per_hour'] or 0}/h"
+    billed = _billed(path)
+    phases = ", ".join(f"{PHASE_LABELS[k]} {v:.1f}" for k, v in billed.get("phases", {}).items() if v >= 0.05)
+    table.add_row("billed time", "", f"{run['wall_s'] or 0:.1f} s on {run['device']}" + (f" ({phases})" if phases else ""))
+    price = Price.from_dict(billed["price"]) if billed.get("price") else None
+    table.add_row("cost", "", (usd(run["cost_usd"]) if run["cost_usd"] is not None else "unknown (no price)")
+                  + (f" at {price.describe()}" if price else f" at ${run['usd_per_hour']:g}/h" if run["usd_per_hour"] is not None else "")
                   + (f", ${run['usd_per_m_tokens']:.4f} per 1M tokens" if run["usd_per_m_tokens"] else ""))
     table.add_row("loss", "", f"final {_num(run['final_loss'])}, eval {_num(run['eval_loss'])}, best eval {_num(run['best_eval_loss'])}")
     console.print(table)

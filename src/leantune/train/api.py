@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,8 @@ from ..errors import ConfigError, RunDirError
 from ..errors import BudgetError, DuplicateRunError
 from ..runs.fingerprint import differing_fields, fingerprints, result_fields
 from ..runs.index import RunIndex
-from ..runs.ledger import usd
+from ..models.loading import detected_device
+from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
 from ..runs.rundir import create_run_dir, open_run_dir
 from .recipe import LoraRecipe, TrainResult
 from .signals import TrainingStopped
@@ -25,42 +27,71 @@ def train(
     console: Console | None = None,
     force: bool = False,
     allow_duplicate: bool = False,
+    started_at: float | None = None,
 ) -> TrainResult:
     """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory.
 
     A new run whose config (less the fields that cannot change the result), data and base model match a
-    completed run's is refused before anything is loaded, naming that run (`allow_duplicate` overrides)."""
+    completed run's is refused before anything is loaded, naming that run (`allow_duplicate` overrides).
+    The run is billed from `started_at` (the `leantune` command passes its process's start; a library call
+    is billed from the call) to its end, at the price runs/cost.py resolves; a budget without a price is refused."""
+    started_at = time.time() if started_at is None else started_at
+    console = console or Console(stderr=True)
+    device, device_name = detected_device()
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
         run = open_run_dir(resume)
-        if run.info().get("status") == "completed":
+        info = run.info()
+        if info.get("status") == "completed":
             raise RunDirError(f"Run '{run.path}' has already completed; its adapter is in {run.adapter}. Start a new run to train further.")
-        recipe = LoraRecipe(run.config(), run, console)
-        run.update_info(resumes=run.info().get("resumes", 0) + 1)
-        recipe.setup(resume=True, force=force)
+        config = run.config()
+        price = check_price(config, device_name, console)
+        # before setup truncates metrics.jsonl to the checkpoint: the steps past it were paid for all the same
+        clock = BilledClock.resumed(started_at, info, run.read_metrics())
+        recipe = LoraRecipe(config, run, console, clock, price)
+        run.update_info(resumes=info.get("resumes", 0) + 1)
+        try:
+            recipe.setup(resume=True, force=force)
+        except Exception:
+            run.update_info(billed=clock.record(price))
+            raise
     else:
         if not isinstance(config, RunConfig):
             config = load_config(config, overrides)
         elif overrides:
             raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
-        console = console or Console(stderr=True)
+        price = check_price(config, device_name, console)
         prints = fingerprints(config)
         check_duplicate(config, prints, allow_duplicate, console)
-        recipe = LoraRecipe(config, create_run_dir(config, prints), console)
+        run = create_run_dir(config, prints, device_name, price.as_dict())
+        recipe = LoraRecipe(config, run, console, BilledClock(started_at), price)
         try:
             recipe.setup(force=force)
             check_project_budget(recipe)
         except Exception:
-            recipe.run.update_info(status="failed")
+            recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
             raise
     try:
         return recipe.train()
     except TrainingStopped:
         raise
     except BaseException:
-        recipe.run.update_info(status="failed")
+        recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
         raise
+
+
+def check_price(config: RunConfig, device_name: str, console: Console):
+    """The run's price; a budget (the run's or its project's) without one is refused before anything loads."""
+    price = resolve_price(config.cost.usd_per_hour, device_name)
+    project_budget = None
+    if RunIndex(config.output.runs_dir).path.exists():
+        project_budget, _ = RunIndex(config.output.runs_dir).budget(config.output.project)
+    refuse_budget_without_price(price, config.cost.budget_usd, config.output.project, project_budget)
+    warning = missing_price_warning(price)
+    console.print(f"[yellow]{warning}[/]" if warning else f"cost: {price.describe()}, billed from the process start",
+                  highlight=False)
+    return price
 
 
 
@@ -73,7 +104,7 @@ def check_duplicate(config: RunConfig, prints: dict, allow: bool, console: Conso
     if same:
         r = same[-1]
         result = f"eval loss {r['eval_loss']:.4f}, " if r["eval_loss"] is not None else ""
-        message = (f"This run repeats completed run {r['id']} ({result}${r['cost_usd'] or 0:.2f}): same config, same data "
+        message = (f"This run repeats completed run {r['id']} ({result}{usd(r['cost_usd'])}): same config, same data "
                    f"content, same base model weights. Its results are in {r['path']} (`leantune runs show {r['id']}`).")
         if not allow:
             raise DuplicateRunError(message + " Pass --allow-duplicate to train it again anyway (e.g. to measure noise).")
@@ -97,6 +128,10 @@ def check_project_budget(recipe: LoraRecipe) -> None:
         return
     left = budget - index.spent(config.output.project)
     planned = recipe.planned_cost_usd()
+    if planned is None:
+        recipe.note(f"project '{config.output.project}': {usd(left)} of {usd(budget)} left; this run's cost cannot be "
+                    "planned (its GPU's speed is not in the catalog)")
+        return
     recipe.note(f"project '{config.output.project}': {usd(left)} of {usd(budget)} left; this run is planned at {usd(planned)}")
     if planned > left:
         recipe.run.update_info(status="refused-budget")

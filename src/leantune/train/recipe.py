@@ -25,15 +25,17 @@ from ..data.preference import TokenizedPair, tokenize_pairs
 from ..data.tokenize import TokenizedExample, tokenize_examples
 from ..errors import ConfigError, DataError, PlanError
 from ..models import load_base
+from ..models.loading import detected_device
 from ..models.adapters import trainable_parameter_count
 from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
 from ..models.forward import decoder_and_head, label_logits, summed_label_loss
 from ..runs.index import RunIndex
+from ..runs.cost import BilledClock, Price, cost_usd, resolve_price, usd
 from ..runs.ledger import budget_alerts
 from ..evaluate.tasks import after_train_tasks
-from ..runs.report import write_report
+from ..runs.report import cost_section, replace_report_section, write_report
 from ..runs.trackers import Trackers
 from ..runs.rundir import RunDir
 from .forgetting import EWCPenalty, load_or_estimate_fisher, replay_rows
@@ -73,10 +75,11 @@ class TrainResult:
     final_loss: float
     eval_loss: float | None
     tokens: int
-    elapsed_s: float
+    elapsed_s: float  # time inside training steps (what tokens/s is measured over)
     tokens_per_s: float
     peak_memory_mb: float
-    cost_usd: float
+    cost_usd: float | None  # billed: the whole process's wall time at the run's price; None without a price
+    billed_s: float = 0.0
     model: object = field(repr=False, default=None)
     tokenizer: object = field(repr=False, default=None)
     eval_examples: list = field(repr=False, default_factory=list)
@@ -84,11 +87,16 @@ class TrainResult:
 
 
 class LoraRecipe:
-    def __init__(self, config: RunConfig, run: RunDir, console: Console | None = None):
+    def __init__(self, config: RunConfig, run: RunDir, console: Console | None = None, clock: BilledClock | None = None,
+                 price: Price | None = None):
         self.config = config
         self.run = run
         self.console = console or Console(stderr=True)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device, device_name = detected_device()
+        self.price = price or resolve_price(config.cost.usd_per_hour, device_name)
+        self.clock = clock or BilledClock(time.time())
+        self.last_eval_s = None  # the last eval pass's duration: what the final one is expected to take
+        self.slowest_save_s = None
 
     # ------------------------------------------------------------------ setup
     def setup(self, resume: bool = False, force: bool = False) -> None:
@@ -99,10 +107,11 @@ class LoraRecipe:
         if cfg.forgetting.replay_fraction and self.dpo:
             raise ConfigError("forgetting.replay_fraction mixes supervised examples into training and does not apply "
                               "to DPO; set it to 0 (or use forgetting.ewc_lambda).")
-        splits = load_splits(
-            cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
-            cfg.data.format, cfg.data.columns, objective=cfg.objective.name,
-        )
+        with self.clock.phase("data"):
+            splits = load_splits(
+                cfg.data.train, cfg.data.eval, cfg.data.eval_size, cfg.training.seed, cfg.data.max_train_examples,
+                cfg.data.format, cfg.data.columns, objective=cfg.objective.name,
+            )
         train_examples, self.eval_examples = splits.train, splits.eval
         if splits.leaked_removed:
             self.note(f"data: {splits.leaked_removed} training rows repeat a held-out eval prompt (duplicates in "
@@ -113,9 +122,48 @@ class LoraRecipe:
         self.eval_tasks = after_train_tasks(cfg, self.eval_examples, self.note) if cfg.eval.after_train else []
         check_method_available(cfg.method, self.device)  # before minutes of model loading, not after
         self.trackers = Trackers(cfg, self.note)  # an unreachable tracking server stops us here, not after loading
-        base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
+        with self.clock.phase("load"):
+            base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         self.tokenizer = base.tokenizer
+        with self.clock.phase("data"):
+            self.tokenize(train_examples)
+        if not self.train_data:
+            raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
+                            f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
+
+        t = cfg.training
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
+        with self.clock.phase("load"):
+            self.model = self.prepare_model(base)
+        self.check_memory_plan(base.model.config.to_dict(), self.compute_dtype, force)
+        with self.clock.phase("prepare"):
+            self.prepare_objective(base)
+        self.optimizer = make_optimizer(self.model, cfg.method, t.lr, t.weight_decay)
+        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
+        self.progress = Progress()
+        self.slowest_step_s = 0.0
+        self.step_tokens = 0
+
+        # RNG last, after everything that draws from it (weight init, LoRA init): a fresh run and a resumed
+        # one then see the same random stream from their first step on.
+        checkpoints = list_checkpoints(self.run.checkpoints)
+        if resume and checkpoints:
+            with self.clock.phase("checkpoint"):
+                self.progress, extra = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            load_rank_allocator_state(self.model, extra.get("adalora", {}))
+            self.run.truncate_metrics(self.progress.step)
+            self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
+        else:
+            if resume:
+                self.note("no checkpoint yet in this run: starting from step 0")
+                self.run.truncate_metrics(0)
+            torch.manual_seed(t.seed)
+        self.first_step = self.progress.step
+
+    def tokenize(self, train_examples) -> None:
+        """Training and eval rows as token ids (DPO: pairs), replay rows mixed in; says what was cut or dropped."""
+        cfg = self.config
         if self.dpo:
             self.train_data, stats = tokenize_pairs(self.tokenizer, train_examples, cfg.data.max_seq_len, cfg.data.truncation)
             self.eval_data, _ = tokenize_pairs(self.tokenizer, self.eval_examples, cfg.data.max_seq_len, cfg.data.truncation)
@@ -147,18 +195,16 @@ class LoraRecipe:
             after = padding_fraction(lengths, mb, cfg.training.seed, capacity=cfg.data.max_seq_len)
             self.note(f"packing: each micro-batch's {mb} examples packed into rows of <= {cfg.data.max_seq_len} tokens; "
                       f"padding {before:.1%} -> {after:.1%} of paid token slots")
-        if not self.train_data:
-            raise DataError(f"No training example is left after fitting to data.max_seq_len={cfg.data.max_seq_len} "
-                            f"(data.truncation={cfg.data.truncation}). Raise max_seq_len or use truncation: keep_end.")
 
-        t = cfg.training
-        self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
+    def prepare_model(self, base):
+        """The base with the method attached (and compiled, checkpointed, described)."""
+        cfg = self.config
         if cfg.training.gradient_checkpointing:
             enable_activation_checkpointing(base.model)
-        compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
+        self.compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
         self.model = attach_method(base.model, cfg.method, cfg.training.seed, self.total_steps)
         self.adalora = adalora_model(self.model)
-        if t.compile:
+        if cfg.training.compile:
             # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
             decoder_and_head(self.model)[0].compile(dynamic=True)
             self.note("training.compile: the decoder is compiled on the first step (dynamic shapes)")
@@ -170,18 +216,21 @@ class LoraRecipe:
                 self.note(f"4-bit NF4 base: {stored / 2**20:.1f} MiB for {params:,} parameters of the quantised layers "
                           f"({stored / params:.3f} bytes/parameter)")
                 self.run.update_info(quantized_bytes_per_param=stored / params)
-        self.check_memory_plan(base.model.config.to_dict(), compute_dtype, force)
+        return self.model
+
+    def prepare_objective(self, base) -> None:
+        """What the objective needs before the first step: EWC's Fisher, the distillation teacher, DPO's reference."""
+        cfg, forget = self.config, self.config.forgetting
         self.ewc = None
         if forget.ewc_lambda:
             general, _ = tokenize_examples(self.tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples],
                                            cfg.data.max_seq_len, "all_assistant", cfg.data.truncation)
             full = cfg.method.name == "full"
             key = {"model": str(base.path), "data": forget.ewc_data, "examples": forget.ewc_examples, "full": full,
-                   "targets": cfg.method.target_modules, "max_seq_len": cfg.data.max_seq_len, "dtype": str(compute_dtype)}
+                   "targets": cfg.method.target_modules, "max_seq_len": cfg.data.max_seq_len, "dtype": str(self.compute_dtype)}
             fisher = load_or_estimate_fisher(self.model, general, self.tokenizer.pad_token_id, full, key, self.note)
             self.ewc = EWCPenalty(self.model, fisher, forget.ewc_lambda, full)
 
-        self.optimizer = make_optimizer(self.model, cfg.method, t.lr, t.weight_decay)
         self.pad_id = self.tokenizer.pad_token_id
         self.teacher = None
         if cfg.objective.name == "distill":
@@ -194,23 +243,6 @@ class LoraRecipe:
             self.note("DPO reference: scoring every pair with the base model once before training")
             self.reference_cache = {"train": self.precompute_reference(self.train_data),
                                     "eval": self.precompute_reference(self.eval_data)}
-        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps), t.min_lr_ratio)
-        self.progress = Progress()
-        self.slowest_step_s = 0.0
-
-        # RNG last, after everything that draws from it (weight init, LoRA init): a fresh run and a resumed
-        # one then see the same random stream from their first step on.
-        checkpoints = list_checkpoints(self.run.checkpoints)
-        if resume and checkpoints:
-            self.progress, extra = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
-            load_rank_allocator_state(self.model, extra.get("adalora", {}))
-            self.run.truncate_metrics(self.progress.step)
-            self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
-        else:
-            if resume:
-                self.note("no checkpoint yet in this run: starting from step 0")
-                self.run.truncate_metrics(0)
-            torch.manual_seed(t.seed)
 
     def note(self, message: str) -> None:
         self.console.print(message, highlight=False)
@@ -251,15 +283,17 @@ class LoraRecipe:
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
         cfg, t = self.config, self.config.training
-        self.run.update_info(status="running", total_steps=self.total_steps)
+        self.run.update_info(status="running", total_steps=self.total_steps, billed=self.clock.record(self.price))
         self.trackers.start(self.run, self.config, resumed=self.progress.step > 0)
+        self.check_budget_left_before_training()
         self.model.train()
         loss = float("nan")
         eval_loss = None
         with StopOnSignal() as stop, TrainingProgress(self.total_steps, self.progress.step, self.console) as bar:
             while self.progress.step < self.total_steps:
                 started = time.perf_counter()
-                loss, tokens, extra = self.train_step(self.progress.step)
+                with self.clock.phase("train"):
+                    loss, tokens, extra = self.train_step(self.progress.step)
                 elapsed = time.perf_counter() - started
                 self.progress.step += 1
                 self.progress.tokens += tokens
@@ -267,45 +301,65 @@ class LoraRecipe:
                 self.slowest_step_s = max(self.slowest_step_s, elapsed)
                 record = self.log_step(loss, tokens, elapsed, extra)
                 bar.update(record)
-                over_budget = self.next_step_passes_budget()
 
                 if t.eval_every and self.progress.step % t.eval_every == 0 and self.progress.step < self.total_steps:
                     eval_loss = self.log_eval()
                 last = self.progress.step == self.total_steps
-                if self.progress.step % t.checkpoint_every == 0 or stop.signum is not None or (over_budget and not last):
+                over_budget = not last and self.next_step_passes_budget()
+                if self.progress.step % t.checkpoint_every == 0 or stop.signum is not None or over_budget:
                     path = self.save_checkpoint()
                     resume = f"leantune train --resume {shlex.quote(str(self.run.path))}"
                     if stop.signum is not None:
-                        self.run.update_info(status="preempted", stopped_at_step=self.progress.step)
+                        self.run.update_info(status="preempted", stopped_at_step=self.progress.step,
+                                             billed=self.clock.record(self.price))
                         raise Preempted(stop.signum, str(path), resume)
-                    if over_budget and not last:
-                        self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step)
-                        spent = self.cost_so_far()
+                    if over_budget:
+                        self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step,
+                                             billed=self.clock.record(self.price))
                         raise BudgetReached(
-                            f"Stopped at step {self.progress.step}: ${spent:.4f} spent, and the next step would pass "
-                            f"cost.budget_usd=${self.config.cost.budget_usd:g}.", str(path), resume + " (after raising cost.budget_usd in its config.yaml)")
+                            f"Stopped at step {self.progress.step}: ${self.cost_so_far():.4f} billed, and the next step "
+                            f"with the final evaluation and save would pass cost.budget_usd=${cfg.cost.budget_usd:g}.",
+                            str(path), resume + " (after raising cost.budget_usd in its config.yaml)")
 
-        eval_loss = self.log_eval() if self.eval_data else eval_loss
-        self.save_adapter()
+        if self.eval_data:
+            eval_loss = self.log_eval()
+        with self.clock.phase("checkpoint"):
+            self.save_adapter()
+            write_report(self.run, cfg, self.result(loss, eval_loss))
+        self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss,
+                             billed=self.clock.record(self.price))
+        evaluation = self.evaluate_after_training()
+        # billed to here: everything after (the index row, the trackers' last call) is a fraction of a second
         result = self.result(loss, eval_loss)
-        write_report(self.run, cfg, result)
-        self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss)
+        result.evaluation = evaluation
+        self.run.update_info(status="completed", billed=self.clock.record(self.price))
+        replace_report_section(self.run, "## Cost", cost_section(self.clock.record(self.price)))
         self.trackers.finish(self.run, "completed", {
-            "cost_usd": result.cost_usd, "usd_per_hour": cfg.cost.usd_per_hour, "device": self.device,
-            "gpu_hours": result.elapsed_s / 3600 if self.device == "cuda" else 0.0, "tokens": result.tokens,
+            "cost_usd": result.cost_usd, "usd_per_hour": self.price.usd_per_hour, "price_source": self.price.source,
+            "billed_s": result.billed_s, "device": self.device,
+            "gpu_hours": result.billed_s / 3600 if self.device == "cuda" else 0.0, "tokens": result.tokens,
             "method": cfg.method.name, "objective": cfg.objective.name, "project": cfg.output.project})
         budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
-        result.evaluation = self.evaluate_after_training()
         return result
 
     def evaluate_after_training(self):
-        """Training is done and saved: a failure here costs the evaluation, never the run."""
+        """Training is done and saved: a failure here costs the evaluation, never the run. Under a budget the
+        evaluation's time box shrinks to what the budget has left, or it is skipped."""
         if not self.eval_tasks:
             return None
         from ..evaluate.api import evaluate_after_training
 
+        max_seconds = None
+        if self.config.cost.budget_usd is not None and self.price.usd_per_hour:
+            left = self.config.cost.budget_usd - self.cost_so_far()
+            max_seconds = 0.8 * left / self.price.usd_per_hour * 3600  # 20% kept for the last writes
+            if max_seconds < 1.0:
+                self.note(f"eval.after_train skipped: {usd(max(left, 0))} of cost.budget_usd is left. "
+                          f"`leantune eval {self.run.path}` scores the run later.")
+                return None
         try:
-            evaluation = evaluate_after_training(self)
+            with self.clock.phase("eval"):
+                evaluation = evaluate_after_training(self, max_seconds)
         except Exception as e:  # noqa: BLE001 - reported, and the run stays completed
             self.note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
                       f"Retry with `leantune eval {self.run.path}`.[/]")
@@ -399,17 +453,20 @@ class LoraRecipe:
             return torch.zeros(0), torch.zeros(0)
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
 
-    def planned_cost_usd(self) -> float:
-        return self.planned_seconds() / 3600 * self.config.cost.usd_per_hour
+    def planned_cost_usd(self) -> float | None:
+        """The plan's training time at the run's price; None when either is unknown."""
+        seconds = self.planned_seconds()
+        return None if seconds is None else cost_usd(seconds, self.price)
 
-    def planned_seconds(self) -> float:
+    def planned_seconds(self) -> float | None:
         """Training time this run should take, before it starts: its tokens x the planner's FLOPs per token over
-        this device's throughput (a GPU from the planner's catalog at its default MFU; a CPU at 50 GFLOP/s, the
-        lower half of what bench/memory_model.py measured on 2 cores)."""
-        from ..plan.catalog import load_catalog
+        this device's throughput (the detected GPU's catalog FLOP/s at the planner's default MFU; a CPU at
+        50 GFLOP/s, the lower half of what bench/memory_model.py measured on 2 cores). None on a GPU the
+        catalog does not list: guessing another card's speed would make a plan that looks real and is not."""
         from ..plan.setup import setup_from_run_config
         from ..plan.shapes import shape_from_hf_config
         from ..plan.timing import DEFAULT_MFU, flops_per_token
+        from ..runs.cost import gpu_for_device
 
         cfg = self.config
         rows = rows_of(self.train_data)
@@ -419,25 +476,52 @@ class LoraRecipe:
         shape = shape_from_hf_config(base.config.to_dict(), cfg.model.base)
         setup = setup_from_run_config(cfg, device=self.device)
         if self.device == "cuda":
-            name = torch.cuda.get_device_name(0).lower()
-            catalog = load_catalog()
-            gpu = next((g for key, g in catalog.items() if key.replace("-", " ") in name), catalog.get("h100"))
+            gpu = gpu_for_device(self.price.device)
+            if gpu is None:
+                return None
             flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU.get(setup.method, 0.35)
         else:
             flops = 50e9
         return tokens * flops_per_token(shape, setup) / flops
 
-    def cost_so_far(self) -> float:
-        return self.progress.elapsed_s / 3600 * self.config.cost.usd_per_hour
+    def cost_so_far(self) -> float | None:
+        return self.clock.cost(self.price)
+
+    def seconds_owed_after_training(self) -> float:
+        """What finishing costs after the last step: the final eval pass (as long as the last one took, or
+        estimated from the slowest step's token rate with a forward pass at half a training step's cost) and
+        saving (the slowest checkpoint write so far, else a training step's time)."""
+        owed = 0.0
+        if self.eval_data:
+            if self.last_eval_s is not None:
+                owed += self.last_eval_s
+            elif self.slowest_step_s:
+                eval_tokens = sum(len(e.input_ids) for e in rows_of(self.eval_data))
+                owed += 0.5 * eval_tokens / max(self.step_tokens, 1) * self.slowest_step_s
+        owed += self.slowest_save_s if self.slowest_save_s is not None else max(self.slowest_step_s, 0.2)
+        return owed
 
     def next_step_passes_budget(self) -> bool:
-        """Judged on the slowest step so far (plus a margin), not the average: a run stopped a step early
-        is cheap, one that overshoots its budget is the failure this guard exists for."""
-        budget = self.config.cost.budget_usd
-        if budget is None or self.progress.step == 0:
+        """Judged on the slowest step so far (plus a margin), not the average, and on the work still owed after
+        training: a run stopped a step early is cheap, one that overshoots its budget is what this guard is for."""
+        budget, rate = self.config.cost.budget_usd, self.price.usd_per_hour
+        if budget is None or not rate or self.progress.step == 0:
             return False
-        next_step = 1.25 * self.slowest_step_s / 3600 * self.config.cost.usd_per_hour
-        return self.cost_so_far() + next_step > budget
+        needed_s = 1.25 * (self.slowest_step_s + self.seconds_owed_after_training())
+        return self.cost_so_far() + needed_s / 3600 * rate > budget
+
+    def check_budget_left_before_training(self) -> None:
+        """Loading and preparing are billed too: a budget they already used up stops the run before its first step."""
+        budget = self.config.cost.budget_usd
+        if budget is None or not self.price.usd_per_hour or self.cost_so_far() < budget:
+            return
+        from ..errors import BudgetError
+
+        self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step, billed=self.clock.record(self.price))
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.clock.breakdown().items() if v >= 0.05)
+        raise BudgetError(f"cost.budget_usd=${budget:g} was used up before training step {self.progress.step + 1}: "
+                          f"{usd(self.cost_so_far())} billed at {self.price.describe()} ({phases}). Raise the budget "
+                          f"in {self.run.config_path} and resume with `leantune train --resume {shlex.quote(str(self.run.path))}`.")
 
     def log_step(self, loss: float, tokens: int, step_seconds: float, extra: dict | None = None) -> dict:
         p = self.progress
@@ -449,10 +533,16 @@ class LoraRecipe:
             "tokens_per_s": tokens / step_seconds,
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "elapsed_s": round(p.elapsed_s, 3),
+            "billed_s": round(self.clock.seconds(), 3),
             "cost_usd": self.cost_so_far(),
-            "projected_cost_usd": self.cost_so_far() / p.step * self.total_steps,
             **(extra or {}),
         }
+        self.step_tokens = max(getattr(self, "step_tokens", 0), tokens)
+        if self.price.usd_per_hour is not None:
+            # what is billed so far, plus the remaining steps at this process's mean step time
+            steps_here = max(p.step - self.first_step, 1)
+            remaining_s = (self.total_steps - p.step) * self.clock.phases["train"] / steps_here
+            record["projected_cost_usd"] = self.cost_so_far() + cost_usd(remaining_s, self.price)
         if self.adalora is not None:
             ranks = adalora_ranks(self.model)
             record["rank_budget"] = sum(ranks.values())
@@ -482,7 +572,10 @@ class LoraRecipe:
         return total / max(count, 1), extra
 
     def log_eval(self) -> float:
-        eval_loss, extra = self.evaluate_loss(self.eval_data)
+        started = time.perf_counter()
+        with self.clock.phase("eval"):
+            eval_loss, extra = self.evaluate_loss(self.eval_data)
+        self.last_eval_s = time.perf_counter() - started
         if self.progress.best_eval_loss is None or eval_loss < self.progress.best_eval_loss:
             self.progress.best_eval_loss = eval_loss
         self.run.append_metrics({"step": self.progress.step, "eval_loss": eval_loss, **extra})
@@ -493,10 +586,15 @@ class LoraRecipe:
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(self) -> Path:
-        return save_checkpoint(
-            self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress, self.config.training.keep_checkpoints,
-            extra={"adalora": rank_allocator_state(self.model)},
-        )
+        started = time.perf_counter()
+        with self.clock.phase("checkpoint"):
+            path = save_checkpoint(
+                self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress,
+                self.config.training.keep_checkpoints, extra={"adalora": rank_allocator_state(self.model)},
+            )
+        self.slowest_save_s = max(self.slowest_save_s or 0.0, time.perf_counter() - started)
+        self.run.update_info(billed=self.clock.record(self.price))
+        return path
 
     def save_adapter(self) -> None:
         """The adapter in PEFT's format, or for full fine-tuning the whole model (+ tokenizer) as a HF directory."""
@@ -521,7 +619,8 @@ class LoraRecipe:
             elapsed_s=p.elapsed_s,
             tokens_per_s=p.tokens / p.elapsed_s if p.elapsed_s else 0.0,
             peak_memory_mb=peak_memory_mb(),
-            cost_usd=p.elapsed_s / 3600 * self.config.cost.usd_per_hour,
+            cost_usd=self.cost_so_far(),
+            billed_s=self.clock.seconds(),
             model=self.model,
             tokenizer=self.tokenizer,
             eval_examples=self.eval_examples,
