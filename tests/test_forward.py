@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from leantune.data.batches import collate, epoch_order, micro_batches_for_step
@@ -69,7 +70,8 @@ def test_the_planner_caps_logits_memory_at_one_chunk():
     assert chunked == whole / 8
 
 
-def test_multiple_choice_picks_the_likeliest_answer(tiny_model_dir):
+def test_multiple_choice_picks_the_answer_the_full_logits_prefer(tiny_model_dir):
+    from leantune.data.tokenize import tokenize_chat
     from leantune.evaluate.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
 
     base = load_base(str(tiny_model_dir), dtype="float32")
@@ -78,7 +80,99 @@ def test_multiple_choice_picks_the_likeliest_answer(tiny_model_dir):
     questions = questions_with_distractors(examples, n_choices=3, seed=1)
     assert all(len(q.choices) == 3 and q.choices[q.correct] == f"answer {i}" for i, q in enumerate(questions))
     assert questions == questions_with_distractors(examples, n_choices=3, seed=1)
-    # the same candidate twice: whichever the model prefers, a question whose choices are identical is "right"
-    same = [Question(examples[0].prompt, ("answer 0", "answer 0"), 0)]
-    assert multiple_choice_accuracy(base.model, base.tokenizer, same) == 1.0
-    assert 0.0 <= multiple_choice_accuracy(base.model, base.tokenizer, questions) <= 1.0
+
+    def mean_logprob(prompt, choice):  # the reference: the model's own full logits, one row at a time
+        row = tokenize_chat(base.tokenizer, ChatExample(tuple(prompt) + ({"role": "assistant", "content": choice},)))
+        ids, labels = torch.tensor([row.input_ids]), torch.tensor(row.labels)
+        with torch.no_grad():
+            logp = torch.log_softmax(base.model(input_ids=ids).logits[0, :-1].float(), -1)
+        keep = labels[1:] != -100
+        return logp[keep].gather(1, labels[1:][keep].unsqueeze(1)).mean().item()
+
+    # each question marked right where the full logits prefer its "correct" choice: accuracy must follow exactly
+    preferred = [max(range(3), key=lambda c: mean_logprob(q.prompt, q.choices[c])) for q in questions]
+    for pick in range(3):
+        marked = [Question(q.prompt, q.choices, pick) for q in questions]
+        expected = sum(p == pick for p in preferred) / len(questions)
+        assert multiple_choice_accuracy(base.model, base.tokenizer, marked) == pytest.approx(expected)
+
+
+# A tiny random config of every model type the label-only output path accepts (models/forward.py FINAL_LOGITS).
+# The final-logit settings are set far from their defaults so that skipping them would change the loss a lot.
+ARCHITECTURES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "qwen3_moe": ("Qwen3MoeConfig", {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}),
+    "phi3": ("Phi3Config", {}),
+    "gemma": ("GemmaConfig", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "final_logit_softcapping": 1.5}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "final_logit_softcapping": 1.5}),
+    "cohere": ("CohereConfig", {"logit_scale": 0.3}),
+    "cohere2": ("Cohere2Config", {"logit_scale": 0.3}),
+    "granite": ("GraniteConfig", {"logits_scaling": 4.0}),
+}
+TRANSFORMED = {"gemma2", "gemma3_text", "cohere", "cohere2", "granite"}
+
+
+def tiny_of(model_type: str, tokenizer):
+    import transformers
+
+    name, extra = ARCHITECTURES[model_type]
+    config = getattr(transformers, name)(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_every_accepted_model_type_is_checked_below():
+    from leantune.models.forward import FINAL_LOGITS
+
+    assert set(ARCHITECTURES) == set(FINAL_LOGITS)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_label_only_loss_and_choice_scores_equal_the_models_own_forward(tiny_model_dir, model_type):
+    """SFT loss, the logits at labelled positions and shared-prompt choice scores against `model(**batch)`."""
+    from leantune.evaluate.shared_prompt import score_shared_prompts
+    from leantune.models.forward import decoder_and_head, label_hidden, label_logits
+
+    tokenizer = load_base(str(tiny_model_dir), dtype="float32").tokenizer
+    model = tiny_of(model_type, tokenizer)
+    batch = batch_for(tokenizer, ["yes", "no thanks", "maybe later today"])
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        summed, n = summed_label_loss(model, batch)
+        torch.testing.assert_close(summed / n, out.loss, atol=1e-5, rtol=1e-5)
+        logits, targets, rows = label_logits(model, batch)
+        keep = batch["labels"][:, 1:] != -100
+        torch.testing.assert_close(logits, out.logits[:, :-1][keep].float(), atol=1e-5, rtol=1e-5)
+        if model_type in TRANSFORMED:  # the transform matters: the bare output layer would be wrong
+            hidden, _, _ = label_hidden(model, batch)
+            bare = decoder_and_head(model)[1].head(hidden).float()
+            assert (bare - logits).abs().max() > 1e-2
+
+        # choices of one prompt scored through its shared KV cache == the full forward of each whole row
+        prompt = ({"role": "user", "content": "Is this spam?"},)
+        rows = [tokenize_chat(tokenizer, ChatExample(prompt + ({"role": "assistant", "content": c},))) for c in ("spam", "ham ok")]
+        shared = score_shared_prompts(model, tokenizer.pad_token_id, [rows], per_token=False)[0]
+        for row, score in zip(rows, shared):
+            ids, labels = torch.tensor([row.input_ids]), torch.tensor(row.labels)
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            keep = labels[1:] != -100
+            assert score == pytest.approx(logp[keep].gather(1, labels[1:][keep].unsqueeze(1)).sum().item(), abs=1e-4)
+
+
+def test_a_model_type_with_unknown_final_logits_is_refused(tiny_model_dir):
+    import transformers
+
+    from leantune.errors import ModelError
+
+    tokenizer = load_base(str(tiny_model_dir), dtype="float32").tokenizer
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(ModelError, match="does not know how a 'gpt2' model computes its final logits.*gemma2"):
+        summed_label_loss(model, batch_for(tokenizer, ["yes"]))

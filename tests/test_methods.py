@@ -75,10 +75,42 @@ def test_qlora_keeps_the_base_in_4_bit(tiny_model_dir, chat_file, tmp_path):
     assert quantised and all(m.weight.dtype == torch.uint8 and not m.weight.requires_grad for m in quantised)
     info = json.loads((result.run_dir / "run.json").read_text())
     assert 0.5 <= info["quantized_bytes_per_param"] < 1.0  # 4 bits + block statistics (large share on tiny layers)
+
+
+def packed_4bit(model) -> dict:
+    import bitsandbytes as bnb
+
+    return {n: m.weight.data.clone() for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
+def test_a_qlora_run_is_served_over_the_same_4bit_base_it_trained_on(tiny_model_dir, chat_file, tmp_path):
+    """The served model's logits are the trained model's: same NF4 base, same fp32 norms, same adapter."""
     from leantune.generate import load_for_inference
 
-    served, _ = load_for_inference(str(result.run_dir))  # over the same 4-bit base it was trained on
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in served.modules())
+    result = run(tiny_model_dir, chat_file, tmp_path, "qlora", **{"training.max_steps": 3, "training.lr": 2e-2})
+    ids = result.tokenizer("Is message 3 spam? spam", return_tensors="pt")["input_ids"]
+    result.model.eval()
+    with torch.no_grad():
+        trained = result.model(input_ids=ids).logits
+        served, _ = load_for_inference(str(result.run_dir))
+        torch.testing.assert_close(served(input_ids=ids).logits, trained, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
+def test_a_qlora_base_is_quantised_again_from_the_dtype_the_run_loaded_it_in(tiny_model_dir, chat_file, tmp_path):
+    """bitsandbytes quantises the weights as loaded: a bf16-loaded base gives other 4-bit weights than an fp32 one,
+    so a run trained over the bf16 one is served over the bf16 one, on any device."""
+    from leantune.generate import load_for_inference
+    from leantune.models import load_base
+
+    result = run(tiny_model_dir, chat_file, tmp_path, "qlora", **{"training.max_steps": 2, "model.dtype": "bfloat16"})
+    assert json.loads((result.run_dir / "run.json").read_text())["dtype"] == "bfloat16"
+    trained = packed_4bit(result.model)
+    served = packed_4bit(load_for_inference(str(result.run_dir))[0])
+    assert served.keys() == trained.keys() and all(torch.equal(served[k], trained[k]) for k in trained)
+    from_fp32 = packed_4bit(load_base(str(tiny_model_dir), "float32", "cpu", quantize_4bit=True).model)
+    assert any(not torch.equal(a, b) for a, b in zip(from_fp32.values(), served.values()))
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")

@@ -122,7 +122,6 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
     # the killed process's time stays billed (its steps past the checkpoint too), and the new one's is added
-    assert info["billed"]["seconds"] > billed_before + info["billed"]["phases"]["load"] * 0
     assert info["billed"]["seconds"] > billed_before + 1.0  # the second process's imports alone take longer
     with pytest.raises(RunDirError, match="already completed"):
         train(resume=run)

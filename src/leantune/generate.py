@@ -8,23 +8,20 @@ from pathlib import Path
 import torch
 
 from .data.tokenize import end_of_turn_ids
-from .models import load_adapter, load_base
+from .models import load_base
+from .models.inference import load_trained
+from .models.loading import detected_device
 from .runs.rundir import open_run_dir
 
 
-def load_for_inference(spec: str):
-    """(model, tokenizer) for a run directory (base + its adapter) or a base-model spec."""
+def load_for_inference(spec: str, device: str | None = None):
+    """(model, tokenizer) for a run directory (base + its adapter, models/inference.py) or a base-model spec, on
+    the detected device unless one is given."""
     path = Path(spec)
     if path.is_dir() and (path / "config.yaml").is_file():
-        run = open_run_dir(path)
-        config = run.config()
-        if run.full_model.is_dir():  # full fine-tuning: the run holds a whole model
-            tuned = load_base(str(run.full_model), config.model.dtype)
-            return tuned.model, tuned.tokenizer
-        # a QLoRA adapter was trained over the 4-bit base: serve it over the same weights it learned to correct
-        base = load_base(config.model.base, config.model.dtype, quantize_4bit=config.method.name == "qlora")
-        return load_adapter(base.model, run.adapter), base.tokenizer
-    base = load_base(spec)
+        trained = load_trained(open_run_dir(path), device)
+        return trained.model, trained.tokenizer
+    base = load_base(spec, "auto", device or detected_device()[0])
     return base.model, base.tokenizer
 
 

@@ -40,26 +40,12 @@ def base_and_tuned(tuned, base=None) -> list[Contender]:
     return [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
 
 
-def run_contenders(run, device: str = "cpu") -> tuple[list[Contender], object, list[str]]:
-    """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights."""
-    from ..models import load_adapter, load_base
+def run_contenders(run, device: str | None = None) -> tuple[list[Contender], object, list[str]]:
+    """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights (models/inference.py)."""
+    from ..models.inference import load_trained
 
-    config = run.config()
-    notes = []
-    if run.full_model.is_dir():
-        tuned = load_base(str(run.full_model), config.model.dtype, device)
-        base = load_base(config.model.base, config.model.dtype, device)
-        return base_and_tuned(tuned.model, base.model), tuned.tokenizer, notes
-    if not (run.adapter / "adapter_config.json").is_file():
-        status = run.info().get("status", "unknown")
-        raise RunDirError(f"Run '{run.path}' has no adapter to evaluate ({run.adapter} is missing; status: {status}). "
-                          f"Finish it first: `leantune train --resume {run.path}`, or evaluate the base model by name.")
-    qlora = config.method.name == "qlora"
-    base = load_base(config.model.base, config.model.dtype, device, quantize_4bit=qlora)
-    model = load_adapter(base.model, run.adapter)
-    if qlora:
-        notes.append("QLoRA: 'base' is the 4-bit NF4 base the adapter was trained over, not the original weights.")
-    return base_and_tuned(model), base.tokenizer, notes
+    trained = load_trained(run, device, with_base=True)
+    return base_and_tuned(trained.model, trained.base), trained.tokenizer, trained.notes
 
 
 def replay_note(config) -> list[str]:
@@ -96,11 +82,10 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
 
     tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
     run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
-    import torch
-
     from ..models import load_base
+    from ..models.loading import detected_device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, _ = detected_device()
     run = _find_run(str(target), runs_dir)
     metrics = tuple(metrics)
     if run is not None:

@@ -4,6 +4,12 @@ For chat data most positions are prompt tokens (for sms-spam ~95%), and the outp
 (hidden x vocabulary, 49k wide for SmolLM2) plus its fp32 logits is a large share of a step's time and
 memory. We run the decoder, keep the hidden states at positions whose next token is a label, and apply
 the output layer to those rows alone. The loss is identical to the full-logits one.
+
+Some architectures change the logits after the output layer inside their `*ForCausalLM.forward`, which this path
+does not call: Gemma 2/3 soft-cap them (tanh(x / c) * c), Cohere multiplies them by `logit_scale`, Granite
+divides them by `logits_scaling`. `FINAL_LOGITS` names what each accepted model type does, and a model type it
+does not list is refused rather than trained on silently wrong logits (tests/test_forward.py checks every
+listed type against the model's own forward and loss).
 """
 
 from __future__ import annotations
@@ -14,9 +20,60 @@ import torch.nn.functional as F
 from ..data.tokenize import IGNORE
 
 
+def _softcap(config):
+    cap = getattr(config, "final_logit_softcapping", None)
+    return (lambda logits: torch.tanh(logits / cap) * cap) if cap else None
+
+
+def _scale(config):
+    return lambda logits: logits * config.logit_scale
+
+
+def _divide(config):
+    return lambda logits: logits / config.logits_scaling
+
+
+# model_type -> what its *ForCausalLM.forward does to lm_head's output (None: nothing)
+FINAL_LOGITS = {
+    "llama": None, "mistral": None, "mixtral": None, "qwen2": None, "qwen3": None, "qwen3_moe": None, "phi3": None,
+    "gemma": None, "gemma2": _softcap, "gemma3_text": _softcap, "cohere": _scale, "cohere2": _scale, "granite": _divide,
+}
+
+
+class OutputLayer(torch.nn.Module):
+    """The model's output layer followed by its architecture's final transform of the logits."""
+
+    def __init__(self, head, transform):
+        super().__init__()
+        self.head, self.transform = head, transform
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden)
+        return logits if self.transform is None else self.transform(logits)
+
+
+def final_logit_transform(config):
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FINAL_LOGITS:
+        from ..errors import ModelError
+
+        raise ModelError(f"leantune does not know how a '{model_type}' model computes its final logits (some "
+                         f"architectures scale or soft-cap them), so it would train and score it wrongly. Supported "
+                         f"model types: {', '.join(sorted(FINAL_LOGITS))}.")
+    make = FINAL_LOGITS[model_type]
+    return make(config) if make else None
+
+
 def decoder_and_head(model):
+    """(the decoder stack, the output layer with the architecture's final logit transform)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
+    return base.get_decoder(), OutputLayer(base.get_output_embeddings(), final_logit_transform(base.config))
+
+
+def check_architecture(model) -> None:
+    """Refuse a model whose logits this module cannot compute (before any time is spent on it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    final_logit_transform(base.config)
 
 
 def label_hidden(model, batch: dict[str, torch.Tensor]):

@@ -79,6 +79,15 @@ def _peft_config(method: MethodConfig, total_steps: int):
     return LoraConfig(use_dora=method.name == "dora", **common)
 
 
+def prepare_4bit_base(model):
+    """A 4-bit base as QLoRA trains over it: frozen, with its norms and embeddings upcast to fp32 (PEFT's
+    prepare_model_for_kbit_training). Serving does the same, or the adapter would meet bf16 norms it never saw."""
+    from peft import prepare_model_for_kbit_training
+
+    # activation checkpointing is ours to switch (training.gradient_checkpointing)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
 def attach_method(model, method: MethodConfig, seed: int, total_steps: int):
     """The model ready to train with `method`: adapters attached (LoRA family) or every weight unfrozen (full)."""
     from peft import get_peft_model
@@ -88,10 +97,7 @@ def attach_method(model, method: MethodConfig, seed: int, total_steps: int):
             p.requires_grad_(True)
         return model
     if method.name == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        # freezes the 4-bit base and keeps norms / embeddings in fp32; activation checkpointing is ours to switch
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_4bit_base(model)
     config = _peft_config(method, total_steps)
     # The B matrices start at zero, but A is random: seed it so a run is reproducible from its config.
     with torch.random.fork_rng(devices=[]):

@@ -30,7 +30,7 @@ from ..models.adapters import trainable_parameter_count
 from ..models.methods import (adalora_model, adalora_ranks, attach_method, check_method_available, describe_method,
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
-from ..models.forward import decoder_and_head, label_logits, summed_label_loss
+from ..models.forward import check_architecture, decoder_and_head, label_logits, summed_label_loss
 from ..runs.index import RunIndex
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price, usd
 from ..runs.ledger import budget_alerts
@@ -125,6 +125,7 @@ class LoraRecipe:
         with self.clock.phase("load"):
             base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=cfg.method.name == "qlora")
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
+        check_architecture(base.model)  # our label-only output path must know its final logits
         self.tokenizer = base.tokenizer
         with self.clock.phase("data"):
             self.tokenize(train_examples)
@@ -202,6 +203,8 @@ class LoraRecipe:
         if cfg.training.gradient_checkpointing:
             enable_activation_checkpointing(base.model)
         self.compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
+        # what inference must load the base in (models/inference.py): for QLoRA it decides the 4-bit weights
+        self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."))
         self.model = attach_method(base.model, cfg.method, cfg.training.seed, self.total_steps)
         self.adalora = adalora_model(self.model)
         if cfg.training.compile:
@@ -332,8 +335,10 @@ class LoraRecipe:
         # billed to here: everything after (the index row, the trackers' last call) is a fraction of a second
         result = self.result(loss, eval_loss)
         result.evaluation = evaluation
-        self.run.update_info(status="completed", billed=self.clock.record(self.price))
-        replace_report_section(self.run, "## Cost", cost_section(self.clock.record(self.price)))
+        billed = self.clock.record(self.price)
+        result.billed_s, result.cost_usd = billed["seconds"], billed["usd"]
+        self.run.update_info(status="completed", billed=billed)
+        replace_report_section(self.run, "## Cost", cost_section(billed))
         self.trackers.finish(self.run, "completed", {
             "cost_usd": result.cost_usd, "usd_per_hour": self.price.usd_per_hour, "price_source": self.price.source,
             "billed_s": result.billed_s, "device": self.device,
