@@ -33,6 +33,40 @@ def test_ewc_penalty_is_logged_and_the_fisher_is_cached(tiny_model_dir, chat_fil
     assert "Fisher information from the cache" in log.getvalue()
 
 
+def test_the_fisher_cache_is_keyed_by_content_not_by_path(tiny_model_dir, chat_file, tmp_path):
+    """A copied model and data file reuse the Fisher; an edited data file (same path) does not."""
+    import shutil
+    from io import StringIO
+
+    from rich.console import Console
+
+    general = tmp_path / "general.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": str(2 * i)}]} for i in range(8)]
+    general.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    values = {"forgetting.ewc_lambda": 10.0, "forgetting.ewc_examples": 8, "training.max_steps": 1,
+              "forgetting.ewc_data": str(general)}
+
+    def fisher_note(model_dir, name):
+        log = StringIO()
+        train(None, tiny_overrides(model_dir, chat_file, tmp_path / name, **values), console=Console(file=log, width=300),
+              allow_duplicate=True)
+        return "from the cache" in log.getvalue()
+
+    assert not fisher_note(tiny_model_dir, "first")
+    copy = tmp_path / "model-copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert fisher_note(copy, "copied")  # same content elsewhere: the cached Fisher
+    general.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1][:6]))  # edited in place
+    assert not fisher_note(tiny_model_dir, "edited")
+
+
+def test_a_fisher_for_other_layers_is_refused_not_dropped(tiny_model_dir, chat_file, tmp_path):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path, **{"training.max_steps": 1}))
+    with pytest.raises(ConfigError, match="1 Fisher entries match no adapted layer"):
+        EWCPenalty(result.model, {"model.layers.9.mlp.up_proj": torch.ones(2, 2)}, strength=1.0, full=False)
+
+
 def test_stronger_ewc_keeps_the_adapters_smaller(tiny_model_dir, chat_file, tmp_path):
     def change(strength):
         values = {"forgetting.ewc_lambda": strength, "forgetting.ewc_examples": 8, "training.max_steps": 10,

@@ -161,3 +161,54 @@ def test_a_gpu_run_from_before_prices_were_recorded_is_billed_at_its_cards_catal
     a100 = run_cost({"device": "cuda:NVIDIA A100-SXM4-40GB"}, steps, None)
     assert (a100.usd, a100.price.source) == (1.3, "catalog a100-40gb")
     assert run_cost({"device": "cpu"}, steps, None).usd is None  # no price: unknown, not $0
+
+
+def test_fingerprints_follow_content_for_every_input(tiny_model_dir, tmp_path, monkeypatch):
+    """Data, model (weights, config, tokenizer, chat template), EWC / replay data and a teacher enter the
+    fingerprints by content: a copy is the same experiment, an edit is a new one; an unreadable input is refused."""
+    import shutil
+
+    from leantune.config import load_config
+    from leantune.data import builtin
+    from leantune.errors import DataError
+    from leantune.runs.fingerprint import data_fingerprint, fingerprints, model_fingerprint
+
+    # every built-in dataset by the content of the files it ships in
+    for name in builtin.BUILTIN_INFO:
+        original = data_fingerprint(name)
+        files = builtin.BUILTIN_INFO[name].files()
+        edited = tmp_path / f"{name}-{files[0].name}"
+        edited.write_bytes(files[0].read_bytes() + b"\n")
+        import dataclasses
+
+        changed = dataclasses.replace(builtin.BUILTIN_INFO[name], files=lambda e=edited, rest=files[1:]: [e, *rest])
+        monkeypatch.setitem(builtin.BUILTIN_INFO, name, changed)
+        assert data_fingerprint(name) != original, name
+        monkeypatch.undo()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_model_dir))
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config["chat_template"] = (config.get("chat_template") or "") + "{# edited #}"
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))  # the tokenizer is part of it
+
+    general = tmp_path / "general.jsonl"
+    general.write_text('{"prompt": "a", "completion": "b"}\n')
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(general.read_bytes())
+
+    def config_fp(**fields):
+        return fingerprints(load_config(None, [f"{k}={v}" for k, v in fields.items()]))["config_fp"]
+
+    for key, switch in (("forgetting.ewc_data", "forgetting.ewc_lambda"), ("forgetting.replay_data", "forgetting.replay_fraction")):
+        before = config_fp(**{switch: 0.1, key: general})
+        assert config_fp(**{switch: 0.1, key: moved}) == before  # a renamed copy is the same input
+        general.write_text(f'{{"prompt": "a", "completion": "{key}"}}\n')
+        assert config_fp(**{switch: 0.1, key: general}) != before  # an edited one is not
+        with pytest.raises(DataError, match=f"{key}: 'nowhere.jsonl' is neither a built-in dataset"):
+            config_fp(**{switch: 0.1, key: "nowhere.jsonl"})
+        moved.write_bytes(general.read_bytes())
+    teacher = config_fp(**{"objective.name": "distill", "objective.teacher": tiny_model_dir})
+    assert config_fp(**{"objective.name": "distill", "objective.teacher": copy}) != teacher  # edited tokenizer

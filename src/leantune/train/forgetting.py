@@ -6,7 +6,8 @@ the others are free to move. F_i is estimated as the mean squared gradient of th
 example at a time: squaring a batch's summed gradient would not be the Fisher). For LoRA-family methods the
 change of an adapted weight matrix is the adapter's effective update (PEFT's get_delta_weight: B A times the
 scaling); for full fine-tuning it is theta - theta_0 for every parameter. The Fisher is computed once per
-(model, data, examples, method targets) and cached under $LEANTUNE_HOME/fisher/.
+(model content, data content, examples, method, targets, sequence length, dtype) and cached under
+$LEANTUNE_HOME/fisher/; a cached one whose layers do not match the model is estimated again.
 
 Replay mixes general-domain examples into the training rows (`replay_fraction` of them), so every epoch keeps
 rehearsing what the base model could already do.
@@ -80,8 +81,12 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
 
     path = fisher_cache_path(key)
     if path.is_file():
-        note(f"EWC: Fisher information from the cache ({path})")
-        return load_file(path)
+        cached = load_file(path)
+        wanted = _fisher_targets(model, full)
+        if cached.keys() == wanted.keys() and all(cached[n].shape == wanted[n].shape for n in wanted):
+            note(f"EWC: Fisher information from the cache ({path})")
+            return cached
+        note(f"EWC: the cached Fisher ({path}) does not match this model's layers; estimating it again")
     note(f"EWC: estimating the Fisher information on {len(examples)} general-text examples (once; cached)")
     fisher = estimate_fisher(model, examples, pad_id, full)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +103,11 @@ class EWCPenalty:
             self.terms = [(params[n], f, params[n].detach().clone()) for n, f in fisher.items()]
         else:
             layers = adapted_layers(model)
-            self.terms = [(layers[n], f, None) for n, f in fisher.items() if n in layers]
+            unmatched = sorted(set(fisher) - set(layers))
+            if unmatched:  # dropping them would silently weaken (or zero) the penalty
+                raise ConfigError(f"EWC: {len(unmatched)} Fisher entries match no adapted layer (e.g. {unmatched[0]}); "
+                                  "the Fisher was estimated for other layers. Delete it and train again.")
+            self.terms = [(layers[n], f, None) for n, f in fisher.items()]
 
     def __call__(self) -> torch.Tensor:
         total = torch.zeros(())

@@ -31,6 +31,7 @@ from ..models.methods import (adalora_model, adalora_ranks, attach_method, check
                               load_rank_allocator_state, make_optimizer, orthogonality_penalty, quantized_weight_bytes,
                               rank_allocator_state)
 from ..models.forward import check_architecture, decoder_and_head, label_logits, summed_label_loss
+from ..runs.fingerprint import data_files, file_hash, model_fingerprint
 from ..runs.index import RunIndex
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price, usd
 from ..runs.ledger import budget_alerts
@@ -229,8 +230,11 @@ class LoraRecipe:
             general, _ = tokenize_examples(self.tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples],
                                            cfg.data.max_seq_len, "all_assistant", cfg.data.truncation)
             full = cfg.method.name == "full"
-            key = {"model": str(base.path), "data": forget.ewc_data, "examples": forget.ewc_examples, "full": full,
-                   "targets": cfg.method.target_modules, "max_seq_len": cfg.data.max_seq_len, "dtype": str(self.compute_dtype)}
+            # by content: an edited model or data file must not reuse the Fisher of the old one
+            key = {"model": model_fingerprint(cfg.model.base), "examples": forget.ewc_examples, "full": full,
+                   "data": ",".join(file_hash(p) for p in data_files(forget.ewc_data, "forgetting.ewc_data")),
+                   "targets": cfg.method.target_modules, "max_seq_len": cfg.data.max_seq_len,
+                   "truncation": cfg.data.truncation, "dtype": str(self.compute_dtype), "method": cfg.method.name}
             fisher = load_or_estimate_fisher(self.model, general, self.tokenizer.pad_token_id, full, key, self.note)
             self.ewc = EWCPenalty(self.model, fisher, forget.ewc_lambda, full)
 
