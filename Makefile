@@ -23,8 +23,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/leantune demo
 
+# make installs bitsandbytes and MLflow, so no test may skip for want of them (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

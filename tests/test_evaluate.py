@@ -119,12 +119,23 @@ def test_time_box_scores_a_shared_random_sample(tiny):
     from leantune.evaluate.runner import Contender, Settings, evaluate_task
     from contextlib import nullcontext
 
+    import copy
+
+    import torch
+
     task = resolve_task("analogies")
-    contenders = [Contender("base", tiny.model, nullcontext), Contender("tuned", tiny.model, nullcontext)]
-    result = evaluate_task(task, contenders, tiny.tokenizer, Settings(budget_s=0.0, min_items=32))
-    assert result.n == 32 and result.available == 240
-    mc = result.metrics[0]
-    assert mc.scores["base"] == mc.scores["tuned"] and mc.delta == 0 and mc.ci == (0.0, 0.0)
+    other = copy.deepcopy(tiny.model)
+    with torch.no_grad():  # a different model: its answers differ from the base's
+        for p in other.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    contenders = [Contender("base", tiny.model, nullcontext), Contender("tuned", other, nullcontext)]
+    boxed = evaluate_task(task, contenders, tiny.tokenizer, Settings(budget_s=0.0, min_items=32))
+    assert boxed.n == 32 and boxed.available == 240
+    # the box's 32 items are the same random sample for both models: the first 32 of the task's fixed shuffle
+    first_32 = evaluate_task(task, contenders, tiny.tokenizer, Settings(limit=32))
+    for name in ("base", "tuned"):
+        assert boxed.items[name] == first_32.items[name]
+    assert boxed.items["base"] != boxed.items["tuned"]
 
 
 def test_after_train_evaluation_and_leantune_eval(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
@@ -198,7 +209,7 @@ def test_eval_errors(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
     shutil.copytree(result.run_dir, no_adapter)
     shutil.rmtree(no_adapter / "adapter")
     code, _, err = run_cli(monkeypatch, capsys, "eval", no_adapter)
-    assert_user_error(code, err, "has no adapter to evaluate", "--resume")
+    assert_user_error(code, err, "has no adapter", "--resume")
     code, _, err = run_cli(monkeypatch, capsys, "eval", "2099-no-such-run", "--runs-dir", runs)
     assert_user_error(code, err, "neither a model", "nor a run")
     code, _, err = run_cli(monkeypatch, capsys, "eval", tiny_model_dir, "--task", "held-out")
