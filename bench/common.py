@@ -1,15 +1,96 @@
-"""What the benchmark scripts share."""
+"""What the benchmark scripts share: provenance, result files that never mix code versions, commit-keyed caches.
+
+Every results file carries `_provenance`: the commit it was measured at (with `-dirty` and a hash of the
+uncommitted change when the tree was not clean), the exact command, the date and the machine. A results file
+from another commit is not added to: a resumed benchmark keeps only what the same code measured. Caches of
+finished jobs live under bench/.work/<bench>/<commit>/, so a job is never reused across code versions. No
+absolute path of the machine is written: paths inside the repository are stored relative to it, others refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROVENANCE = "_provenance"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
+def code_version() -> str:
+    """The commit, plus `-dirty-<hash of the diff>` when src/ or bench/ has uncommitted changes."""
+    commit = _git("rev-parse", "HEAD").strip()
+    diff = _git("diff", "HEAD", "--", "src", "bench")
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", "src", "bench")
+    if diff or untracked:
+        return f"{commit}-dirty-{hashlib.sha256((diff + untracked).encode()).hexdigest()[:8]}"
+    return commit
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script.name
+    return " ".join(["python", str(shown), *sys.argv[1:]])
+
+
+def provenance() -> dict:
+    return {"commit": code_version(), "command": command_line(), "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+
+
+def load_results(path: Path) -> dict:
+    """Earlier results of this benchmark, only when the same code measured them; else an empty dict."""
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    measured_at = results.get(PROVENANCE, {}).get("commit")
+    if measured_at != code_version():
+        print(f"{path.name}: earlier results are from {measured_at or 'an unrecorded commit'}; measuring again at "
+              f"{code_version()}", file=sys.stderr)
+        return {}
+    return results
+
+
+def work_dir(bench: str) -> Path:
+    """bench/.work/<bench>/<code version>/: a cache of finished jobs that the next commit does not see."""
+    path = REPO / "bench" / ".work" / bench / code_version()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def job_key(job: dict) -> str:
+    """A cache name for a job: its id and a hash of its whole configuration."""
+    return f"{job.get('id', 'job')}-{hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def portable(value):
+    """`value` with paths inside the repository made relative to it; any other absolute path is refused."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and len(Path(value).parts) > 2:
+        path = Path(value)
+        if path.is_relative_to(REPO):
+            return str(path.relative_to(REPO))
+        raise ValueError(f"results would record the machine path {value!r}; store a name or a repository path")
+    return value
 
 
 def write_results(path: Path, results: dict) -> None:
-    """Write a results JSON so that a crash mid-write never leaves a half-written file in place of the last one."""
+    """Write a results JSON with its provenance, atomically (a crash never leaves half a file in place)."""
+    results = portable({**results, PROVENANCE: provenance()})
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(path)
-    print(f"wrote {path}")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path.name}")

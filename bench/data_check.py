@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / ".work"
+WORK = HERE / ".work"  # the generated file depends on the generator's seed and size only, not on the code measured
 RESULTS = HERE / "results" / "data_check.json"
+sys.path.insert(0, str(HERE))
+from common import load_results, write_results  # noqa: E402
 
 # planted problems, as a share of rows
 EXACT_DUP, NEAR_DUP, CONFLICT, BROKEN, MOJIBAKE, EMAIL = 0.02, 0.01, 0.005, 0.001, 0.003, 0.002
@@ -147,7 +149,7 @@ def main() -> None:
         planted_path.write_text(json.dumps(planted))
     planted = json.loads(planted_path.read_text())
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = load_results(RESULTS)  # measurements of this commit only
     key = f"{args.size_mib}mib-{args.model or 'no-model'}"
     if key in results and not (args.fresh or args.remeasure):
         print(f"{key}: already measured (use --fresh to measure again)", file=sys.stderr)
@@ -158,8 +160,7 @@ def main() -> None:
                       machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                       date=time.strftime("%Y-%m-%d"))
         results[key] = result
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(RESULTS, results)
     print(f"{key}: {result['rows']:,} rows in {result['seconds']}s = {result['rows_per_s']:,} rows/s, "
           f"{result['mib_per_s']} MiB/s; peak memory {result['peak_rss_mib']:,} MiB")
     for code in ("exact_duplicates", "near_duplicates", "conflicts", "unreadable", "mojibake"):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory_model.json"
+sys.path.insert(0, str(HERE))
+from common import load_results, write_results as write_results_file  # noqa: E402
 
 # (name, model, method, seq_len, micro_batch, gradient checkpointing)
 CONFIGS = [
@@ -142,29 +144,14 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="run configs whose name contains this")
-    parser.add_argument("--repredict", action="store_true", help="recompute predictions for the stored measurements (after a model change)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.repredict:
-        results = json.loads(RESULTS.read_text())
-        for device, runs in results["runs"].items():
-            for name, r in runs.items():
-                if "measured" not in r:
-                    continue
-                sp = r["spec"]
-                memory, fpt = predict(name, sp["model"], sp["method"], sp["seq_len"], sp["micro_batch"], sp["grad_checkpointing"], device)
-                r.update(predicted=memory.as_gib(), predicted_bytes=memory.total, error=memory.total / r["measured"]["peak_bytes"] - 1,
-                         achieved_gflops=r["measured"]["tokens_per_s"] * fpt / 1e9)
-            write_results(results)
-            print_table(results, device)
-        return
-
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {} if args.fresh or not RESULTS.is_file() else json.loads(RESULTS.read_text())
+    results = {} if args.fresh else load_results(RESULTS)  # measurements of this commit only
     runs = results.setdefault("runs", {}).setdefault(device, {})
     results.setdefault("matmul_gflops", {})[device] = round(matmul_gflops(), 1) if device == "cpu" else None
     todo = [c for c in CONFIGS if (not args.only or args.only in c[0])]
@@ -200,9 +187,7 @@ def main() -> None:
 
 
 def write_results(results: dict) -> None:
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, RESULTS)
+    write_results_file(RESULTS, results)
 
 
 def print_table(results: dict, device: str) -> None:

@@ -9,7 +9,7 @@ Each configuration trains in a fresh process (so its peak memory is its own) and
 The learning rate is each method's usual one (full fine-tuning moves every weight and needs a ~10x smaller one);
 everything else is shared.
 
-    python bench/quality.py            # every configuration; finished ones are kept and skipped on a rerun
+    python bench/quality.py            # every configuration; ones this commit already measured are kept
     python bench/quality.py --fresh    # measure everything again
     python bench/quality.py --only lora,full
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,8 +28,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import load_results, work_dir, write_results  # noqa: E402
+
 RESULTS = HERE / "results" / "quality.json"
-WORK = HERE / ".work" / "quality-runs"
+WORK = work_dir("quality")  # runs and the general-knowledge file of this commit only
 
 SHARED = {
     "model.base": "smollm2-135m",
@@ -55,7 +57,7 @@ CONFIGS = {
 }
 # The trivia questions are split in two: EWC's Fisher and replay use one half (written to a data file), the
 # general-knowledge score is measured on the other, so protection is not confused with memorising the test.
-GENERAL_FILE = WORK.parent / "trivia-general.jsonl"
+GENERAL_FILE = WORK / "trivia-general.jsonl"
 for _name in ("lora+ewc", "lora+replay"):
     CONFIGS[_name].update({"forgetting.ewc_data": str(GENERAL_FILE), "forgetting.replay_data": str(GENERAL_FILE)})
 
@@ -101,7 +103,8 @@ def worker(name: str) -> dict:
     else:
         from leantune.train import train
 
-        overrides = {**SHARED, **CONFIGS[name], "output.runs_dir": str(WORK), "output.name": name.replace("+", "-")}
+        overrides = {**SHARED, **CONFIGS[name], "output.runs_dir": str(WORK / "runs"), "output.name": name.replace("+", "-"),
+                     "cost.usd_per_hour": 0}  # the price of a machine we own: billed time is still recorded
         result = train(None, [f"{k}={v}" for k, v in overrides.items()])
         model, tokenizer, eval_examples = result.model, result.tokenizer, result.eval_examples
         trainable, total = trainable_parameter_count(model)
@@ -109,7 +112,8 @@ def worker(name: str) -> dict:
         out.update(trainable=trainable, total_params=total, trainable_pct=100 * trainable / total,
                    train_seconds=round(result.elapsed_s, 1), tokens_per_s=round(result.tokens_per_s, 1),
                    final_loss=result.final_loss, eval_loss=result.eval_loss,
-                   quantized_bytes_per_param=info.get("quantized_bytes_per_param"), run_dir=str(result.run_dir))
+                   quantized_bytes_per_param=info.get("quantized_bytes_per_param"),
+                   billed_seconds=info["billed"]["seconds"], run_dir=str(result.run_dir))
     task = classification_accuracy(model, tokenizer, eval_examples, list(SMS_LABELS))
     out.update(accuracy=task.accuracy, balanced_accuracy=task.balanced_accuracy,
                trivia_accuracy=trivia_score(model, tokenizer),
@@ -118,51 +122,22 @@ def worker(name: str) -> dict:
     return out
 
 
-def rescore(name: str, result: dict) -> dict:
-    """Recompute only the general-knowledge score of a finished configuration from its saved adapter or model
-    (the task scores do not change), for results measured before the trivia split."""
-    from leantune.generate import load_for_inference
-    from leantune.models import load_base
-
-    if name == "base":
-        base = load_base(SHARED["model.base"], "auto")
-        model, tokenizer = base.model, base.tokenizer
-    else:
-        model, tokenizer = load_for_inference(result["run_dir"])
-    return {**result, "trivia_accuracy": trivia_score(model, tokenizer), "trivia_questions": 95}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--only", default=",".join(CONFIGS))
-    parser.add_argument("--rescore", help="recompute the trivia score of this finished configuration (worker)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker) | {"trivia_questions": 95}), flush=True)
         return
-    if args.rescore:
-        results = json.loads(RESULTS.read_text())
-        print("RESULT " + json.dumps(rescore(args.rescore, results[args.rescore])), flush=True)
-        return
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {}
+    results = {} if args.fresh else load_results(RESULTS)  # only what this commit measured is kept
+    results.pop("_provenance", None)
     names = [n for n in args.only.split(",") if n]
     for i, name in enumerate(names, 1):
-        if name in results and results[name].get("trivia_questions") == 95:
-            print(f"[{i}/{len(names)}] {name}: done earlier, kept", file=sys.stderr)
-            continue
-        if name in results and name not in ("lora+ewc", "lora+replay"):
-            # trained before the trivia split: only the general score needs measuring again
-            print(f"[{i}/{len(names)}] {name}: re-scoring trivia on the held-out half ...", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--rescore", name], capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"re-scoring {name} failed")
-            results[name] = json.loads(line[len("RESULT "):])
-            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        if name in results:
+            print(f"[{i}/{len(names)}] {name}: measured at this commit, kept", file=sys.stderr)
             continue
         print(f"[{i}/{len(names)}] {name}: training and scoring in a fresh process ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True,
@@ -171,10 +146,8 @@ def main() -> None:
         if proc.returncode != 0 or line is None:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{name} failed (exit {proc.returncode})")
-        results[name] = json.loads(line[len("RESULT "):]) | {
-            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # after each one: an interrupted bench resumes
+        results[name] = json.loads(line[len("RESULT "):])
+        write_results(RESULTS, results)  # after each one: an interrupted bench resumes
         r = results[name]
         print(f"    accuracy {r['accuracy']:.1%}, trivia {r['trivia_accuracy']:.1%}, {r['wall_seconds']:.0f}s", file=sys.stderr)
     print_table(results)
@@ -187,6 +160,8 @@ def print_table(results: dict) -> None:
           f"{base.get('trivia_accuracy', float('nan')):.1%}) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
+        if name.startswith("_"):
+            continue
         if name == "base":
             print(f"| base (no training) | {r['accuracy']:.1%} | {r['balanced_accuracy']:.1%} | | | {r['peak_rss_gib']} | | | "
                   f"{r['trivia_accuracy']:.1%} |")

@@ -16,7 +16,7 @@ Baselines:
 
     python bench/throughput.py                 # compare + levers + scaling (~45 min on 2 cores)
     python bench/throughput.py --only compare  # or levers, padding, fusion, scaling
-    python bench/throughput.py --fresh         # forget finished jobs (they are kept in bench/.work/throughput/)
+    python bench/throughput.py --fresh         # forget finished jobs (kept per commit in bench/.work/throughput/<commit>/)
 
 Needs TRL (`pip install -c constraints.txt '.[bench]'`). Writes bench/results/throughput.json and
 bench/results/throughput_scaling.png.
@@ -37,13 +37,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WORK = HERE / ".work" / "throughput"
 RESULTS = HERE / "results" / "throughput.json"
 PLOT = HERE / "results" / "throughput_scaling.png"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import write_results  # noqa: E402
+from common import job_key, load_results, work_dir, write_results  # noqa: E402
+
+WORK = work_dir("throughput")  # finished jobs of this commit, by job id + configuration
 
 LR, RANK, ALPHA, DROPOUT, SEED, EVAL_SIZE = 5e-4, 8, 16, 0.05, 0, 64
 COMPARE = {"sms-spam": {"steps": 14, "mb": 8, "seq": 256}, "trivia": {"steps": 12, "mb": 8, "seq": 256}}
@@ -219,7 +220,7 @@ def worker(job: dict) -> None:
 # ---------------------------------------------------------------------------------------------- driver
 def run_job(job: dict, fresh: bool) -> dict | None:
     WORK.mkdir(parents=True, exist_ok=True)
-    out = WORK / f"{job['id']}.json"
+    out = WORK / f"{job_key(job)}.json"
     if out.is_file() and not fresh:
         return json.loads(out.read_text())
     print(f"  {job['id']} ...", end="", flush=True)
@@ -421,7 +422,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    previous = {} if args.fresh else load_results(RESULTS)  # never mixed with another commit's results
     results = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m", "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT}}
     if args.only in (None, "compare"):

@@ -90,7 +90,7 @@ def test_generate_from_a_run_without_adapter(monkeypatch, capsys, tmp_path, tiny
     run.mkdir()
     (run / "config.yaml").write_text(f"model:\n  base: {tiny_model_dir}\n")
     code, _, err = run_cli(monkeypatch, capsys, "generate", run, "hi")
-    assert_user_error(code, err, "holds no adapter")
+    assert_user_error(code, err, "has no adapter", "leantune train --resume")
 
 
 def test_a_usage_error_is_a_message_not_a_traceback(monkeypatch, capsys):

@@ -207,7 +207,7 @@ def test_fingerprints_follow_content_for_every_input(tiny_model_dir, tmp_path, m
         assert config_fp(**{switch: 0.1, key: moved}) == before  # a renamed copy is the same input
         general.write_text(f'{{"prompt": "a", "completion": "{key}"}}\n')
         assert config_fp(**{switch: 0.1, key: general}) != before  # an edited one is not
-        with pytest.raises(DataError, match=f"{key}: 'nowhere.jsonl' is neither a built-in dataset"):
+        with pytest.raises(DataError, match=f"{key}: .*'nowhere.jsonl' does not exist"):
             config_fp(**{switch: 0.1, key: "nowhere.jsonl"})
         moved.write_bytes(general.read_bytes())
     teacher = config_fp(**{"objective.name": "distill", "objective.teacher": tiny_model_dir})

