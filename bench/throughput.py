@@ -123,8 +123,8 @@ def full_logits_loss(model, batch, chunk: int = 0):
 
 def run_ours(job: dict) -> dict:
     from leantune.config import RunConfig
-    from leantune.train import recipe
-    from leantune.train.api import train
+    from leantune.training import recipe
+    from leantune.training.api import train
 
     variant = dict(job.get("variant", {}))
     if variant.pop("full_logits", False):

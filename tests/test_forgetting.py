@@ -8,8 +8,8 @@ import torch
 
 from conftest import tiny_overrides
 from leantune.errors import ConfigError
-from leantune.train import train
-from leantune.train.forgetting import EWCPenalty, fisher_cache_path, replay_rows
+from leantune import train
+from leantune.training.forgetting import EWCPenalty, fisher_cache_path, replay_rows
 
 
 def metrics(run_dir):

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_overrides
 from leantune.config import load_config
 from leantune.errors import ConfigError
-from leantune.train import train
+from leantune import train
 
 try:
     import bitsandbytes  # noqa: F401
@@ -137,7 +137,7 @@ def test_a_method_without_its_library_fails_before_loading_the_model(tiny_model_
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_bnb)
-    import leantune.train.recipe as recipe
+    import leantune.training.recipe as recipe
 
     monkeypatch.setattr(recipe, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=r"method.name=qlora .* needs bitsandbytes.* use method.name=lora"):
@@ -156,7 +156,7 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
               "method.target_r": 2, "training.lr": 1e-2 if method == "adalora" else 3e-3}
     reference = losses(train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **values)).run_dir)
 
-    import leantune.train.recipe as recipe
+    import leantune.training.recipe as recipe
 
     original = recipe.LoraRecipe.log_step
 

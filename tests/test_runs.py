@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_overrides
 from leantune.errors import BudgetError, DuplicateRunError
 from leantune.runs.index import RunIndex
-from leantune.train import train
+from leantune import train
 from test_cli import run_cli
 
 FAST = {"training.max_steps": 3, "training.checkpoint_every": 100}

@@ -35,7 +35,7 @@ def train(
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
     from .runs.cost import process_start_time
-    from .train import train as run_training
+    from .training.api import train as run_training
 
     config, overrides = split_train_args(args or [])
     result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
@@ -75,7 +75,7 @@ def eval_command(
     no_save: bool = typer.Option(False, "--no-save", help="do not write eval.json / report.md into the run"),
 ):
     """Score a run against its base model on the same items (task metrics + forgetting on the general suite), or a model alone."""
-    from .evaluate import evaluate
+    from .evaluation.api import evaluate
 
     result = evaluate(target, task or (), metric or (), limit, batch_size, save=not no_save, runs_dir=runs_dir,
                       console=None if as_json else err)
@@ -522,7 +522,7 @@ def demo(
 
 
 def main() -> None:
-    from .train.signals import TrainingStopped
+    from .training.signals import TrainingStopped
 
     try:
         code = app(standalone_mode=False)  # returns the code of typer.Exit instead of exiting

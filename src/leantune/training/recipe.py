@@ -35,7 +35,7 @@ from ..runs.fingerprint import data_files, file_hash, model_fingerprint
 from ..runs.index import RunIndex
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price, usd
 from ..runs.ledger import budget_alerts
-from ..evaluate.tasks import after_train_tasks
+from ..evaluation.tasks import after_train_tasks
 from ..runs.report import cost_section, replace_report_section, write_report
 from ..runs.trackers import Trackers
 from ..runs.rundir import RunDir
@@ -356,7 +356,7 @@ class LoraRecipe:
         evaluation's time box shrinks to what the budget has left, or it is skipped."""
         if not self.eval_tasks:
             return None
-        from ..evaluate.api import evaluate_after_training
+        from ..evaluation.api import evaluate_after_training
 
         max_seconds = None
         if self.config.cost.budget_usd is not None and self.price.usd_per_hour:
