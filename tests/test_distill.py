@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 from leantune.errors import ConfigError
 from tiny_model import build_tiny_model
 from leantune import train
-from leantune.training.distill import distill_terms
+from leantune.training.objectives.distill import distill_terms
 
 
 def steps(run_dir):

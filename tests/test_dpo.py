@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_overrides
 from leantune.errors import DataError
 from leantune import train
-from leantune.training.dpo import dpo_terms
+from leantune.training.objectives.dpo import dpo_terms
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_overrides
 from leantune.errors import ConfigError
 from leantune import train
-from leantune.training.forgetting import EWCPenalty, fisher_cache_path, replay_rows
+from leantune.training.objectives.ewc import EWCPenalty, fisher_cache_path
+from leantune.training.objectives.replay import replay_rows
 
 
 def metrics(run_dir):

@@ -158,7 +158,7 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
 
     import leantune.training.recipe as recipe
 
-    original = recipe.LoraRecipe.log_step
+    original = recipe.FineTuneRecipe.log_step
 
     def crash_after_step_7(self, *args, **kwargs):
         record = original(self, *args, **kwargs)
@@ -166,11 +166,11 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
             raise Crash()
         return record
 
-    monkeypatch.setattr(recipe.LoraRecipe, "log_step", crash_after_step_7)
+    monkeypatch.setattr(recipe.FineTuneRecipe, "log_step", crash_after_step_7)
     runs = tmp_path / "crashed"
     with pytest.raises(Crash):
         train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **values))
-    monkeypatch.setattr(recipe.LoraRecipe, "log_step", original)
+    monkeypatch.setattr(recipe.FineTuneRecipe, "log_step", original)
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     train(resume=run_dir)
     assert losses(run_dir) == reference

@@ -7,12 +7,12 @@ The result is written to the run's eval.json and report.md unless `save=False`."
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
 from ..errors import RunDirError
+from ..models.adapters import base_behaviour, eval_mode
 from .general import GENERAL_TASKS
 from .result import EvalResult
 from .runner import Contender, Settings, evaluate_task, forgetting_score
@@ -21,23 +21,11 @@ from .tasks import resolve_task
 RUN_TASKS = ("held-out",) + GENERAL_TASKS
 
 
-@contextmanager
-def _eval_mode(model):
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 def base_and_tuned(tuned, base=None) -> list[Contender]:
     """The pair to score: a separate base model (full fine-tuning), or the tuned model with its adapter off."""
-    from ..models.adapters import base_behaviour
-
     if base is None:
-        return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
-    return [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
+        return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
+    return [Contender("base", base, lambda: eval_mode(base)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
 
 
 def run_contenders(run, device: str | None = None) -> tuple[list[Contender], object, list[str]]:
@@ -105,36 +93,33 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     task_list = [resolve_task(t, metrics) for t in (tasks or GENERAL_TASKS)]
     loaded = load_base(str(target), "auto", device)
     model = loaded.model
-    contenders = [Contender("model", model, lambda: _eval_mode(model))]
+    contenders = [Contender("model", model, lambda: eval_mode(model))]
     return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
 
 
-def evaluate_after_training(recipe, max_seconds: float | None = None) -> EvalResult | None:
+def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, train_seconds: float,
+                            max_seconds: float | None, cost_usd: float | None, note) -> EvalResult:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
     training time, or `max_seconds` when less (what a run's budget has left); every task gets an equal share, and
-    at least eval.min_items items."""
-    from ..models import load_base
+    at least eval.min_items items unless the budget rules."""
+    from ..models.loading import load_base
 
-    config, model = recipe.config, recipe.model
-    if not recipe.eval_tasks:
-        return None
     if hasattr(model, "disable_adapter"):
         contenders = base_and_tuned(model)
     else:  # full fine-tuning: the base is loaded beside the tuned weights
-        contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, recipe.device).model)
-    budget = config.eval.time_share * recipe.progress.elapsed_s
+        contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, device).model)
+    budget = config.eval.time_share * train_seconds
     min_items = config.eval.min_items
     if max_seconds is not None and max_seconds < budget:
         budget, min_items = max_seconds, 1  # the run's budget rules: no floor of items that could overshoot it
     settings = Settings(batch_size=max(config.training.micro_batch_size, 8), max_seq_len=config.data.max_seq_len,
-                        budget_s=budget / len(recipe.eval_tasks), min_items=min_items)
-    recipe.note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in recipe.eval_tasks)} "
-                f"(time budget {budget:.0f} s = {config.eval.time_share:.0%} of training; `leantune eval {recipe.run.path}` "
-                "scores every item)")
+                        budget_s=budget / len(tasks), min_items=min_items)
+    note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in tasks)} (time budget {budget:.0f} s = "
+         f"{config.eval.time_share:.0%} of training; `leantune eval {run.path}` scores every item)")
     notes = [f"Time-boxed to {config.eval.time_share:.0%} of the training time; `leantune eval RUN` scores every item."]
-    result = evaluate_models(contenders, recipe.tokenizer, recipe.eval_tasks, settings, str(recipe.run.path), None,
-                             recipe.cost_so_far(), notes + replay_note(config))
-    save_to_run(recipe.run, result)
+    result = evaluate_models(contenders, tokenizer, tasks, settings, str(run.path), None, cost_usd,
+                             notes + replay_note(config))
+    save_to_run(run, result)
     return result
 
 

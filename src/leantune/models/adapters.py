@@ -32,14 +32,20 @@ def trainable_parameter_count(model) -> tuple[int, int]:
 
 
 @contextmanager
+def eval_mode(model):
+    """The model in eval mode for the duration; its training mode is restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def base_behaviour(model):
     """The model as its base, in eval mode, for the duration: the adapter switched off where there is one (the
     DPO reference, self-distillation's teacher, EWC's Fisher); a model without one is only put in eval mode.
     Training mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-            yield model
-    finally:
-        model.train(was_training)
+    with eval_mode(model), model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        yield model

@@ -21,6 +21,7 @@ from ..atomic import atomic_dir
 from ..errors import ModelError
 from ..gguf_header import GGUFHeader
 from .cache import gguf_cache_key, model_cache_dir
+from .quantize import keep_4bit_state_exact, quantization_config
 from .registry import BUNDLED
 
 @dataclass
@@ -140,17 +141,6 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def keep_4bit_state_exact(model) -> None:
-    """Turn off bitsandbytes' CPU inference repacking. On CPUs with AVX512-BF16, the first forward pass in eval
-    mode without gradients repacks each 4-bit layer for a bf16 kernel: its block scales are rounded to bf16 and
-    its matmul runs in bf16, and the next state_dict() quantises the rounded scales again. An eval pass in the
-    middle of training then changes the base the adapter trains over, and a served model computes something else
-    than the trained one (logits off by ~0.1 on the tiny test model). Training and serving must see one base."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with
     `quantize_4bit` its linear layers are stored in 4-bit NF4 (double quantisation) by bitsandbytes (QLoRA)."""
@@ -162,8 +152,6 @@ def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit
     torch_dtype = resolve_dtype(dtype, device)
     extra = {}
     if quantize_4bit:
-        from .methods import quantization_config
-
         extra = {"quantization_config": quantization_config(torch_dtype), "device_map": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)

@@ -1,9 +1,9 @@
-"""Where a run's params, metrics, tags and artifacts go besides its own directory.
+"""Where a run's params, metrics, tags and artifacts go: one small logger protocol (start / metrics / finish),
+one class per backend, and `Loggers`, which the training loop talks to.
 
-The training loop only calls `Trackers` (start / metrics / finish); each backend is one small class. The run
-directory itself (metrics.jsonl, report.md, adapter/) is always written and is the source of truth; a tracking
-backend that goes down mid-run costs a warning, not the run. Adding W&B or TensorBoard means one more class
-with the same three methods.
+The run directory is one logger among them and always the first: its metrics.jsonl is the source of truth, so
+a tracking backend that goes down mid-run costs a warning, not the run. Adding W&B or TensorBoard means one more
+class with the same three methods and one line in `Loggers.__init__`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from ..errors import ConfigError
 from .fingerprint import result_fields
 
 
-class Tracker:
+class Logger:
+    """The protocol: every method is optional."""
+
     def start(self, run, config: RunConfig, resumed: bool) -> None: ...
 
     def metrics(self, record: dict) -> None: ...
@@ -24,7 +26,17 @@ class Tracker:
     def finish(self, run, status: str, tags: dict) -> None: ...
 
 
-class MlflowTracker(Tracker):
+class RunDirectoryLogger(Logger):
+    """metrics.jsonl in the run directory, one line per record."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def metrics(self, record: dict) -> None:
+        self.run.append_metrics(record)
+
+
+class MlflowLogger(Logger):
     """MLflow through its client API (no global 'active run' state): one MLflow run per leantune run, kept
     across resumes (its id is stored in run.json)."""
 
@@ -110,14 +122,17 @@ def _probe(uri: str) -> None:
                           "Start it, fix the URI, or set tracking.backend=none.") from None
 
 
-class Trackers:
-    def __init__(self, config: RunConfig, note=print):
+class Loggers:
+    """The run directory, then the configured tracking backends (an unreachable one is refused here, before
+    any model is loaded)."""
+
+    def __init__(self, config: RunConfig, run, note=print):
         t = config.tracking
-        self.items: list[Tracker] = []
+        self.items: list[Logger] = [RunDirectoryLogger(run)]
         if t.backend == "mlflow":
             if not t.uri:
                 raise ConfigError("tracking.backend=mlflow needs tracking.uri, e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db.")
-            self.items.append(MlflowTracker(t.uri, t.experiment, note))
+            self.items.append(MlflowLogger(t.uri, t.experiment, note))
 
     def start(self, run, config, resumed: bool) -> None:
         for t in self.items:
