@@ -98,10 +98,28 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
 
 
 def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, train_seconds: float,
-                            max_seconds: float | None, cost_usd: float | None, note) -> EvalResult:
+                            max_seconds: float | None, cost_usd: float | None, note) -> EvalResult | None:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
-    training time, or `max_seconds` when less (what a run's budget has left); every task gets an equal share, and
-    at least eval.min_items items unless the budget rules."""
+    training time, or `max_seconds` when less (what a run's budget has left; under a second: skipped); every task
+    gets an equal share, and at least eval.min_items items unless the budget rules. Training is done and saved:
+    a failure here costs the evaluation, never the run."""
+    if max_seconds is not None and max_seconds < 1.0:
+        note(f"eval.after_train skipped: the run's cost.budget_usd is nearly used up. `leantune eval {run.path}` "
+             "scores the run later.")
+        return None
+    try:
+        result = _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note)
+    except Exception as e:  # noqa: BLE001 - reported, and the run stays completed
+        note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
+             f"Retry with `leantune eval {run.path}`.[/]")
+        return None
+    for line in result.summary():
+        if line.startswith(("Forgetting", "Cost per point")):
+            note(line)
+    return result
+
+
+def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note):
     from ..models.loading import load_base
 
     if hasattr(model, "disable_adapter"):

@@ -25,6 +25,15 @@ def load_adapter(model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(model, adapter_dir)
 
 
+def enable_activation_checkpointing(model) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def trainable_parameter_count(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -16,7 +16,8 @@ from ..runs.index import RunIndex
 from ..models.loading import detected_device
 from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
 from ..runs.rundir import create_run_dir, open_run_dir
-from .recipe import FineTuneRecipe, TrainResult
+from .recipe import FineTuneRecipe
+from .result import TrainResult
 from .signals import TrainingStopped
 
 

@@ -8,7 +8,7 @@ time box of the after-training evaluation."""
 
 from __future__ import annotations
 
-from ..runs.cost import BilledClock, Price, cost_usd
+from ..runs.cost import BilledClock, Price, cost_usd, usd
 
 
 class BudgetGuard:
@@ -53,6 +53,11 @@ class BudgetGuard:
 
     def spent_before_training(self) -> bool:
         return self.budget is not None and bool(self.price.usd_per_hour) and self.cost_so_far() >= self.budget
+
+    def spent_message(self, step: int, fix: str) -> str:
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.clock.breakdown().items() if v >= 0.05)
+        return (f"cost.budget_usd=${self.budget:g} was used up before training step {step + 1}: "
+                f"{usd(self.cost_so_far())} billed at {self.price.describe()} ({phases}). {fix}")
 
     def projected_cost(self, step: int, total_steps: int, steps_this_process: int) -> float | None:
         """What is billed so far, plus the remaining steps at this process's mean step time."""

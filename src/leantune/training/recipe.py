@@ -10,10 +10,8 @@ and the seed alone (data/batches.py), so a resumed run sees exactly the batches 
 from __future__ import annotations
 
 import math
-import resource
 import shlex
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,10 +22,11 @@ from ..data import load_splits
 from ..data.batches import micro_batches_for_step, padding_fraction, steps_per_epoch
 from ..errors import BudgetError, DataError
 from ..evaluation.tasks import after_train_tasks
-from ..models.adapters import eval_mode, trainable_parameter_count
+from ..evaluation.api import evaluate_after_training
+from ..models.adapters import enable_activation_checkpointing, eval_mode, trainable_parameter_count
 from ..models.forward import check_architecture, decoder_and_head
 from ..models.loading import detected_device, load_base
-from ..runs.cost import BilledClock, Price, resolve_price, usd
+from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
 from ..runs.report import cost_section, replace_report_section, write_report
@@ -41,42 +40,10 @@ from .objectives.ewc import ewc_term
 from .objectives.replay import mix_replay
 from .optimizer import check_method_available, make_optimizer
 from .progress import TrainingProgress
+from .result import TrainResult, peak_memory_mb
 from .run_plan import check_memory_plan, planned_seconds
 from .schedule import warmup_cosine
 from .signals import BudgetReached, Preempted, StopOnSignal
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: the whole process's peak
-
-
-def enable_activation_checkpointing(model) -> None:
-    # Non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads.
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    final_loss: float
-    eval_loss: float | None
-    tokens: int
-    elapsed_s: float  # time inside training steps (what tokens/s is measured over)
-    tokens_per_s: float
-    peak_memory_mb: float
-    cost_usd: float | None  # billed: the whole process's wall time at the run's price; None without a price
-    billed_s: float = 0.0
-    model: object = field(repr=False, default=None)
-    tokenizer: object = field(repr=False, default=None)
-    eval_examples: list = field(repr=False, default_factory=list)
-    evaluation: object = field(repr=False, default=None)  # evaluation.result.EvalResult when eval.after_train ran
 
 
 class FineTuneRecipe:
@@ -144,10 +111,7 @@ class FineTuneRecipe:
         self.tokenizer = tokenizer
         self.train_data, stats = self.objective.tokenize(tokenizer, train_examples)
         self.eval_data, _ = self.objective.tokenize(tokenizer, self.eval_examples)
-        self.note(f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.tokens} tokens "
-                  f"({stats.label_tokens} trained), longest {stats.longest}; over data.max_seq_len={d.max_seq_len}: "
-                  f"{stats.truncated} truncated ({d.truncation}), {stats.split} texts split, {stats.dropped_too_long} "
-                  f"dropped; dropped with nothing left to learn: {stats.dropped_no_labels}")
+        self.note(f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.describe(d.max_seq_len, d.truncation)}")
         self.train_data = mix_replay(self.objective, tokenizer, self.train_data, self.config, self.note)
         if not self.train_data:
             raise DataError(f"No training example is left after fitting to data.max_seq_len={d.max_seq_len} "
@@ -276,10 +240,8 @@ class FineTuneRecipe:
         if not self.guard.spent_before_training():
             return
         self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step, billed=self.clock.record(self.price))
-        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.clock.breakdown().items() if v >= 0.05)
-        raise BudgetError(f"cost.budget_usd=${self.config.cost.budget_usd:g} was used up before training step "
-                          f"{self.progress.step + 1}: {usd(self.guard.cost_so_far())} billed at {self.price.describe()} "
-                          f"({phases}). Raise the budget in {self.run.config_path} and resume with `{self._resume_command()}`.")
+        raise BudgetError(self.guard.spent_message(self.progress.step, f"Raise the budget in {self.run.config_path} and "
+                                                   f"resume with `{self._resume_command()}`."))
 
     def _finish(self, loss: float, eval_loss: float | None) -> TrainResult:
         """Save, report, evaluate (time-boxed), and bill the whole run."""
@@ -289,7 +251,10 @@ class FineTuneRecipe:
             write_report(self.run, cfg, self.result(loss, eval_loss))
         self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss,
                              billed=self.clock.record(self.price))
-        evaluation = self.evaluate_after_training()
+        with self.clock.phase("eval"):
+            evaluation = evaluate_after_training(
+                self.model, self.tokenizer, self.config, self.eval_tasks, self.run, self.device, self.progress.elapsed_s,
+                self.guard.seconds_left_for_evaluation(), self.guard.cost_so_far(), self.note) if self.eval_tasks else None
         billed = self.clock.record(self.price)  # billed to here: what follows is a fraction of a second
         result = self.result(loss, eval_loss)
         result.evaluation, result.billed_s, result.cost_usd = evaluation, billed["seconds"], billed["usd"]
@@ -303,36 +268,8 @@ class FineTuneRecipe:
         budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
         return result
 
-    def evaluate_after_training(self):
-        """Training is done and saved: a failure here costs the evaluation, never the run. Under a budget the
-        evaluation's time box shrinks to what the budget has left, or it is skipped."""
-        if not self.eval_tasks:
-            return None
-        from ..evaluation.api import evaluate_after_training
-
-        max_seconds = self.guard.seconds_left_for_evaluation()
-        if max_seconds is not None and max_seconds < 1.0:
-            self.note(f"eval.after_train skipped: {usd(max(self.config.cost.budget_usd - self.guard.cost_so_far(), 0))} "
-                      f"of cost.budget_usd is left. `leantune eval {self.run.path}` scores the run later.")
-            return None
-        try:
-            with self.clock.phase("eval"):
-                evaluation = evaluate_after_training(
-                    self.model, self.tokenizer, self.config, self.eval_tasks, self.run, self.device,
-                    self.progress.elapsed_s, max_seconds, self.guard.cost_so_far(), self.note)
-        except Exception as e:  # noqa: BLE001 - reported, and the run stays completed
-            self.note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
-                      f"Retry with `leantune eval {self.run.path}`.[/]")
-            return None
-        for line in evaluation.summary():
-            if line.startswith(("Forgetting", "Cost per point")):
-                self.note(line)
-        return evaluation
-
     def planned_cost_usd(self) -> float | None:
         """The plan's training time at the run's price; None when either is unknown."""
-        from ..runs.cost import cost_usd
-
         return None if self.planned_s is None else cost_usd(self.planned_s, self.price)
 
     # ------------------------------------------------------------------ log
