@@ -33,7 +33,7 @@ def main() -> None:
     from leantune.evaluation.metrics import exact_match
     from leantune.evaluation.multiple_choice import Question, choice_scores
     from leantune.evaluation.tasks import builtin_sample
-    from leantune.models import load_base
+    from leantune.models.loading import load_base
 
     base = load_base("smollm2-135m")
     model, tok = base.model, base.tokenizer

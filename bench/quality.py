@@ -89,7 +89,7 @@ def worker(name: str) -> dict:
     from leantune.data import load_splits
     from leantune.data.builtin import SMS_LABELS
     from leantune.evaluation.classify import classification_accuracy
-    from leantune.models import load_base
+    from leantune.models.loading import load_base
     from leantune.models.adapters import trainable_parameter_count
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from leantune.data.records import Example
 from leantune.data.tokenize import end_of_turn_ids, tokenize_chat
 from leantune.evaluation.metrics import exact_match, normalise_answer, paired_bootstrap, token_f1
 from leantune.evaluation.tasks import MetricError, resolve_task
-from leantune.models import load_base
+from leantune.models.loading import load_base
 from leantune import train
 from test_cli import assert_user_error, run_cli
 

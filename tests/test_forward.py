@@ -4,7 +4,7 @@ import torch
 from leantune.data.batches import collate, epoch_order, micro_batches_for_step
 from leantune.data.records import ChatExample
 from leantune.data.tokenize import tokenize_chat
-from leantune.models import load_base
+from leantune.models.loading import load_base
 from leantune.models.forward import sequence_logprobs, summed_label_loss
 
 

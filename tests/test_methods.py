@@ -102,7 +102,7 @@ def test_a_qlora_base_is_quantised_again_from_the_dtype_the_run_loaded_it_in(tin
     """bitsandbytes quantises the weights as loaded: a bf16-loaded base gives other 4-bit weights than an fp32 one,
     so a run trained over the bf16 one is served over the bf16 one, on any device."""
     from leantune.generate import load_for_inference
-    from leantune.models import load_base
+    from leantune.models.loading import load_base
 
     result = run(tiny_model_dir, chat_file, tmp_path, "qlora", **{"training.max_steps": 2, "model.dtype": "bfloat16"})
     assert json.loads((result.run_dir / "run.json").read_text())["dtype"] == "bfloat16"

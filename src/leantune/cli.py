@@ -202,7 +202,8 @@ def data_preview(
     from rich.text import Text
 
     from .data import load_examples
-    from .data.preview import load_tokenizer, preview_rows
+    from .data.preview import preview_rows
+    from .models.loading import load_tokenizer
     from .data.tokenize import TRAIN_ON, TRUNCATION
 
     if train_on not in TRAIN_ON:
@@ -277,7 +278,7 @@ def data_check(
         raise ConfigError("--seq-len needs --model: token lengths come from the model's tokenizer, "
                           "e.g. --model smollm2-135m --seq-len 512.")
     if model:
-        from .data.preview import load_tokenizer
+        from .models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     report = check_dataset(

@@ -48,13 +48,3 @@ def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train
         rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated, example.rejected,
                                dropped, where))
     return rows
-
-
-def load_tokenizer(spec: str):
-    """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
-    from transformers import AutoTokenizer
-
-    from ..models.loading import hf_dir_for, quiet_transformers
-
-    quiet_transformers()
-    return AutoTokenizer.from_pretrained(hf_dir_for(spec))

@@ -70,7 +70,7 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
 
     tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
     run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
-    from ..models import load_base
+    from ..models.loading import load_base
     from ..models.loading import detected_device
 
     device, _ = detected_device()

@@ -15,7 +15,8 @@ from .catalog import GPU, find_gpu, load_catalog
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
 from .recommend import Candidate, evaluate, recommend
 from .setup import METHODS, Setup
-from .shapes import ModelShape, resolve_shape
+from .presets import resolve_shape
+from .shapes import ModelShape
 from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap
 from .tokens import count_dataset_tokens, parse_token_count
 

@@ -181,20 +181,3 @@ def shape_from_gguf(path: Path) -> ModelShape:
         qkv_bias="blk.0.attn_q.bias" in names,
         norms_per_layer=4 if "blk.0.post_attention_norm.weight" in names else 2,
     )
-
-
-def resolve_shape(spec: str) -> ModelShape:
-    """A preset name, an HF model directory, a config.json file, or a .gguf file."""
-    from .presets import PRESETS, suggest_preset
-
-    if spec.lower() in PRESETS:
-        return PRESETS[spec.lower()]
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return shape_from_dir(path)
-    if path.is_file() and path.suffix == ".json":
-        return shape_from_hf_config(json.loads(path.read_text()), name=path.parent.name)
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return shape_from_gguf(path)
-    raise ModelError(f"Unknown model '{spec}': not a preset, nor a model directory, config.json or .gguf file.{suggest_preset(spec)} "
-                     "`leantune plan --list-models` shows the presets.")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import RunConfig
-from ..models.cache import leantune_home
+from ..paths import leantune_home
 
 # (section, key) pairs that do not change what a run computes
 NOT_RESULT = {

@@ -17,7 +17,7 @@ from ..errors import ConfigError, RunDirError
 from .cost import run_cost, usd
 from .fingerprint import result_fields
 from .index import RunIndex
-from .rundir import RunDir
+from .jsonl import read_jsonl
 
 ALERT_LEVELS = (50, 80, 100)
 
@@ -39,7 +39,7 @@ def row_for(run_dir: str | Path) -> dict:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise RunDirError(f"{run_dir / 'config.yaml'}: unreadable ({str(e).splitlines()[0]}).") from None
-    metrics = RunDir(run_dir).read_metrics()
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     steps = [m for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     last = steps[-1] if steps else {}

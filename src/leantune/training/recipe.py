@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..data import load_splits
-from ..data.batches import micro_batches_for_step, padding_fraction, steps_per_epoch
+from ..data.batches import micro_batches_for_step, packing_note, steps_per_epoch
 from ..errors import BudgetError, DataError
 from ..evaluation.tasks import after_train_tasks
 from ..evaluation.api import evaluate_after_training
@@ -90,12 +90,8 @@ class FineTuneRecipe:
         splits = load_splits(d.train, d.eval, d.eval_size, cfg.training.seed, d.max_train_examples, d.format,
                              d.columns, objective=cfg.objective.name)
         self.eval_examples = splits.eval
-        if splits.leaked_removed:
-            self.note(f"data: {splits.leaked_removed} training rows repeat a held-out eval prompt (duplicates in "
-                      f"{d.train}); left out of training so the eval stays unseen")
-        if splits.leaked_kept:
-            self.note(f"[yellow]data: {splits.leaked_kept} training rows have a prompt that is also in {d.eval}: "
-                      "the eval score will reward memorising them (`leantune data check --eval` lists them)[/]")
+        for line in splits.leak_notes(d.train, d.eval):
+            self.note(line)
         self.eval_tasks = after_train_tasks(cfg, self.eval_examples, self.note) if cfg.eval.after_train else []
         return splits.train
 
@@ -120,11 +116,7 @@ class FineTuneRecipe:
         if d.packing and not self.objective.packs and "packing" in d.model_fields_set:
             self.note(f"data.packing is not used with {self.objective.name}: each reply is scored as its own row")
         if packing:
-            lengths = [len(e.input_ids) for e in self.train_data]
-            before = padding_fraction(lengths, t.micro_batch_size, t.seed)
-            after = padding_fraction(lengths, t.micro_batch_size, t.seed, capacity=d.max_seq_len)
-            self.note(f"packing: each micro-batch's {t.micro_batch_size} examples packed into rows of <= {d.max_seq_len} "
-                      f"tokens; padding {before:.1%} -> {after:.1%} of paid token slots")
+            self.note(packing_note([len(e.input_ids) for e in self.train_data], t.micro_batch_size, t.seed, d.max_seq_len))
         self.batches = Batches(tokenizer.pad_token_id, packing, d.max_seq_len, t.micro_batch_size, t.loss_chunk)
         self.eval_tokens = sum(len(e.input_ids) for e in self.objective.rows(self.eval_data))
         self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)

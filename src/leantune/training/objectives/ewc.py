@@ -24,7 +24,7 @@ from ...data.batches import collate
 from ...data.tokenize import tokenize_examples
 from ...errors import ConfigError
 from ...models.adapters import base_behaviour
-from ...models.cache import leantune_home
+from ...paths import leantune_home
 from ...models.forward import summed_label_loss
 from ...runs.fingerprint import data_files, file_hash, model_fingerprint
 
