@@ -175,3 +175,28 @@ def loss_plot(runs: list[dict], target: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return target
+
+
+def budget_line(project: str, budget: float | None, spent: float) -> str:
+    if budget is None:
+        return f"project '{project}': {usd(spent)} spent; no budget set (`leantune budget set N`)."
+    return f"project '{project}': {usd(spent)} of {usd(budget)} spent ({spent / budget:.0%}), {usd(budget - spent)} left."
+
+
+def registry_table(rows: list[dict]) -> Table:
+    table = Table(title="registry")
+    for col in ("name", "version", "stage", "run", "eval loss", "$"):
+        table.add_column(col)
+    for r in rows:
+        metrics = json.loads(r["metrics"] or "{}")
+        table.add_row(r["name"], str(r["version"]), r["stage"], r["run_id"],
+                      f"{metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else "",
+                      usd(r["cost_usd"]) if r["cost_usd"] is not None else "unknown")
+    return table
+
+
+def diff_lines(a: dict, b: dict) -> list[str]:
+    rows = diff_runs(a, b)
+    if not rows:
+        return [f"{a['id']} and {b['id']} have the same result-relevant config."]
+    return [f"{key}: {va!r} -> {vb!r}" for key, va, vb in rows]

@@ -31,3 +31,10 @@ class TrainResult:
     tokenizer: object = field(repr=False, default=None)
     eval_examples: list = field(repr=False, default_factory=list)
     evaluation: object = field(repr=False, default=None)  # evaluation.result.EvalResult when eval.after_train ran
+
+    def summary(self) -> str:
+        """One line for the end of `leantune train`."""
+        eval_part = f", eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
+        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "cost unknown (no price)"
+        return (f"{self.steps} steps, loss {self.final_loss:.4f}{eval_part}, {self.tokens_per_s:.0f} tok/s, {cost} for "
+                f"{self.billed_s:.0f} s. Adapter and report in {self.run_dir}")
