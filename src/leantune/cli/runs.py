@@ -11,12 +11,20 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
+from ..runs.cost import usd
 from ..runs.index import RunIndex
 from ..runs.ledger import row_for, run_dirs, set_project_budget
 from ..runs.registry import check_name, promote, push, rollback, versions
-from ..runs.views import (budget_line, compare_table, diff_lines, loss_plot, registry_table, runs_table, show_run,
-                          totals_line)
-from ..runs.cost import usd
+from ..runs.views import (
+    budget_line,
+    compare_table,
+    diff_lines,
+    loss_plot,
+    registry_table,
+    runs_table,
+    show_run,
+    totals_line,
+)
 from .common import RUNS_DIR, err
 
 runs_app = typer.Typer(no_args_is_help=True, help="Runs: the index, costs, comparisons.")

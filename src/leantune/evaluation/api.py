@@ -6,13 +6,21 @@ The result is written to the run's eval.json and report.md unless `save=False`."
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from .. import atomic
 from ..errors import RunDirError
 from ..models.adapters import base_behaviour, eval_mode
+from ..models.inference import load_trained
+from ..models.loading import BUNDLED, detected_device, load_base
+from ..runs.index import RunIndex
+from ..runs.ledger import row_for
+from ..runs.report import replace_report_section
+from ..runs.rundir import open_run_dir
 from .general import GENERAL_TASKS
 from .result import EvalResult
 from .runner import Contender, Settings, evaluate_task, forgetting_score
@@ -27,14 +35,11 @@ def base_and_tuned(tuned, base=None) -> list[Contender]:
         return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
     return [Contender("base", base, lambda: eval_mode(base)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
 
-
 def run_contenders(run, device: str | None = None) -> tuple[list[Contender], object, list[str]]:
     """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights (models/inference.py)."""
-    from ..models.inference import load_trained
 
     trained = load_trained(run, device, with_base=True)
     return base_and_tuned(trained.model, trained.base), trained.tokenizer, trained.notes
-
 
 def replay_note(config) -> list[str]:
     f = config.forgetting
@@ -49,7 +54,6 @@ def replay_note(config) -> list[str]:
                 "measures memory of those questions as well as general knowledge."]
     return []
 
-
 def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Settings, target: str,
                     console: Console | None = None, cost_usd: float | None = None, notes: list[str] | None = None) -> EvalResult:
     started = time.perf_counter()
@@ -62,7 +66,6 @@ def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Set
     return EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
                       time.perf_counter() - started, list(notes or []))
 
-
 def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 16, save: bool = True, runs_dir: str = "runs",
              console: Console | None = None) -> EvalResult:
@@ -70,8 +73,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
 
     tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
     run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
-    from ..models.loading import load_base
-    from ..models.loading import detected_device
 
     device, _ = detected_device()
     run = _find_run(str(target), runs_dir)
@@ -81,7 +82,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
         # resolve tasks before loading weights: a bad task or metric is refused in a second, not after a load
         task_list = [resolve_task(t, metrics, config) for t in (tasks or RUN_TASKS)]
         contenders, tokenizer, notes = run_contenders(run, device)
-        from ..runs.ledger import row_for
 
         cost = row_for(run.path).get("cost_usd")
         settings = Settings(batch_size=batch_size, max_seq_len=config.data.max_seq_len, limit=limit)
@@ -95,7 +95,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     model = loaded.model
     contenders = [Contender("model", model, lambda: eval_mode(model))]
     return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
-
 
 def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, train_seconds: float,
                             max_seconds: float | None, cost_usd: float | None, note) -> EvalResult | None:
@@ -118,9 +117,7 @@ def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, t
             note(line)
     return result
 
-
 def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note):
-    from ..models.loading import load_base
 
     if hasattr(model, "disable_adapter"):
         contenders = base_and_tuned(model)
@@ -140,12 +137,8 @@ def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seco
     save_to_run(run, result)
     return result
 
-
 def _find_run(target: str, runs_dir: str):
     """The run a target names (a run directory, or an id / prefix / name in runs_dir's index), else None (a model)."""
-    from ..models.loading import BUNDLED
-    from ..runs.index import RunIndex
-    from ..runs.rundir import open_run_dir
 
     path = Path(target)
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -161,15 +154,10 @@ def _find_run(target: str, runs_dir: str):
         raise RunDirError(f"'{target}' is neither a model (a built-in name: {', '.join(BUNDLED)}; a Hugging Face directory; "
                           f"a .gguf file) nor a run: {e}") from None
 
-
 def save_to_run(run, result: EvalResult, tasks: tuple[str, ...] = ()) -> None:
     """The standard evaluation (held-out + general suite) goes to eval.json and the report's '## Evaluation'
     section, replacing an earlier one (the time-boxed one from training, say); other task sets get their own
     eval-<tasks>.json and section, so a custom evaluation never overwrites the standard one."""
-    import re
-
-    from .. import atomic
-    from ..runs.report import replace_report_section
 
     if not tasks or sorted(tasks) == sorted(RUN_TASKS):
         name, heading = "eval.json", "## Evaluation"

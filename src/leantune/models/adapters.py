@@ -1,19 +1,12 @@
 """Adapters through PEFT, so they are saved in PEFT's own format and load with PeftModel.from_pretrained.
-The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in models/methods.py."""
+The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in training/methods/."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..config import MethodConfig
 from ..errors import RunDirError
-
-
-def attach_lora(model, method: MethodConfig, seed: int, total_steps: int = 1):
-    from .methods import attach_method
-
-    return attach_method(model, method, seed, total_steps)
 
 
 def load_adapter(model, adapter_dir: str | Path):

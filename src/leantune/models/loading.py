@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from .cache import gguf_cache_key, model_cache_dir
 from .quantize import keep_4bit_state_exact, quantization_config
 from .registry import BUNDLED
 
+
 @dataclass
 class BaseModel:
     model: torch.nn.Module
@@ -31,7 +34,6 @@ class BaseModel:
     name: str  # what the user asked for
     path: Path  # the HF-format directory the weights were read from
     load_seconds: float
-
 
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """'auto': bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU.
@@ -47,18 +49,15 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
-
 def detected_device() -> tuple[str, str]:
     """(torch device, its name for pricing): ('cuda', 'cuda:NVIDIA H100 80GB HBM3') or ('cpu', 'cpu')."""
     if torch.cuda.is_available():
         return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
     return "cpu", "cpu"
 
-
 def bundled_gguf_path(name: str) -> Path:
     entry = BUNDLED[name]
     return package_file(entry.package, entry.filename, entry.install, ModelError)
-
 
 def check_gguf_architecture(path: Path) -> str:
     """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
@@ -72,7 +71,6 @@ def check_gguf_architecture(path: Path) -> str:
             f"{', '.join(supported)}. Convert the model to a Hugging Face directory (config.json + safetensors) and pass that instead."
         )
     return arch
-
 
 def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
     """De-quantise a GGUF file with transformers and save it as an HF directory under `target`.
@@ -97,7 +95,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
         tokenizer.save_pretrained(tmp)
         (tmp / "leantune_source.json").write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
     return model
-
 
 def hf_dir_for(spec: str) -> Path:
     """The HF-format directory for a model spec, converting (and caching) a GGUF first if needed."""
@@ -126,12 +123,9 @@ def hf_dir_for(spec: str) -> Path:
         convert_gguf(gguf_path, target)
     return target
 
-
 def quiet_transformers() -> None:
     """transformers draws a progress bar per load and save; leantune reports loads itself. bitsandbytes warns
     on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
-    import logging
-    import warnings
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
@@ -140,14 +134,12 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-
 def load_tokenizer(spec: str):
     """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
     return AutoTokenizer.from_pretrained(hf_dir_for(spec))
-
 
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with

@@ -9,12 +9,11 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import RunConfig, load_config
-from ..errors import ConfigError, RunDirError
-from ..errors import BudgetError, DuplicateRunError
-from ..runs.fingerprint import differing_fields, fingerprints, result_fields
-from ..runs.index import RunIndex
+from ..errors import BudgetError, ConfigError, DuplicateRunError, RunDirError
 from ..models.loading import detected_device
 from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
+from ..runs.fingerprint import differing_fields, fingerprints, result_fields
+from ..runs.index import RunIndex
 from ..runs.rundir import create_run_dir, open_run_dir
 from .recipe import FineTuneRecipe
 from .result import TrainResult

@@ -21,8 +21,8 @@ from ..config import RunConfig
 from ..data import load_splits
 from ..data.batches import micro_batches_for_step, packing_note, steps_per_epoch
 from ..errors import BudgetError, DataError
-from ..evaluation.tasks import after_train_tasks
 from ..evaluation.api import evaluate_after_training
+from ..evaluation.tasks import after_train_tasks
 from ..models.adapters import enable_activation_checkpointing, eval_mode, trainable_parameter_count
 from ..models.forward import check_architecture, decoder_and_head
 from ..models.loading import detected_device, load_base

@@ -24,8 +24,8 @@ from ...data.batches import collate
 from ...data.tokenize import tokenize_examples
 from ...errors import ConfigError
 from ...models.adapters import base_behaviour
-from ...paths import leantune_home
 from ...models.forward import summed_label_loss
+from ...paths import leantune_home
 from ...runs.fingerprint import data_files, file_hash, model_fingerprint
 
 
