@@ -59,7 +59,7 @@ class Splits(NamedTuple):
 
 
 def prompt_key(example: ChatExample) -> int:
-    from .check import example_keys
+    from .check import example_keys  # check.py imports this package: a top-level import would be a loop
 
     keys = example_keys(example)
     return keys.prompt or keys.exact

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    import torch
+    import torch  # only when training: `data check` and the planner use this module without torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..data.tokenize import IGNORE
 from ..errors import ModelError
@@ -100,7 +101,6 @@ def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     if not chunk:
         logits, targets, _ = label_logits(model, batch)
         return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
-    from torch.utils.checkpoint import checkpoint
 
     hidden, targets, _ = label_hidden(model, batch)
     _, head = decoder_and_head(model)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+from transformers.utils import logging as hf_logging
 
 from ..assets import package_file
 from ..atomic import atomic_dir
@@ -61,7 +64,6 @@ def bundled_gguf_path(name: str) -> Path:
 
 def check_gguf_architecture(path: Path) -> str:
     """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     arch = GGUFHeader(path).architecture
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
@@ -77,7 +79,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
 
     Returns the model as loaded from the GGUF (fp32), so callers can compare it with the cached copy.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_architecture(gguf_path)
     # Said on stderr, not logged: a first conversion is ~25 s of silence otherwise.
@@ -128,7 +129,6 @@ def quiet_transformers() -> None:
     on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -136,7 +136,6 @@ def quiet_transformers() -> None:
 
 def load_tokenizer(spec: str):
     """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
-    from transformers import AutoTokenizer
 
     quiet_transformers()
     return AutoTokenizer.from_pretrained(hf_dir_for(spec))
@@ -144,7 +143,6 @@ def load_tokenizer(spec: str):
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with
     `quantize_4bit` its linear layers are stored in 4-bit NF4 (double quantisation) by bitsandbytes (QLoRA)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     start = time.perf_counter()

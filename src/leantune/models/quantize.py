@@ -5,23 +5,21 @@ PEFT prepares a k-bit model, and bitsandbytes' CPU inference repacking switched 
 from __future__ import annotations
 
 import torch
+from peft import prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig
 
 
 def quantization_config(compute_dtype: torch.dtype):
-    from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
 
-
 def prepare_4bit_base(model):
     """A 4-bit base as QLoRA trains over it: frozen, with its norms and embeddings upcast to fp32 (PEFT's
     prepare_model_for_kbit_training). Serving does the same, or the adapter would meet bf16 norms it never saw."""
-    from peft import prepare_model_for_kbit_training
 
     # activation checkpointing is ours to switch (training.gradient_checkpointing)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
 
 def keep_4bit_state_exact(model) -> None:
     """Turn off bitsandbytes' CPU inference repacking. On CPUs with AVX512-BF16, the first forward pass in eval
@@ -33,11 +31,10 @@ def keep_4bit_state_exact(model) -> None:
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
 
-
 def quantized_weight_bytes(model) -> tuple[int, int]:
     """(bytes held by the 4-bit layers' weights and quantisation statistics, parameters those layers stand for)."""
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional extra ('qlora')
     except ImportError:
         return 0, 0
     stored = params = 0

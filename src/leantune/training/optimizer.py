@@ -12,7 +12,7 @@ from ..errors import ConfigError
 def make_optimizer(model, method: MethodConfig, lr: float, weight_decay: float):
     params = [p for p in model.parameters() if p.requires_grad]
     if method.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional extra ('qlora')
 
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

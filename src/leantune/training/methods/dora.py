@@ -3,6 +3,8 @@ and the size of each weight are learned apart. It recomputes the weight norm eve
 
 from __future__ import annotations
 
+from peft import LoraConfig
+
 from .lora import LoRA
 
 
@@ -11,6 +13,5 @@ class DoRA(LoRA):
     title = "DoRA"
 
     def peft_config(self, total_steps: int):
-        from peft import LoraConfig
 
         return LoraConfig(**self.common_peft_fields(), r=self.config.r, use_dora=True)

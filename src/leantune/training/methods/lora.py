@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+from peft import LoraConfig, get_peft_model
 
 from ...errors import ConfigError
 from .base import Method
@@ -17,7 +18,6 @@ class LoRA(Method):
         return f"{self.title} r={self.config.r}" + (" rsLoRA" if self.config.rslora else "")
 
     def peft_config(self, total_steps: int):
-        from peft import LoraConfig
 
         return LoraConfig(**self.common_peft_fields(), r=self.config.r)
 
@@ -27,7 +27,6 @@ class LoRA(Method):
                     bias="none", use_rslora=m.rslora)
 
     def attach(self, model, seed: int, total_steps: int):
-        from peft import get_peft_model
 
         config = self.peft_config(total_steps)
         # The B matrices start at zero, but A is random: seed it so a run is reproducible from its config.
