@@ -65,20 +65,29 @@ def train(
         prints = fingerprints(config)
         check_duplicate(config, prints, allow_duplicate, console)
         run = create_run_dir(config, prints, device_name, price.as_dict())
-        recipe = FineTuneRecipe(config, run, console, BilledClock(started_at), price)
+        clock = BilledClock(started_at)
         try:
+            recipe = FineTuneRecipe(config, run, console, clock, price)
             recipe.setup(force=force)
             check_project_budget(recipe)
         except Exception:
-            recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
+            mark_failed(run, clock, price)
             raise
     try:
         return recipe.train()
     except TrainingStopped:
         raise
     except BaseException:
-        recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
+        mark_failed(run, recipe.clock, price)
         raise
+
+
+def mark_failed(run, clock: BilledClock, price) -> None:
+    """Status 'failed' (a refusal keeps its own status) and what the process was billed until then."""
+    if run.info().get("status") == "refused-budget":
+        run.update_info(billed=clock.record(price))
+    else:
+        run.update_info(status="failed", billed=clock.record(price))
 
 
 def check_price(config: RunConfig, device_name: str, console: Console):
