@@ -27,10 +27,11 @@ def _git(*args: str) -> str:
 
 
 def code_version() -> str:
-    """The commit, plus `-dirty-<hash of the diff>` when src/ or bench/ has uncommitted changes."""
+    """The commit, plus `-dirty-<hash of the diff>` when src/ or the bench scripts have uncommitted changes."""
     commit = _git("rev-parse", "HEAD").strip()
-    diff = _git("diff", "HEAD", "--", "src", "bench")
-    untracked = _git("ls-files", "--others", "--exclude-standard", "--", "src", "bench")
+    code = ["src", ":(glob)bench/*.py"]  # not bench/results: the file being written is no change of code
+    diff = _git("diff", "HEAD", "--", *code)
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *code)
     if diff or untracked:
         return f"{commit}-dirty-{hashlib.sha256((diff + untracked).encode()).hexdigest()[:8]}"
     return commit

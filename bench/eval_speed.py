@@ -28,12 +28,12 @@ def main() -> None:
     import torch
 
     from leantune.data.builtin import SMS_LABELS
-    from leantune.evaluate.general import analogy_questions, trivia_questions
-    from leantune.evaluate.generation import greedy_answers
-    from leantune.evaluate.metrics import exact_match
-    from leantune.evaluate.multiple_choice import Question, choice_scores
-    from leantune.evaluate.tasks import builtin_sample
-    from leantune.models import load_base
+    from leantune.evaluation.general import analogy_questions, trivia_questions
+    from leantune.evaluation.generation import greedy_answers
+    from leantune.evaluation.metrics import exact_match
+    from leantune.evaluation.multiple_choice import Question, choice_scores
+    from leantune.evaluation.tasks import builtin_sample
+    from leantune.models.loading import load_base
 
     base = load_base("smollm2-135m")
     model, tok = base.model, base.tokenizer

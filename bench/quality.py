@@ -76,7 +76,7 @@ def write_general_file() -> None:
 
 
 def trivia_score(model, tokenizer) -> float:
-    from leantune.evaluate.multiple_choice import multiple_choice_accuracy, questions_with_distractors
+    from leantune.evaluation.multiple_choice import multiple_choice_accuracy, questions_with_distractors
 
     _, held = trivia_halves()
     return multiple_choice_accuracy(model, tokenizer, questions_with_distractors(held, n_choices=4, seed=0))
@@ -88,8 +88,8 @@ def worker(name: str) -> dict:
 
     from leantune.data import load_splits
     from leantune.data.builtin import SMS_LABELS
-    from leantune.evaluate import classification_accuracy
-    from leantune.models import load_base
+    from leantune.evaluation.classify import classification_accuracy
+    from leantune.models.loading import load_base
     from leantune.models.adapters import trainable_parameter_count
 
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def worker(name: str) -> dict:
         model, tokenizer = base.model, base.tokenizer
         eval_examples = load_splits("sms-spam", None, SHARED["data.eval_size"], SHARED["training.seed"]).eval
     else:
-        from leantune.train import train
+        from leantune import train
 
         overrides = {**SHARED, **CONFIGS[name], "output.runs_dir": str(WORK / "runs"), "output.name": name.replace("+", "-"),
                      "cost.usd_per_hour": 0}  # the price of a machine we own: billed time is still recorded

@@ -123,12 +123,12 @@ def full_logits_loss(model, batch, chunk: int = 0):
 
 def run_ours(job: dict) -> dict:
     from leantune.config import RunConfig
-    from leantune.train import recipe
-    from leantune.train.api import train
+    from leantune.training.api import train
+    from leantune.training.objectives import sft
 
     variant = dict(job.get("variant", {}))
     if variant.pop("full_logits", False):
-        recipe.summed_label_loss = full_logits_loss
+        sft.summed_label_loss = full_logits_loss
     train_ex, eval_ex = examples_for(job)
     data = WORK / f"{job['id']}-train.jsonl"
     data.write_text("".join(json.dumps({"messages": list(e.messages)}) + "\n" for e in train_ex))

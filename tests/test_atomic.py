@@ -1,7 +1,7 @@
 import pytest
 
 from leantune import atomic
-from leantune.train.checkpoint import list_checkpoints
+from leantune.training.checkpoint import list_checkpoints
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):

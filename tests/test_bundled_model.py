@@ -43,7 +43,7 @@ def test_the_bundled_model_knows_things(converted):
 def test_train_then_generate_on_the_real_model(monkeypatch, tmp_path, converted):
     """A few real LoRA steps from the CLI's library entry point, then a reply from the run directory."""
     from leantune.generate import generate
-    from leantune.train import train
+    from leantune import train
 
     target, _ = converted
     result = train(None, [

@@ -111,7 +111,7 @@ def cli(*args, timeout=300):
 
 
 def test_a_budget_without_a_price_is_refused_before_anything_is_loaded(tiny_model_dir, chat_file, tmp_path):
-    from leantune.train import train
+    from leantune import train
 
     runs = tmp_path / "runs"
     with pytest.raises(ConfigError, match=r"cost.budget_usd=1 but no price: it runs on a CPU.*Set cost.usd_per_hour"):
@@ -159,7 +159,7 @@ def test_the_budget_stops_the_whole_process_bill_before_a_cent(tiny_model_dir, c
 
 def test_a_completed_run_reports_its_billed_time_everywhere(tiny_model_dir, chat_file, tmp_path):
     from leantune.runs.index import RunIndex
-    from leantune.train import train
+    from leantune import train
 
     runs = tmp_path / "runs"
     result = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0,
@@ -183,7 +183,7 @@ def test_a_run_without_a_price_has_an_unknown_cost_not_zero(tiny_model_dir, chat
     from rich.console import Console
 
     from leantune.runs.index import RunIndex
-    from leantune.train import train
+    from leantune import train
 
     log = StringIO()
     result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"training.max_steps": 2}),

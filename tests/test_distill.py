@@ -7,9 +7,9 @@ import torch
 
 from conftest import tiny_overrides
 from leantune.errors import ConfigError
-from leantune.models.tiny import build_tiny_model
-from leantune.train import train
-from leantune.train.distill import distill_terms
+from tiny_model import build_tiny_model
+from leantune import train
+from leantune.training.objectives.distill import distill_terms
 
 
 def steps(run_dir):

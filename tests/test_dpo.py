@@ -7,8 +7,8 @@ import torch
 
 from conftest import tiny_overrides
 from leantune.errors import DataError
-from leantune.train import train
-from leantune.train.dpo import dpo_terms
+from leantune import train
+from leantune.training.objectives.dpo import dpo_terms
 
 
 @pytest.fixture

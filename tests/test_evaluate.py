@@ -9,10 +9,10 @@ import pytest
 from conftest import chat_row, tiny_overrides
 from leantune.data.records import Example
 from leantune.data.tokenize import end_of_turn_ids, tokenize_chat
-from leantune.evaluate.metrics import exact_match, normalise_answer, paired_bootstrap, token_f1
-from leantune.evaluate.tasks import MetricError, resolve_task
-from leantune.models import load_base
-from leantune.train import train
+from leantune.evaluation.metrics import exact_match, normalise_answer, paired_bootstrap, token_f1
+from leantune.evaluation.tasks import MetricError, resolve_task
+from leantune.models.loading import load_base
+from leantune import train
 from test_cli import assert_user_error, run_cli
 
 
@@ -33,8 +33,8 @@ QUESTIONS = [("What is the capital of France?", ["Paris", "Rome is the answer to
 
 @pytest.mark.parametrize("per_token", [False, True])
 def test_shared_prompt_scores_equal_scoring_every_row_whole(tiny, per_token):
-    from leantune.evaluate.multiple_choice import Question, choice_scores
-    from leantune.evaluate.scoring import score_rows
+    from leantune.evaluation.multiple_choice import Question, choice_scores
+    from leantune.evaluation.scoring import score_rows
 
     eot = end_of_turn_ids(tiny.tokenizer)
     questions = [Question(({"role": "user", "content": q},), tuple(c), 0) for q, c in QUESTIONS]
@@ -46,7 +46,7 @@ def test_shared_prompt_scores_equal_scoring_every_row_whole(tiny, per_token):
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(tiny):
-    from leantune.evaluate.generation import greedy_answers
+    from leantune.evaluation.generation import greedy_answers
 
     examples = [qa(q, c[0]) for q, c in QUESTIONS]
     together = greedy_answers(tiny.model, tiny.tokenizer, examples, max_new_tokens=6, batch_size=4)
@@ -75,13 +75,13 @@ def test_paired_bootstrap_separates_a_real_difference_from_noise():
 
 
 def test_analogies_come_from_the_gensim_file_with_same_section_distractors():
-    from leantune.evaluate.general import ANALOGY_SECTIONS, analogy_questions
+    from leantune.evaluation.general import ANALOGY_SECTIONS, analogy_questions
 
     questions = analogy_questions()
     assert questions == analogy_questions() and len(questions) == 60 * len(ANALOGY_SECTIONS)
     capitals = [q for q in questions if q.source.endswith("capital-common-countries")]
     assert capitals and all(len(set(q.choices)) == 4 for q in questions)
-    from leantune.evaluate.general import analogy_file
+    from leantune.evaluation.general import analogy_file
 
     lines = set(analogy_file().read_text().splitlines())
     for q in questions[::17]:  # each question is a line of the file, its fourth word the right choice
@@ -116,7 +116,7 @@ def test_metrics_that_do_not_fit_the_data_are_refused(tmp_path):
 
 
 def test_time_box_scores_a_shared_random_sample(tiny):
-    from leantune.evaluate.runner import Contender, Settings, evaluate_task
+    from leantune.evaluation.runner import Contender, Settings, evaluate_task
     from contextlib import nullcontext
 
     import copy
@@ -177,7 +177,7 @@ def test_evaluating_a_model_alone(tiny_model_dir):
     result = leantune.evaluate(str(tiny_model_dir), tasks=["trivia"], limit=8)
     assert result.models == ["model"] and result.forgetting is None and result.tasks[0].n == 8
     again = json.loads(result.to_json())
-    from leantune.evaluate.result import from_dict
+    from leantune.evaluation.result import from_dict
 
     assert json.loads(from_dict(again).to_json()) == again
 
@@ -218,14 +218,14 @@ def test_eval_errors(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
 
 def test_the_api_functions_survive_importing_their_packages():
     import leantune
-    import leantune.evaluate  # noqa: F401 - the import that used to hide the function
-    import leantune.train  # noqa: F401
+    import leantune.evaluation  # noqa: F401 - the import that used to hide the function
+    import leantune.training  # noqa: F401
 
     assert callable(leantune.evaluate) and callable(leantune.train)
 
 
 def test_dollars_per_point_of_task_gain():
-    from leantune.evaluate.result import EvalResult, MetricScore, TaskResult
+    from leantune.evaluation.result import EvalResult, MetricScore, TaskResult
 
     def result(delta, cost):
         held = TaskResult("held-out", 200, 200, False, [

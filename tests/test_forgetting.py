@@ -8,8 +8,9 @@ import torch
 
 from conftest import tiny_overrides
 from leantune.errors import ConfigError
-from leantune.train import train
-from leantune.train.forgetting import EWCPenalty, fisher_cache_path, replay_rows
+from leantune import train
+from leantune.training.objectives.ewc import EWCPenalty, fisher_cache_path
+from leantune.training.objectives.replay import replay_rows
 
 
 def metrics(run_dir):

@@ -4,7 +4,7 @@ import torch
 from leantune.data.batches import collate, epoch_order, micro_batches_for_step
 from leantune.data.records import ChatExample
 from leantune.data.tokenize import tokenize_chat
-from leantune.models import load_base
+from leantune.models.loading import load_base
 from leantune.models.forward import sequence_logprobs, summed_label_loss
 
 
@@ -72,7 +72,7 @@ def test_the_planner_caps_logits_memory_at_one_chunk():
 
 def test_multiple_choice_picks_the_answer_the_full_logits_prefer(tiny_model_dir):
     from leantune.data.tokenize import tokenize_chat
-    from leantune.evaluate.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
+    from leantune.evaluation.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
 
     base = load_base(str(tiny_model_dir), dtype="float32")
     examples = [ChatExample(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}))
@@ -138,7 +138,7 @@ def test_every_accepted_model_type_is_checked_below():
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_label_only_loss_and_choice_scores_equal_the_models_own_forward(tiny_model_dir, model_type):
     """SFT loss, the logits at labelled positions and shared-prompt choice scores against `model(**batch)`."""
-    from leantune.evaluate.shared_prompt import score_shared_prompts
+    from leantune.evaluation.shared_prompt import score_shared_prompts
     from leantune.models.forward import decoder_and_head, label_hidden, label_logits
 
     tokenizer = load_base(str(tiny_model_dir), dtype="float32").tokenizer

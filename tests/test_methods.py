@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_overrides
 from leantune.config import load_config
 from leantune.errors import ConfigError
-from leantune.train import train
+from leantune import train
 
 try:
     import bitsandbytes  # noqa: F401
@@ -102,7 +102,7 @@ def test_a_qlora_base_is_quantised_again_from_the_dtype_the_run_loaded_it_in(tin
     """bitsandbytes quantises the weights as loaded: a bf16-loaded base gives other 4-bit weights than an fp32 one,
     so a run trained over the bf16 one is served over the bf16 one, on any device."""
     from leantune.generate import load_for_inference
-    from leantune.models import load_base
+    from leantune.models.loading import load_base
 
     result = run(tiny_model_dir, chat_file, tmp_path, "qlora", **{"training.max_steps": 2, "model.dtype": "bfloat16"})
     assert json.loads((result.run_dir / "run.json").read_text())["dtype"] == "bfloat16"
@@ -137,7 +137,7 @@ def test_a_method_without_its_library_fails_before_loading_the_model(tiny_model_
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_bnb)
-    import leantune.train.recipe as recipe
+    import leantune.training.recipe as recipe
 
     monkeypatch.setattr(recipe, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=r"method.name=qlora .* needs bitsandbytes.* use method.name=lora"):
@@ -156,9 +156,9 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
               "method.target_r": 2, "training.lr": 1e-2 if method == "adalora" else 3e-3}
     reference = losses(train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **values)).run_dir)
 
-    import leantune.train.recipe as recipe
+    import leantune.training.recipe as recipe
 
-    original = recipe.LoraRecipe.log_step
+    original = recipe.FineTuneRecipe.log_step
 
     def crash_after_step_7(self, *args, **kwargs):
         record = original(self, *args, **kwargs)
@@ -166,11 +166,11 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
             raise Crash()
         return record
 
-    monkeypatch.setattr(recipe.LoraRecipe, "log_step", crash_after_step_7)
+    monkeypatch.setattr(recipe.FineTuneRecipe, "log_step", crash_after_step_7)
     runs = tmp_path / "crashed"
     with pytest.raises(Crash):
         train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **values))
-    monkeypatch.setattr(recipe.LoraRecipe, "log_step", original)
+    monkeypatch.setattr(recipe.FineTuneRecipe, "log_step", original)
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     train(resume=run_dir)
     assert losses(run_dir) == reference

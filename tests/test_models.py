@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from leantune.errors import ModelError
-from leantune.models import load_base
+from leantune.models.loading import load_base
 from leantune.models.loading import check_gguf_architecture, resolve_dtype
 
 

@@ -6,7 +6,7 @@ import torch
 from leantune.data.batches import collate, pack_examples, pack_lengths, padding_fraction
 from leantune.data.records import Example
 from leantune.data.tokenize import IGNORE, tokenize_example
-from leantune.models import load_base
+from leantune.models.loading import load_base
 from leantune.models.forward import summed_label_loss
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_overrides
 from leantune.errors import BudgetError, DuplicateRunError
 from leantune.runs.index import RunIndex
-from leantune.train import train
+from leantune import train
 from test_cli import run_cli
 
 FAST = {"training.max_steps": 3, "training.checkpoint_every": 100}
@@ -99,6 +99,7 @@ def test_budget_alerts_and_refusal(tiny_model_dir, chat_file, tmp_path, monkeypa
     assert "past 50%" in alerts and "past 80%" in alerts and "past 100%" in alerts
     with pytest.raises(BudgetError, match="more than the .* left"):
         quick(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 36.0, "training.lr": 1e-3})
+    assert sorted(r["status"] for r in RunIndex(runs).runs()) == ["completed", "refused-budget"]  # not "failed"
     code, out, _ = run_cli(monkeypatch, capsys, "budget", "--runs-dir", runs)
     assert code == 0 and "of $0.000200 spent" in out
     assert first.cost_usd > 0

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_overrides
 from leantune.errors import ConfigError
-from leantune.train import train
+from leantune import train
 
 mlflow = pytest.importorskip("mlflow", reason="the optional 'tracking' extra (mlflow) is not installed")
 

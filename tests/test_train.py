@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_overrides
 from leantune.errors import ConfigError, RunDirError
 from leantune.runs.rundir import RunDir
-from leantune.train import train
+from leantune import train
 
 
 def losses(run_dir) -> list[float]:
@@ -161,7 +161,7 @@ def test_target_modules_that_match_nothing(tiny_model_dir, chat_file, tmp_path):
 
 
 def test_budget_stops_at_a_step_boundary_with_a_checkpoint(tiny_model_dir, chat_file, tmp_path):
-    from leantune.train import BudgetReached
+    from leantune.training.signals import BudgetReached
 
     # $36/h is a cent a second: 2 cents last a few dozen tiny-model steps of the 2000
     overrides = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{

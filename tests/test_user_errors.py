@@ -11,7 +11,7 @@ from leantune.config import load_config
 from leantune.errors import ConfigError, DataError, RegistryError, RunDirError
 from leantune.runs.index import RunIndex
 from leantune.runs.registry import promote, push, rollback
-from leantune.train import train
+from leantune import train
 from test_cli import run_cli
 
 FAST = {"training.max_steps": 3, "training.checkpoint_every": 100}
@@ -46,7 +46,7 @@ def test_self_distillation_needs_an_adapter(tiny_model_dir, chat_file, tmp_path)
 def test_replay_with_dpo_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(8)))
-    import leantune.train.recipe as recipe
+    import leantune.training.recipe as recipe
 
     monkeypatch.setattr(recipe, "load_base", lambda *a, **k: pytest.fail("the model was loaded"))
     values = {"objective.name": "dpo", "forgetting.replay_fraction": 0.1, "data.eval_size": 2}

@@ -16,10 +16,10 @@ from rich.table import Table
 from . import atomic
 from .config import RunConfig
 from .data.builtin import SMS_LABELS
-from .evaluate import classification_accuracy
+from .evaluation.classify import classification_accuracy
 from .runs.report import append_to_report
 from .runs.rundir import RunDir
-from .train import train
+from .training.api import train
 
 DEMO_OVERRIDES = {
     "model": {"base": "smollm2-135m"},

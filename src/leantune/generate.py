@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .data.tokenize import end_of_turn_ids
-from .models import load_base
+from .models.loading import load_base
 from .models.inference import load_trained
 from .models.loading import detected_device
 from .runs.rundir import open_run_dir

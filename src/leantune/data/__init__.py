@@ -47,9 +47,19 @@ class Splits(NamedTuple):
     leaked_removed: int = 0
     leaked_kept: int = 0
 
+    def leak_notes(self, train: str, eval: str | None) -> list[str]:
+        notes = []
+        if self.leaked_removed:
+            notes.append(f"data: {self.leaked_removed} training rows repeat a held-out eval prompt (duplicates in "
+                         f"{train}); left out of training so the eval stays unseen")
+        if self.leaked_kept:
+            notes.append(f"[yellow]data: {self.leaked_kept} training rows have a prompt that is also in {eval}: the eval "
+                         "score will reward memorising them (`leantune data check --eval` lists them)[/]")
+        return notes
+
 
 def prompt_key(example: ChatExample) -> int:
-    from .check import example_keys
+    from .check import example_keys  # check.py imports this package: a top-level import would be a loop
 
     keys = example_keys(example)
     return keys.prompt or keys.exact

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    import torch
+    import torch  # only when training: `data check` and the planner use this module without torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
@@ -140,3 +140,9 @@ def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, c
         real += sum(batch)
     return 1 - real / paid
 
+
+def packing_note(lengths: list[int], micro_batch: int, seed: int, max_seq_len: int) -> str:
+    before = padding_fraction(lengths, micro_batch, seed)
+    after = padding_fraction(lengths, micro_batch, seed, capacity=max_seq_len)
+    return (f"packing: each micro-batch's {micro_batch} examples packed into rows of <= {max_seq_len} tokens; "
+            f"padding {before:.1%} -> {after:.1%} of paid token slots")

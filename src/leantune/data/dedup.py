@@ -74,7 +74,7 @@ class Signer:
     The shingles arrive already hashed, so datasketch's hash function is the identity."""
 
     def __init__(self, num_perm: int = NUM_PERM):
-        from datasketch import MinHash
+        from datasketch import MinHash  # ~0.3 s of scipy on import, only when near duplicates are searched
 
         self._MinHash = MinHash
         proto = MinHash(num_perm=num_perm, seed=1, hashfunc=_identity)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .records import ChatExample
-from .tokenize import IGNORE, tokenize_example
+from .tokenize import IGNORE, TRAIN_ON, TRUNCATION, tokenize_example
 
 
 @dataclass
@@ -19,6 +20,14 @@ class PreviewRow:
     rejected: str | None = None  # preference rows: the dispreferred reply (the segments show the chosen one)
     dropped: str = ""  # the text training cuts off by data.truncation ("" when nothing is cut)
     dropped_where: str = ""  # "start" | "end" | "row" (truncation: drop) | "" 
+
+
+def check_preview_options(train_on: str, truncation: str) -> None:
+    """Refuse unknown --train-on / --truncation values before any tokenizer is loaded."""
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"--train-on '{train_on}' is not one of {', '.join(TRAIN_ON)}.")
+    if truncation not in TRUNCATION:
+        raise ConfigError(f"--truncation '{truncation}' is not one of {', '.join(TRUNCATION)}.")
 
 
 def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train_on: str = "all_assistant",
@@ -48,13 +57,3 @@ def preview_rows(tokenizer, examples: list[ChatExample], max_seq_len: int, train
         rows.append(PreviewRow(example.source, segments, len(tok.input_ids), tok.n_label_tokens, truncated, example.rejected,
                                dropped, where))
     return rows
-
-
-def load_tokenizer(spec: str):
-    """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
-    from transformers import AutoTokenizer
-
-    from ..models.loading import hf_dir_for, quiet_transformers
-
-    quiet_transformers()
-    return AutoTokenizer.from_pretrained(hf_dir_for(spec))

@@ -159,7 +159,7 @@ def _delimited_rows(path: Path, delimiter: str) -> Iterator[RawRow]:
 
 def _parquet_rows(path: Path) -> Iterator[RawRow]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # ~0.2 s, only for Parquet files
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         raise DataError("Reading Parquet needs pyarrow: pip install pyarrow") from None
     try:

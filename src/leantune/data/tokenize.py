@@ -42,6 +42,11 @@ class TokenizeStats:
     label_tokens: int = 0
     longest: int = 0
 
+    def describe(self, max_seq_len: int, truncation: str) -> str:
+        return (f"{self.tokens} tokens ({self.label_tokens} trained), longest {self.longest}; over data.max_seq_len="
+                f"{max_seq_len}: {self.truncated} truncated ({truncation}), {self.split} texts split, "
+                f"{self.dropped_too_long} dropped; dropped with nothing left to learn: {self.dropped_no_labels}")
+
 
 def end_of_turn_ids(tokenizer) -> set[int]:
     ids = set()

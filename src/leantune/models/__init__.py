@@ -1,6 +1,3 @@
-"""load base (HF dir, safetensors, GGUF) -> attach adapter (PEFT)."""
-
-from .adapters import attach_lora, load_adapter
-from .loading import BaseModel, load_base, resolve_dtype
-
-__all__ = ["BaseModel", "attach_lora", "load_adapter", "load_base", "resolve_dtype"]
+"""Models: loading a base (HF directory, .gguf, bundled name), its 4-bit form, adapters, the label-only forward
+pass and the loader of finished runs for inference. Import the modules themselves (models.loading, ...): this
+package imports nothing, so the verbs that touch no model never load torch through it."""

@@ -1,45 +1,50 @@
 """Adapters through PEFT, so they are saved in PEFT's own format and load with PeftModel.from_pretrained.
-The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in models/methods.py."""
+The methods themselves (LoRA, DoRA, AdaLoRA, QLoRA, full) are in training/methods/."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..config import MethodConfig
+from peft import PeftModel
+
 from ..errors import RunDirError
 
 
-def attach_lora(model, method: MethodConfig, seed: int, total_steps: int = 1):
-    from .methods import attach_method
-
-    return attach_method(model, method, seed, total_steps)
-
-
 def load_adapter(model, adapter_dir: str | Path):
-    from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise RunDirError(f"'{adapter_dir}' holds no adapter (adapter_config.json missing). Has the run finished?")
     return PeftModel.from_pretrained(model, adapter_dir)
 
+def enable_activation_checkpointing(model) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 def trainable_parameter_count(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the duration; its training mode is restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 @contextmanager
 def base_behaviour(model):
     """The model as its base, in eval mode, for the duration: the adapter switched off where there is one (the
     DPO reference, self-distillation's teacher, EWC's Fisher); a model without one is only put in eval mode.
     Training mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-            yield model
-    finally:
-        model.train(was_training)
+    with eval_mode(model), model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        yield model

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-
-def leantune_home() -> Path:
-    return Path(os.environ.get("LEANTUNE_HOME") or Path.home() / ".cache" / "leantune")
+from ..paths import leantune_home
 
 
 def gguf_cache_key(path: Path) -> str:

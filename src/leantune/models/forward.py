@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..data.tokenize import IGNORE
+from ..errors import ModelError
 
 
 def _softcap(config):
     cap = getattr(config, "final_logit_softcapping", None)
     return (lambda logits: torch.tanh(logits / cap) * cap) if cap else None
 
-
 def _scale(config):
     return lambda logits: logits * config.logit_scale
 
-
 def _divide(config):
     return lambda logits: logits / config.logits_scaling
-
 
 # model_type -> what its *ForCausalLM.forward does to lm_head's output (None: nothing)
 FINAL_LOGITS = {
@@ -51,11 +50,9 @@ class OutputLayer(torch.nn.Module):
         logits = self.head(hidden)
         return logits if self.transform is None else self.transform(logits)
 
-
 def final_logit_transform(config):
     model_type = getattr(config, "model_type", "")
     if model_type not in FINAL_LOGITS:
-        from ..errors import ModelError
 
         raise ModelError(f"leantune does not know how a '{model_type}' model computes its final logits (some "
                          f"architectures scale or soft-cap them), so it would train and score it wrongly. Supported "
@@ -63,18 +60,15 @@ def final_logit_transform(config):
     make = FINAL_LOGITS[model_type]
     return make(config) if make else None
 
-
 def decoder_and_head(model):
     """(the decoder stack, the output layer with the architecture's final logit transform)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), OutputLayer(base.get_output_embeddings(), final_logit_transform(base.config))
 
-
 def check_architecture(model) -> None:
     """Refuse a model whose logits this module cannot compute (before any time is spent on it)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     final_logit_transform(base.config)
-
 
 def label_hidden(model, batch: dict[str, torch.Tensor]):
     """(hidden states [n, d], targets [n], row index [n]) at every labelled position: what the output layer sees."""
@@ -88,17 +82,14 @@ def label_hidden(model, batch: dict[str, torch.Tensor]):
     rows = torch.arange(targets.shape[0], device=device).unsqueeze(1).expand_as(targets)[keep]
     return hidden[:, :-1][keep], targets[keep], rows
 
-
 def label_logits(model, batch: dict[str, torch.Tensor]):
     """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
     hidden, targets, rows = label_hidden(model, batch)
     _, head = decoder_and_head(model)
     return head(hidden).float(), targets, rows
 
-
 def _chunk_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
 
 def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, and how many there were.
@@ -110,7 +101,6 @@ def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     if not chunk:
         logits, targets, _ = label_logits(model, batch)
         return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
-    from torch.utils.checkpoint import checkpoint
 
     hidden, targets, _ = label_hidden(model, batch)
     _, head = decoder_and_head(model)
@@ -122,7 +112,6 @@ def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
         else:
             total = total + _chunk_loss(head, hidden[part], targets[part])
     return total, int(targets.numel())
-
 
 def sequence_logprobs(model, batch) -> torch.Tensor:
     """Log-probability of each row's labelled tokens, summed per row: log p(answer | prompt)."""

@@ -6,7 +6,7 @@ coming export and serve), so they all get the same weights on the same device.
   config's dtype as this device resolves it ('auto': bf16 on a GPU, fp32 on a CPU). A QLoRA adapter always gets
   the training dtype: bitsandbytes quantises the base to NF4 from the weights as loaded, so a base loaded in
   fp32 is a different 4-bit base from the bf16 one the adapter learned to correct; and training upcast the
-  base's norms and embeddings to fp32 (models/methods.py prepare_4bit_base), so serving does too.
+  base's norms and embeddings to fp32 (models/quantize.py), so serving does too.
 - Full fine-tuning: the saved model; with `with_base`, the original base beside it (for tuned-vs-base scoring).
 
 It takes a run directory object (`config()`, `info()`, `adapter`, `full_model`, `path`), not the runs layer's
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import RunDirError
 from .adapters import load_adapter
 from .loading import detected_device, load_base
-from .methods import prepare_4bit_base
+from .quantize import prepare_4bit_base
 
 
 @dataclass

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+from transformers.utils import logging as hf_logging
 
 from ..assets import package_file
 from ..atomic import atomic_dir
 from ..errors import ModelError
 from ..gguf_header import GGUFHeader
 from .cache import gguf_cache_key, model_cache_dir
+from .quantize import keep_4bit_state_exact, quantization_config
 from .registry import BUNDLED
+
 
 @dataclass
 class BaseModel:
@@ -30,7 +37,6 @@ class BaseModel:
     name: str  # what the user asked for
     path: Path  # the HF-format directory the weights were read from
     load_seconds: float
-
 
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """'auto': bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU.
@@ -46,22 +52,18 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
-
 def detected_device() -> tuple[str, str]:
     """(torch device, its name for pricing): ('cuda', 'cuda:NVIDIA H100 80GB HBM3') or ('cpu', 'cpu')."""
     if torch.cuda.is_available():
         return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
     return "cpu", "cpu"
 
-
 def bundled_gguf_path(name: str) -> Path:
     entry = BUNDLED[name]
     return package_file(entry.package, entry.filename, entry.install, ModelError)
 
-
 def check_gguf_architecture(path: Path) -> str:
     """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     arch = GGUFHeader(path).architecture
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
@@ -72,13 +74,11 @@ def check_gguf_architecture(path: Path) -> str:
         )
     return arch
 
-
 def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
     """De-quantise a GGUF file with transformers and save it as an HF directory under `target`.
 
     Returns the model as loaded from the GGUF (fp32), so callers can compare it with the cached copy.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_architecture(gguf_path)
     # Said on stderr, not logged: a first conversion is ~25 s of silence otherwise.
@@ -96,7 +96,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
         tokenizer.save_pretrained(tmp)
         (tmp / "leantune_source.json").write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
     return model
-
 
 def hf_dir_for(spec: str) -> Path:
     """The HF-format directory for a model spec, converting (and caching) a GGUF first if needed."""
@@ -125,36 +124,25 @@ def hf_dir_for(spec: str) -> Path:
         convert_gguf(gguf_path, target)
     return target
 
-
 def quiet_transformers() -> None:
     """transformers draws a progress bar per load and save; leantune reports loads itself. bitsandbytes warns
     on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
-    import logging
-    import warnings
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+def load_tokenizer(spec: str):
+    """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
 
-def keep_4bit_state_exact(model) -> None:
-    """Turn off bitsandbytes' CPU inference repacking. On CPUs with AVX512-BF16, the first forward pass in eval
-    mode without gradients repacks each 4-bit layer for a bf16 kernel: its block scales are rounded to bf16 and
-    its matmul runs in bf16, and the next state_dict() quantises the rounded scales again. An eval pass in the
-    middle of training then changes the base the adapter trains over, and a served model computes something else
-    than the trained one (logits off by ~0.1 on the tiny test model). Training and serving must see one base."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(hf_dir_for(spec))
 
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with
     `quantize_4bit` its linear layers are stored in 4-bit NF4 (double quantisation) by bitsandbytes (QLoRA)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     start = time.perf_counter()
@@ -162,8 +150,6 @@ def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit
     torch_dtype = resolve_dtype(dtype, device)
     extra = {}
     if quantize_4bit:
-        from .methods import quantization_config
-
         extra = {"quantization_config": quantization_config(torch_dtype), "device_map": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)

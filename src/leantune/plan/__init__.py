@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..config import load_config
 from ..errors import ConfigError
 from .catalog import GPU, find_gpu, load_catalog
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
-from .recommend import Candidate, evaluate, recommend
-from .setup import METHODS, Setup
-from .shapes import ModelShape, resolve_shape
+from .recommend import Candidate, evaluate_setup, recommend
+from .presets import resolve_shape
+from .setup import METHODS, Setup, setup_from_run_config
+from .shapes import ModelShape
 from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap
 from .tokens import count_dataset_tokens, parse_token_count
 
@@ -98,7 +100,7 @@ def make_plan(
     chosen = None
     ranked, not_fitting = [], []
     if method != "auto" and gpu:
-        chosen = evaluate(shape, setup, gpus[0], n_tokens, mfu)
+        chosen = evaluate_setup(shape, setup, gpus[0], n_tokens, mfu)
         if not chosen.fits:  # say what would fit on the same GPU type with the same method
             ranked, not_fitting = recommend(shape, setup, gpus, n_tokens, [method], spot, mfu)
             ranked = ranked[:top]
@@ -114,7 +116,33 @@ def make_plan(
     return plan
 
 
+def plan_from_options(config: str | None = None, model: str | None = None, method: str | None = None, gpu: str | None = None,
+                      gpus: int = 1, seq_len: int | None = None, micro_batch: int | None = None, tokens: str | None = None,
+                      dataset: str | None = None, epochs: float | None = None, rank: int | None = None,
+                      grad_checkpointing: bool | None = None, optimizer: str = "adamw", sharding: str = "none",
+                      attention: str = "sdpa", dpo: bool = False, budget: float | None = None, spot: bool = False,
+                      mfu: float | None = None, prices: str | None = None) -> Plan:
+    """`leantune plan`'s options, over a run config when one is given (its model, method, data and epochs; an
+    option overrides the config): the plan of that run."""
+    base, from_config = Setup(), {}
+    if config:
+        run = load_config(config)
+        base = setup_from_run_config(run)  # AdaLoRA plans as LoRA of its initial rank
+        from_config = {"model": run.model.base, "method": base.method, "dataset": run.data.train,
+                       "epochs": float(run.training.epochs)}
+    given = {"seq_len": seq_len, "micro_batch": micro_batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing}
+    setup = replace(base, **{k: v for k, v in given.items() if v is not None}, optimizer=optimizer, sharding=sharding,
+                    attention=attention, gpus=gpus, objective="dpo" if dpo else "sft")
+    model = model or from_config.get("model")
+    if not model:
+        raise ConfigError("Say which model: --model llama-3.1-8b (see --list-models), a model directory, or a run config file.")
+    return make_plan(model, method or from_config.get("method", "auto"), gpu, tokens=tokens,
+                     dataset=dataset or (None if tokens else from_config.get("dataset")),
+                     epochs=epochs or from_config.get("epochs", 1.0), setup=setup, budget=budget, spot=spot, mfu=mfu,
+                     prices=prices)
+
+
 __all__ = [
     "GPU", "Candidate", "MemoryBreakdown", "ModelShape", "Plan", "PretrainingGap", "Setup", "TimeEstimate",
-    "GiB", "estimate_peak_memory", "estimate_time", "load_catalog", "make_plan", "resolve_shape", "trainable_params",
+    "GiB", "estimate_peak_memory", "estimate_time", "load_catalog", "make_plan", "plan_from_options", "resolve_shape", "trainable_params",
 ]

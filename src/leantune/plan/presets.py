@@ -11,8 +11,11 @@ Mixtral did not publish theirs. Qwen3's cards give rounded counts only (0.6B / 1
 from __future__ import annotations
 
 import difflib
+import json
+from pathlib import Path
 
-from .shapes import ModelShape
+from ..errors import ModelError
+from .shapes import ModelShape, shape_from_dir, shape_from_gguf, shape_from_hf_config
 
 T = 1e12
 
@@ -57,3 +60,18 @@ PRESETS: dict[str, ModelShape] = {m.name: m for m in _ALL}
 def suggest_preset(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(PRESETS), n=3, cutoff=0.5)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def resolve_shape(spec: str) -> ModelShape:
+    """A preset name, an HF model directory, a config.json file, or a .gguf file."""
+    if spec.lower() in PRESETS:
+        return PRESETS[spec.lower()]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return shape_from_dir(path)
+    if path.is_file() and path.suffix == ".json":
+        return shape_from_hf_config(json.loads(path.read_text()), name=path.parent.name)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return shape_from_gguf(path)
+    raise ModelError(f"Unknown model '{spec}': not a preset, nor a model directory, config.json or .gguf file.{suggest_preset(spec)} "
+                     "`leantune plan --list-models` shows the presets.")

@@ -32,7 +32,7 @@ class Candidate:
         return float("inf") if cost is None else cost
 
 
-def evaluate(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu: float | None = None) -> Candidate:
+def evaluate_setup(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu: float | None = None) -> Candidate:
     return Candidate(setup, gpu, estimate_peak_memory(shape, setup), estimate_time(shape, setup, gpu, tokens, mfu))
 
 
@@ -55,7 +55,7 @@ def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, me
         smallest = None  # across methods: the closest this GPU type comes to holding the run
         for method in methods:
             for setup in candidate_setups(base, [method]):
-                c = evaluate(shape, setup, gpu, tokens, mfu)
+                c = evaluate_setup(shape, setup, gpu, tokens, mfu)
                 if c.fits:
                     fitting.append(c)
                 elif smallest is None or c.memory.total < smallest.memory.total:

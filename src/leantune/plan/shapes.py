@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from ..gguf_header import GGUFHeader
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,6 @@ class ModelShape:
                 total += copies * rank * (d_in + d_out)
         return self.layers * total
 
-
 # Model types whose configs leave tie_word_embeddings unset mean different things by default.
 _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 
@@ -145,17 +145,14 @@ def shape_from_hf_config(config: dict, name: str = "model") -> ModelShape:
     except KeyError as e:
         raise ModelError(f"The config of '{name}' lacks {e.args[0]!r}, so its shape is unknown. Is it a decoder-only language model?") from None
 
-
 def shape_from_dir(path: Path) -> ModelShape:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelError(f"'{path}' has no config.json, so its shape is unknown. Pass a Hugging Face model directory or a preset name.")
     return shape_from_hf_config(json.loads(config_path.read_text()), name=path.name)
 
-
 def shape_from_gguf(path: Path) -> ModelShape:
     """Read the shape from a GGUF header (memory-mapped; no weights are loaded)."""
-    from ..gguf_header import GGUFHeader
 
     header = GGUFHeader(path)
     field = header.field
@@ -181,20 +178,3 @@ def shape_from_gguf(path: Path) -> ModelShape:
         qkv_bias="blk.0.attn_q.bias" in names,
         norms_per_layer=4 if "blk.0.post_attention_norm.weight" in names else 2,
     )
-
-
-def resolve_shape(spec: str) -> ModelShape:
-    """A preset name, an HF model directory, a config.json file, or a .gguf file."""
-    from .presets import PRESETS, suggest_preset
-
-    if spec.lower() in PRESETS:
-        return PRESETS[spec.lower()]
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return shape_from_dir(path)
-    if path.is_file() and path.suffix == ".json":
-        return shape_from_hf_config(json.loads(path.read_text()), name=path.parent.name)
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return shape_from_gguf(path)
-    raise ModelError(f"Unknown model '{spec}': not a preset, nor a model directory, config.json or .gguf file.{suggest_preset(spec)} "
-                     "`leantune plan --list-models` shows the presets.")

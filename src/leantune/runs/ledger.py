@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import ConfigError, RunDirError
+from ..errors import BudgetError, ConfigError, RunDirError
 from .cost import run_cost, usd
 from .fingerprint import result_fields
 from .index import RunIndex
-from .rundir import RunDir
+from .jsonl import read_jsonl
 
 ALERT_LEVELS = (50, 80, 100)
 
@@ -39,7 +39,7 @@ def row_for(run_dir: str | Path) -> dict:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise RunDirError(f"{run_dir / 'config.yaml'}: unreadable ({str(e).splitlines()[0]}).") from None
-    metrics = RunDir(run_dir).read_metrics()
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     steps = [m for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     last = steps[-1] if steps else {}
@@ -106,3 +106,15 @@ def budget_alerts(index: RunIndex, project: str, note=print) -> list[str]:
     for message in fired:
         note(f"[bold yellow]{message}[/]")
     return fired
+
+
+def set_project_budget(index: RunIndex, project: str, amount: str) -> float:
+    """A project's budget from the text a person typed: a positive, finite number of dollars."""
+    try:
+        dollars = float(amount)
+    except ValueError:
+        dollars = float("nan")
+    if not dollars > 0 or dollars == float("inf"):
+        raise BudgetError(f"A budget must be a positive number of dollars, got {amount!r}. Example: leantune budget set 200")
+    index.set_budget(project, dollars)
+    return dollars

@@ -15,6 +15,8 @@ from pathlib import Path
 from .. import atomic
 from ..config import RunConfig, load_config
 from ..errors import RunDirError
+from .jsonl import append_jsonl, read_jsonl
+from .ledger import index_run
 
 
 @dataclass
@@ -44,29 +46,16 @@ class RunDir:
         info.update(fields)
         atomic.write_json(self.info_path, info)
         if "status" in fields:  # the runs index follows every status change
-            from .ledger import index_run
-
             index_run(self.path)
 
     def append_metrics(self, record: dict) -> None:
         self.append_jsonl(self.metrics_path.name, record)
 
     def append_jsonl(self, name: str, record: dict) -> None:
-        # Appending one line is not atomic, but a torn last line only loses that line: readers skip it
-        # and a resume rewrites the file up to its checkpoint.
-        with open(self.path / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path / name, record)
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.is_file():
-            return []
-        records = []
-        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-        return records
+        return read_jsonl(self.metrics_path)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop records past `last_step`: after a crash they describe steps the resume will redo."""

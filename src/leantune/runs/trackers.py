@@ -1,14 +1,17 @@
-"""Where a run's params, metrics, tags and artifacts go besides its own directory.
+"""Where a run's params, metrics, tags and artifacts go: one small logger protocol (start / metrics / finish),
+one class per backend, and `Loggers`, which the training loop talks to.
 
-The training loop only calls `Trackers` (start / metrics / finish); each backend is one small class. The run
-directory itself (metrics.jsonl, report.md, adapter/) is always written and is the source of truth; a tracking
-backend that goes down mid-run costs a warning, not the run. Adding W&B or TensorBoard means one more class
-with the same three methods.
+The run directory is one logger among them and always the first: its metrics.jsonl is the source of truth, so
+a tracking backend that goes down mid-run costs a warning, not the run. Adding W&B or TensorBoard means one more
+class with the same three methods and one line in `Loggers.__init__`.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from ..config import RunConfig
@@ -16,20 +19,29 @@ from ..errors import ConfigError
 from .fingerprint import result_fields
 
 
-class Tracker:
+class Logger:
+    """The protocol: every method is optional."""
+
     def start(self, run, config: RunConfig, resumed: bool) -> None: ...
 
     def metrics(self, record: dict) -> None: ...
 
     def finish(self, run, status: str, tags: dict) -> None: ...
 
+class RunDirectoryLogger(Logger):
+    """metrics.jsonl in the run directory, one line per record."""
 
-class MlflowTracker(Tracker):
+    def __init__(self, run):
+        self.run = run
+
+    def metrics(self, record: dict) -> None:
+        self.run.append_metrics(record)
+
+class MlflowLogger(Logger):
     """MLflow through its client API (no global 'active run' state): one MLflow run per leantune run, kept
     across resumes (its id is stored in run.json)."""
 
     def __init__(self, uri: str, experiment: str, note=print):
-        import os
 
         # MLflow's client retries an unreachable server with backoff for minutes by default; a training that
         # cannot track should say so in seconds, and a server that drops out mid-run should not stall steps.
@@ -38,7 +50,7 @@ class MlflowTracker(Tracker):
         if uri.startswith(("http://", "https://")):
             _probe(uri)
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional extra ('tracking'), ~2 s to import
         except ImportError:
             raise ConfigError("tracking.backend=mlflow needs the mlflow package: pip install 'leantune[tracking]'. "
                               "Or set tracking.backend=none.") from None
@@ -95,10 +107,7 @@ class MlflowTracker(Tracker):
 
         self._guard("uploading the report and adapter", upload)
 
-
 def _probe(uri: str) -> None:
-    import urllib.error
-    import urllib.request
 
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
@@ -109,15 +118,17 @@ def _probe(uri: str) -> None:
         raise ConfigError(f"Cannot reach the MLflow tracking server at tracking.uri={uri} ({getattr(e, 'reason', e)}). "
                           "Start it, fix the URI, or set tracking.backend=none.") from None
 
+class Loggers:
+    """The run directory, then the configured tracking backends (an unreachable one is refused here, before
+    any model is loaded)."""
 
-class Trackers:
-    def __init__(self, config: RunConfig, note=print):
+    def __init__(self, config: RunConfig, run, note=print):
         t = config.tracking
-        self.items: list[Tracker] = []
+        self.items: list[Logger] = [RunDirectoryLogger(run)]
         if t.backend == "mlflow":
             if not t.uri:
                 raise ConfigError("tracking.backend=mlflow needs tracking.uri, e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db.")
-            self.items.append(MlflowTracker(t.uri, t.experiment, note))
+            self.items.append(MlflowLogger(t.uri, t.experiment, note))
 
     def start(self, run, config, resumed: bool) -> None:
         for t in self.items:

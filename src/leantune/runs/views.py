@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..atomic import atomic_path
 from .cost import PHASE_LABELS, Price, usd
 from .fingerprint import differing_fields
 from .rundir import RunDir
@@ -22,18 +23,14 @@ def _billed(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
-
 def _money(v) -> str:
     return "" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
-
 
 def _num(v, fmt="{:.4f}") -> str:
     return "" if v is None else fmt.format(v)
 
-
 def _when(ts) -> str:
     return "" if not ts else time.strftime("%m-%d %H:%M", time.localtime(ts))
-
 
 def runs_table(runs: list[dict], title: str) -> Table:
     table = Table(title=title)
@@ -47,14 +44,12 @@ def runs_table(runs: list[dict], title: str) -> Table:
                       _money(r["cost_usd"]) if r["cost_usd"] else "0", _when(r["started"]))
     return table
 
-
 def totals_line(runs: list[dict]) -> str:
     cost = sum(r["cost_usd"] or 0 for r in runs)
     gpu_h = sum(r["gpu_hours"] or 0 for r in runs)
     tokens = sum(r["tokens"] or 0 for r in runs)
     per_m = f", ${cost / tokens * 1e6:.4f} per 1M tokens" if tokens and cost else ""
     return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}, {tokens:,} tokens{per_m}"
-
 
 def show_run(console: Console, run: dict) -> None:
     path = Path(run["path"])
@@ -88,11 +83,9 @@ def show_run(console: Console, run: dict) -> None:
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 
-
 def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
     fa, fb = json.loads(a["fields"] or "{}"), json.loads(b["fields"] or "{}")
     return [(k, fa.get(k), fb.get(k)) for k in differing_fields(fa, fb)]
-
 
 def compare_table(runs: list[dict]) -> Table:
     table = Table(title="runs side by side")
@@ -117,7 +110,6 @@ def compare_table(runs: list[dict]) -> Table:
         table.add_row(f"[cyan]{k}[/]", *[str(f.get(k)) for f in fields])
     return table
 
-
 def read_evaluation(run: dict) -> dict | None:
     """The run's standard evaluation (eval.json: from eval.after_train or `leantune eval`), if it has one."""
     try:
@@ -125,13 +117,11 @@ def read_evaluation(run: dict) -> dict | None:
     except (OSError, ValueError):
         return None
 
-
 def _task_cell(e: dict) -> str:
     t = e.get("task_score")
     if not t or "tuned" not in t:
         return "-"
     return f"{t['task']} {t['metric']}: {t['base']:.1%} -> {t['tuned']:.1%}"
-
 
 def _forgetting_cell(e: dict) -> str:
     f = e.get("forgetting")
@@ -140,7 +130,6 @@ def _forgetting_cell(e: dict) -> str:
     verdict = "noise" if f["ci"][0] <= 0 <= f["ci"][1] else ("forgot" if f["points"] > 0 else "improved")
     return f"{f['points']:+.1f} pt ({f['ci'][0]:+.1f}..{f['ci'][1]:+.1f}, {verdict})"
 
-
 def _usd_per_point_cell(e: dict) -> str:
     v = e.get("usd_per_point")
     if v is not None:
@@ -148,14 +137,11 @@ def _usd_per_point_cell(e: dict) -> str:
     t = e.get("task_score") or {}
     return "no gain" if t.get("delta") is not None and t["delta"] <= 0 else "-"
 
-
 def loss_plot(runs: list[dict], target: Path) -> Path:
-    import matplotlib
+    import matplotlib  # ~0.5 s, only for `runs compare`: `runs ls` answers without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in runs:
@@ -175,3 +161,25 @@ def loss_plot(runs: list[dict], target: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return target
+
+def budget_line(project: str, budget: float | None, spent: float) -> str:
+    if budget is None:
+        return f"project '{project}': {usd(spent)} spent; no budget set (`leantune budget set N`)."
+    return f"project '{project}': {usd(spent)} of {usd(budget)} spent ({spent / budget:.0%}), {usd(budget - spent)} left."
+
+def registry_table(rows: list[dict]) -> Table:
+    table = Table(title="registry")
+    for col in ("name", "version", "stage", "run", "eval loss", "$"):
+        table.add_column(col)
+    for r in rows:
+        metrics = json.loads(r["metrics"] or "{}")
+        table.add_row(r["name"], str(r["version"]), r["stage"], r["run_id"],
+                      f"{metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else "",
+                      usd(r["cost_usd"]) if r["cost_usd"] is not None else "unknown")
+    return table
+
+def diff_lines(a: dict, b: dict) -> list[str]:
+    rows = diff_runs(a, b)
+    if not rows:
+        return [f"{a['id']} and {b['id']} have the same result-relevant config."]
+    return [f"{key}: {va!r} -> {vb!r}" for key, va, vb in rows]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 from ..assets import package_file
+from ..data.builtin import load_trivia
 from ..errors import DataError
 from .multiple_choice import Question, questions_with_distractors
 
@@ -26,7 +27,6 @@ GENERAL_TASKS = ("trivia", "analogies")
 
 def analogy_file():
     return package_file("gensim", "test/test_data/questions-words.txt", f"pip install --no-deps {GENSIM}", DataError)
-
 
 def analogy_questions(per_section: int = ANALOGIES_PER_SECTION, seed: int = 0, n_choices: int = 4) -> list[Question]:
     sections: dict[str, list[tuple[str, ...]]] = {}
@@ -49,12 +49,9 @@ def analogy_questions(per_section: int = ANALOGIES_PER_SECTION, seed: int = 0, n
             questions.append(Question(prompt, tuple(choices), choices.index(d), source=f"questions-words.txt:{name}"))
     return questions
 
-
 def trivia_questions(seed: int = 0) -> list[Question]:
-    from ..data.builtin import load_trivia
 
     return questions_with_distractors(load_trivia(), n_choices=4, seed=seed)
-
 
 def general_questions(name: str) -> list[Question]:
     return {"trivia": trivia_questions, "analogies": analogy_questions}[name]()

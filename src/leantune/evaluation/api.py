@@ -6,13 +6,21 @@ The result is written to the run's eval.json and report.md unless `save=False`."
 
 from __future__ import annotations
 
+import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
+from .. import atomic
 from ..errors import RunDirError
+from ..models.adapters import base_behaviour, eval_mode
+from ..models.inference import load_trained
+from ..models.loading import BUNDLED, detected_device, load_base
+from ..runs.index import RunIndex
+from ..runs.ledger import row_for
+from ..runs.report import replace_report_section
+from ..runs.rundir import open_run_dir
 from .general import GENERAL_TASKS
 from .result import EvalResult
 from .runner import Contender, Settings, evaluate_task, forgetting_score
@@ -21,32 +29,17 @@ from .tasks import resolve_task
 RUN_TASKS = ("held-out",) + GENERAL_TASKS
 
 
-@contextmanager
-def _eval_mode(model):
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 def base_and_tuned(tuned, base=None) -> list[Contender]:
     """The pair to score: a separate base model (full fine-tuning), or the tuned model with its adapter off."""
-    from ..models.adapters import base_behaviour
-
     if base is None:
-        return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
-    return [Contender("base", base, lambda: _eval_mode(base)), Contender("tuned", tuned, lambda: _eval_mode(tuned))]
-
+        return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
+    return [Contender("base", base, lambda: eval_mode(base)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
 
 def run_contenders(run, device: str | None = None) -> tuple[list[Contender], object, list[str]]:
     """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights (models/inference.py)."""
-    from ..models.inference import load_trained
 
     trained = load_trained(run, device, with_base=True)
     return base_and_tuned(trained.model, trained.base), trained.tokenizer, trained.notes
-
 
 def replay_note(config) -> list[str]:
     f = config.forgetting
@@ -61,7 +54,6 @@ def replay_note(config) -> list[str]:
                 "measures memory of those questions as well as general knowledge."]
     return []
 
-
 def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Settings, target: str,
                     console: Console | None = None, cost_usd: float | None = None, notes: list[str] | None = None) -> EvalResult:
     started = time.perf_counter()
@@ -74,7 +66,6 @@ def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Set
     return EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
                       time.perf_counter() - started, list(notes or []))
 
-
 def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 16, save: bool = True, runs_dir: str = "runs",
              console: Console | None = None) -> EvalResult:
@@ -82,8 +73,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
 
     tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
     run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
-    from ..models import load_base
-    from ..models.loading import detected_device
 
     device, _ = detected_device()
     run = _find_run(str(target), runs_dir)
@@ -93,7 +82,6 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
         # resolve tasks before loading weights: a bad task or metric is refused in a second, not after a load
         task_list = [resolve_task(t, metrics, config) for t in (tasks or RUN_TASKS)]
         contenders, tokenizer, notes = run_contenders(run, device)
-        from ..runs.ledger import row_for
 
         cost = row_for(run.path).get("cost_usd")
         settings = Settings(batch_size=batch_size, max_seq_len=config.data.max_seq_len, limit=limit)
@@ -105,44 +93,52 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     task_list = [resolve_task(t, metrics) for t in (tasks or GENERAL_TASKS)]
     loaded = load_base(str(target), "auto", device)
     model = loaded.model
-    contenders = [Contender("model", model, lambda: _eval_mode(model))]
+    contenders = [Contender("model", model, lambda: eval_mode(model))]
     return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
 
-
-def evaluate_after_training(recipe, max_seconds: float | None = None) -> EvalResult | None:
+def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, train_seconds: float,
+                            max_seconds: float | None, cost_usd: float | None, note) -> EvalResult | None:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
-    training time, or `max_seconds` when less (what a run's budget has left); every task gets an equal share, and
-    at least eval.min_items items."""
-    from ..models import load_base
-
-    config, model = recipe.config, recipe.model
-    if not recipe.eval_tasks:
+    training time, or `max_seconds` when less (what a run's budget has left; under a second: skipped); every task
+    gets an equal share, and at least eval.min_items items unless the budget rules. Training is done and saved:
+    a failure here costs the evaluation, never the run."""
+    if max_seconds is not None and max_seconds < 1.0:
+        note(f"eval.after_train skipped: the run's cost.budget_usd is nearly used up. `leantune eval {run.path}` "
+             "scores the run later.")
         return None
+    try:
+        result = _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note)
+    except Exception as e:  # noqa: BLE001 - reported, and the run stays completed
+        note(f"[yellow]eval.after_train failed ({type(e).__name__}: {e}); the run is complete. "
+             f"Retry with `leantune eval {run.path}`.[/]")
+        return None
+    for line in result.summary():
+        if line.startswith(("Forgetting", "Cost per point")):
+            note(line)
+    return result
+
+def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note):
+
     if hasattr(model, "disable_adapter"):
         contenders = base_and_tuned(model)
     else:  # full fine-tuning: the base is loaded beside the tuned weights
-        contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, recipe.device).model)
-    budget = config.eval.time_share * recipe.progress.elapsed_s
+        contenders = base_and_tuned(model, load_base(config.model.base, config.model.dtype, device).model)
+    budget = config.eval.time_share * train_seconds
     min_items = config.eval.min_items
     if max_seconds is not None and max_seconds < budget:
         budget, min_items = max_seconds, 1  # the run's budget rules: no floor of items that could overshoot it
     settings = Settings(batch_size=max(config.training.micro_batch_size, 8), max_seq_len=config.data.max_seq_len,
-                        budget_s=budget / len(recipe.eval_tasks), min_items=min_items)
-    recipe.note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in recipe.eval_tasks)} "
-                f"(time budget {budget:.0f} s = {config.eval.time_share:.0%} of training; `leantune eval {recipe.run.path}` "
-                "scores every item)")
+                        budget_s=budget / len(tasks), min_items=min_items)
+    note(f"eval.after_train: base vs tuned on {', '.join(t.name for t in tasks)} (time budget {budget:.0f} s = "
+         f"{config.eval.time_share:.0%} of training; `leantune eval {run.path}` scores every item)")
     notes = [f"Time-boxed to {config.eval.time_share:.0%} of the training time; `leantune eval RUN` scores every item."]
-    result = evaluate_models(contenders, recipe.tokenizer, recipe.eval_tasks, settings, str(recipe.run.path), None,
-                             recipe.cost_so_far(), notes + replay_note(config))
-    save_to_run(recipe.run, result)
+    result = evaluate_models(contenders, tokenizer, tasks, settings, str(run.path), None, cost_usd,
+                             notes + replay_note(config))
+    save_to_run(run, result)
     return result
-
 
 def _find_run(target: str, runs_dir: str):
     """The run a target names (a run directory, or an id / prefix / name in runs_dir's index), else None (a model)."""
-    from ..models.loading import BUNDLED
-    from ..runs.index import RunIndex
-    from ..runs.rundir import open_run_dir
 
     path = Path(target)
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -158,15 +154,10 @@ def _find_run(target: str, runs_dir: str):
         raise RunDirError(f"'{target}' is neither a model (a built-in name: {', '.join(BUNDLED)}; a Hugging Face directory; "
                           f"a .gguf file) nor a run: {e}") from None
 
-
 def save_to_run(run, result: EvalResult, tasks: tuple[str, ...] = ()) -> None:
     """The standard evaluation (held-out + general suite) goes to eval.json and the report's '## Evaluation'
     section, replacing an earlier one (the time-boxed one from training, say); other task sets get their own
     eval-<tasks>.json and section, so a custom evaluation never overwrites the standard one."""
-    import re
-
-    from .. import atomic
-    from ..runs.report import replace_report_section
 
     if not tasks or sorted(tasks) == sorted(RUN_TASKS):
         name, heading = "eval.json", "## Evaluation"

@@ -6,6 +6,7 @@ import torch
 
 from ..data.records import ChatExample
 from ..data.tokenize import end_of_turn_ids, render_ids
+from ..models.adapters import eval_mode
 
 
 @torch.no_grad()
@@ -18,9 +19,7 @@ def greedy_answers(model, tokenizer, examples: list[ChatExample], max_new_tokens
     prompts = [render_ids(tokenizer, ex.prompt, add_generation_prompt=True) for ex in examples]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in chunk)
@@ -33,6 +32,4 @@ def greedy_answers(model, tokenizer, examples: list[ChatExample], max_new_tokens
                                  do_sample=False, eos_token_id=eot, pad_token_id=tokenizer.pad_token_id)
             for row, i in enumerate(chunk):
                 replies[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-    finally:
-        model.train(was_training)
     return replies

@@ -13,6 +13,7 @@ The scores equal the unshared ones within float noise (tests/test_evaluate.py)."
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
 from ..data.tokenize import IGNORE, TokenizedExample
 from ..models.forward import decoder_and_head
@@ -23,7 +24,6 @@ def split_at_answer(row: TokenizedExample) -> tuple[list[int], list[int], list[i
     first = next(i for i, label in enumerate(row.labels) if label != IGNORE)
     return row.input_ids[:first], row.input_ids[first:], row.labels[first:]
 
-
 def _right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -33,16 +33,13 @@ def _right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
         mask[i, : len(s)] = 1
     return ids, mask
 
-
 def _select_rows(cache, index: torch.Tensor):
     """A new cache holding the given batch rows of `cache` (rows may repeat); `cache` is left as it is."""
-    from transformers import DynamicCache
 
     picked = DynamicCache()
     for layer_idx, layer in enumerate(cache.layers):
         picked.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
     return picked
-
 
 @torch.no_grad()
 def score_shared_prompts(model, pad_id: int, groups: list[list[TokenizedExample]], per_token: bool,
@@ -54,7 +51,6 @@ def score_shared_prompts(model, pad_id: int, groups: list[list[TokenizedExample]
     of one question often differ 10x in length: padding them to each other would cost more than the shared
     prompt saves), in batches of at most `rows_per_batch` rows and `tokens_per_batch` padded tokens, each over
     the cache rows of its own prompts (one-word answers go 64 at a time, sentences a dozen)."""
-    from transformers import DynamicCache
 
     decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device

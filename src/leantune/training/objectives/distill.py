@@ -6,17 +6,20 @@ not just the one right token (Hinton et al. 2015):
 with both distributions softened by the temperature T (the T^2 keeps the gradient scale independent of T).
 Teacher logits are computed on the fly, at labelled positions only (like the student's, models/forward.py).
 The teacher is another model sharing the student's tokenizer, or, with no teacher given, the base model itself
-with the adapter switched off (no second copy of the weights).
-"""
+with the adapter switched off (no second copy of the weights). The eval loss is the plain cross-entropy (SFT's),
+so runs with and without distillation compare."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..models.adapters import base_behaviour
-from ..models.forward import label_logits
+from ...errors import ConfigError
+from ...models.adapters import base_behaviour
+from ...models.forward import label_logits
+from ...models.loading import load_base
+from .base import Batches
+from .sft import SFT
 
 
 class Teacher:
@@ -38,8 +41,6 @@ def load_teacher(spec: str | None, student, student_tokenizer, dtype: str, devic
                               "adapter switched off, which needs an adapter method (lora, dora, qlora, adalora). "
                               "Set objective.teacher for full fine-tuning.")
         return Teacher(student)
-    from ..models import load_base
-
     teacher = load_base(spec, dtype, device)
     probe = "Distillation needs one vocabulary: The quick brown fox, 12345, éàü."
     if (teacher.model.get_output_embeddings().weight.shape[0] != student.get_output_embeddings().weight.shape[0]
@@ -57,3 +58,25 @@ def distill_terms(student_logits, teacher_logits, targets, temperature: float, a
                   log_target=True, reduction="sum") * t * t
     ce = F.cross_entropy(student_logits, targets, reduction="sum")
     return alpha * kl + (1 - alpha) * ce, kl.detach(), ce.detach()
+
+
+class Distillation(SFT):
+    name = "distill"
+
+    def prepare(self, model, tokenizer, batches, train_data, eval_data, device, note) -> None:
+        o = self.config.objective
+        self.teacher = load_teacher(o.teacher, model, tokenizer, self.config.model.dtype, device)
+        note(f"distillation from {o.teacher or 'the base model (adapter off)'}: T={o.temperature}, alpha={o.alpha}")
+
+    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
+        o = self.config.objective
+        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
+        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
+        total = kl_total = ce_total = 0.0
+        for examples in micro_batches:
+            batch = batches.collate(examples)
+            student, targets, _ = label_logits(model, batch)
+            summed, kl, ce = distill_terms(student, self.teacher.logits(batch), targets, o.temperature, o.alpha)
+            (summed / n_labels).backward()
+            total, kl_total, ce_total = total + summed.item(), kl_total + kl.item(), ce_total + ce.item()
+        return total / n_labels, n_tokens, {"distill_kl": kl_total / n_labels, "sft_loss": ce_total / n_labels}

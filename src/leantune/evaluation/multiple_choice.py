@@ -13,6 +13,7 @@ import torch
 
 from ..data.records import Example
 from ..data.tokenize import end_of_turn_ids, tokenize_chat
+from ..models.adapters import eval_mode
 from .scoring import score_rows
 from .shared_prompt import score_shared_prompts, split_at_answer
 
@@ -57,9 +58,7 @@ def choice_scores(model, tokenizer, questions: list[Question], batch_size: int =
     groups = [choice_rows(tokenizer, q, eot) for q in questions]
     shareable = [share_prompt and len({tuple(split_at_answer(r)[0]) for r in g}) == 1 for g in groups]
     out: list[list[float] | None] = [None] * len(questions)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         shared = sorted((i for i, ok in enumerate(shareable) if ok), key=lambda i: len(groups[i][0].input_ids))
         # batch_size prompts at a time; their replies up to 4 x batch_size rows and 32 x batch_size tokens at a
         # time: on a CPU a forward pass has a fixed cost (~0.15 s for SmolLM2) that a few short rows do not amortise
@@ -74,8 +73,6 @@ def choice_scores(model, tokenizer, questions: list[Question], batch_size: int =
             flat = score_rows(model, tokenizer.pad_token_id, rows, batch_size, per_token=per_token).tolist()
             for i in rest:
                 out[i], flat = flat[: len(groups[i])], flat[len(groups[i]) :]
-    finally:
-        model.train(was_training)
     return out  # type: ignore[return-value]
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import RunConfig, load_config
-from ..errors import ConfigError, RunDirError
-from ..errors import BudgetError, DuplicateRunError
-from ..runs.fingerprint import differing_fields, fingerprints, result_fields
-from ..runs.index import RunIndex
+from ..errors import BudgetError, ConfigError, DuplicateRunError, RunDirError
 from ..models.loading import detected_device
 from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
+from ..runs.fingerprint import differing_fields, fingerprints, result_fields
+from ..runs.index import RunIndex
 from ..runs.rundir import create_run_dir, open_run_dir
-from .recipe import LoraRecipe, TrainResult
+from .recipe import FineTuneRecipe
+from .result import TrainResult
 from .signals import TrainingStopped
 
 
@@ -49,7 +49,7 @@ def train(
         price = check_price(config, device_name, console)
         # before setup truncates metrics.jsonl to the checkpoint: the steps past it were paid for all the same
         clock = BilledClock.resumed(started_at, info, run.read_metrics())
-        recipe = LoraRecipe(config, run, console, clock, price)
+        recipe = FineTuneRecipe(config, run, console, clock, price)
         run.update_info(resumes=info.get("resumes", 0) + 1)
         try:
             recipe.setup(resume=True, force=force)
@@ -65,20 +65,29 @@ def train(
         prints = fingerprints(config)
         check_duplicate(config, prints, allow_duplicate, console)
         run = create_run_dir(config, prints, device_name, price.as_dict())
-        recipe = LoraRecipe(config, run, console, BilledClock(started_at), price)
+        clock = BilledClock(started_at)
         try:
+            recipe = FineTuneRecipe(config, run, console, clock, price)
             recipe.setup(force=force)
             check_project_budget(recipe)
         except Exception:
-            recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
+            mark_failed(run, clock, price)
             raise
     try:
         return recipe.train()
     except TrainingStopped:
         raise
     except BaseException:
-        recipe.run.update_info(status="failed", billed=recipe.clock.record(price))
+        mark_failed(run, recipe.clock, price)
         raise
+
+
+def mark_failed(run, clock: BilledClock, price) -> None:
+    """Status 'failed' (a refusal keeps its own status) and what the process was billed until then."""
+    if run.info().get("status") == "refused-budget":
+        run.update_info(billed=clock.record(price))
+    else:
+        run.update_info(status="failed", billed=clock.record(price))
 
 
 def check_price(config: RunConfig, device_name: str, console: Console):
@@ -119,7 +128,7 @@ def check_duplicate(config: RunConfig, prints: dict, allow: bool, console: Conso
         console.print("similar completed runs on the same data and model: " + "; ".join(near[:5]), highlight=False)
 
 
-def check_project_budget(recipe: LoraRecipe) -> None:
+def check_project_budget(recipe: FineTuneRecipe) -> None:
     """A run whose planned cost is more than the project has left does not start."""
     config = recipe.config
     index = RunIndex(config.output.runs_dir)

@@ -1,4 +1,4 @@
-"""Against forgetting: EWC (Kirkpatrick et al. 2017) and replay.
+"""Against forgetting, an extra term of every step: EWC (Kirkpatrick et al. 2017).
 
 EWC adds lambda * sum_i F_i * (change of weight i)^2 to the loss, where F is the diagonal of the Fisher
 information of the *base* model on general text: weights that general knowledge depends on are held in place,
@@ -8,38 +8,36 @@ change of an adapted weight matrix is the adapter's effective update (PEFT's get
 scaling); for full fine-tuning it is theta - theta_0 for every parameter. The Fisher is computed once per
 (model content, data content, examples, method, targets, sequence length, dtype) and cached under
 $LEANTUNE_HOME/fisher/; a cached one whose layers do not match the model is estimated again.
-
-Replay mixes general-domain examples into the training rows (`replay_fraction` of them), so every epoch keeps
-rehearsing what the base model could already do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from ..data.batches import collate
-from ..errors import ConfigError
-from ..models.adapters import base_behaviour
-from ..models.cache import leantune_home
-from ..models.forward import summed_label_loss
+from ...atomic import atomic_path
+from ...data import load_examples
+from ...data.batches import collate
+from ...data.tokenize import tokenize_examples
+from ...errors import ConfigError
+from ...models.adapters import base_behaviour
+from ...models.forward import summed_label_loss
+from ...paths import leantune_home
+from ...runs.fingerprint import data_files, file_hash, model_fingerprint
 
 
 def adapted_layers(model) -> dict[str, torch.nn.Module]:
     """name -> PEFT LoRA-family layer (has get_delta_weight and a frozen base_layer)."""
     return {name: m for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
 
-
 def _fisher_targets(model, full: bool) -> dict[str, torch.Tensor]:
     if full:
         return {n: p for n, p in model.named_parameters()}
     return {name: layer.base_layer.weight for name, layer in adapted_layers(model).items()}
-
 
 def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch.Tensor]:
     targets = _fisher_targets(model, full)
@@ -70,14 +68,11 @@ def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch
             p.requires_grad_(True)
     return {n: f / len(examples) for n, f in fisher.items()}
 
-
 def fisher_cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return leantune_home() / "fisher" / f"{digest}.safetensors"
 
-
 def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file, save_file
 
     path = fisher_cache_path(key)
     if path.is_file():
@@ -94,7 +89,6 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
         save_file({k: v.contiguous() for k, v in fisher.items()}, tmp)
     return fisher
 
-
 class EWCPenalty:
     def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool):
         self.strength, self.full = strength, full
@@ -109,6 +103,12 @@ class EWCPenalty:
                                   "the Fisher was estimated for other layers. Delete it and train again.")
             self.terms = [(layers[n], f, None) for n, f in fisher.items()]
 
+    def add_to_step(self) -> dict:
+        """The penalty's gradient added to the step's; its value for the step's metrics."""
+        penalty = self()
+        penalty.backward()
+        return {"ewc_penalty": penalty.item()}
+
     def __call__(self) -> torch.Tensor:
         total = torch.zeros(())
         for target, fisher, anchor in self.terms:
@@ -119,11 +119,17 @@ class EWCPenalty:
             total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
         return self.strength * total
 
-
-def replay_rows(train_rows: list, replay_rows_pool: list, fraction: float, seed: int) -> list:
-    """Training rows with general-domain rows mixed in so that they make up `fraction` of the total."""
-    if fraction <= 0 or not replay_rows_pool:
-        return train_rows
-    wanted = round(fraction / (1 - fraction) * len(train_rows))
-    rng = random.Random(seed)
-    return train_rows + [replay_rows_pool[rng.randrange(len(replay_rows_pool))] for _ in range(wanted)]
+def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
+    """The EWC term of a run: the Fisher on forgetting.ewc_data, from the cache when the same model content, data
+    content and settings estimated it before."""
+    forget, d = config.forgetting, config.data
+    general, _ = tokenize_examples(tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples], d.max_seq_len,
+                                   "all_assistant", d.truncation)
+    full = config.method.name == "full"
+    # by content: an edited model or data file must not reuse the Fisher of the old one
+    key = {"model": model_fingerprint(config.model.base), "examples": forget.ewc_examples, "full": full,
+           "data": ",".join(file_hash(p) for p in data_files(forget.ewc_data, "forgetting.ewc_data")),
+           "targets": config.method.target_modules, "max_seq_len": d.max_seq_len, "truncation": d.truncation,
+           "dtype": str(compute_dtype), "method": config.method.name}
+    fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note)
+    return EWCPenalty(model, fisher, forget.ewc_lambda, full)

@@ -1,0 +1,78 @@
+"""The verbs that load a model: train, eval, generate, demo. Their library functions import torch and
+transformers inside the command (seconds of start-up that `leantune runs ls` and the planner must not pay)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ..runs.cost import process_start_time
+from .common import RUNS_DIR, err, split_train_args
+
+
+def train(
+    args: Optional[List[str]] = typer.Argument(None, help="[CONFIG.yaml] [key=value ...], e.g. training.lr=2e-4"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    force: bool = typer.Option(False, "--force", help="train even if the plan predicts it will not fit hardware.memory_gib"),
+    allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="train even if a completed run had the same config, data and model"),
+):
+    """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
+    from ..evaluation.render import eval_table
+    from ..training.api import train as run_training
+
+    config, overrides = split_train_args(args or [])
+    result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
+                          started_at=process_start_time())
+    err.print(f"[green]done[/]: {result.summary()}")
+    if result.evaluation is not None:
+        Console().print(eval_table(result.evaluation))
+
+
+def eval_command(
+    target: str = typer.Argument(..., help="a run (directory, id or name) or a model (smollm2-135m, HF directory, .gguf)"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="held-out, trivia, analogies, a built-in dataset or a data "
+                                             "file; repeat for several (default: a run's held-out split + the general suite)"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="loss, accuracy, multiple_choice, exact_match, token_f1, "
+                                               "preference_accuracy; repeat for several (default: what fits each task)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="at most this many items per task (a random sample)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    runs_dir: str = RUNS_DIR,
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    no_save: bool = typer.Option(False, "--no-save", help="do not write eval.json / report.md into the run"),
+):
+    """Score a run against its base model on the same items (task metrics + forgetting on the general suite), or a model alone."""
+    from ..evaluation.api import evaluate
+    from ..evaluation.render import eval_table
+
+    result = evaluate(target, task or (), metric or (), limit, batch_size, save=not no_save, runs_dir=runs_dir,
+                      console=None if as_json else err)
+    if as_json:
+        print(result.to_json())
+        return
+    Console().print(eval_table(result))
+    for line in result.summary():
+        err.print(line, highlight=False)
+
+
+def generate(
+    model: str = typer.Argument(..., help="a run directory, or a base model (smollm2-135m, HF directory, .gguf)"),
+    prompt: str = typer.Argument(..., help="the user message"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    system: Optional[str] = typer.Option(None, "--system", help="an optional system message"),
+):
+    """Print the model's reply to PROMPT, formatted with its chat template."""
+    from ..generate import generate as run_generate
+
+    print(run_generate(model, prompt, max_new_tokens, system))
+
+
+def demo(
+    runs_dir: str = typer.Option("runs", "--runs-dir"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="optimizer steps (default: the demo's tuned value)"),
+):
+    """Fine-tune the bundled SmolLM2-135M on bundled SMS spam data and compare base vs tuned accuracy."""
+    from ..demo import run_demo
+
+    run_demo(runs_dir, steps, started_at=process_start_time())

@@ -1,0 +1,27 @@
+"""Fine-tuning methods, one file each (the way PEFT keeps each tuner in its folder):
+
+| method | trained | frozen base | library |
+|---|---|---|---|
+| lora | low-rank A, B per adapted layer | as loaded (fp32 / bf16) | PEFT |
+| dora | LoRA + a magnitude vector per layer | as loaded | PEFT `use_dora` |
+| adalora | SVD-shaped P, E, Q whose rank budget shrinks during training | as loaded | PEFT + our hooks |
+| qlora | LoRA | 4-bit NF4, double quantisation | bitsandbytes, PEFT |
+| full | every weight | nothing | torch |
+
+Adding a method: a subclass of `base.Method` in a new file, and one line in METHODS."""
+
+from __future__ import annotations
+
+from ...config import MethodConfig
+from .adalora import AdaLoRA
+from .base import Method
+from .dora import DoRA
+from .full import Full
+from .lora import LoRA
+from .qlora import QLoRA
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (LoRA, DoRA, QLoRA, AdaLoRA, Full)}
+
+
+def make_method(config: MethodConfig) -> Method:
+    return METHODS[config.name](config)

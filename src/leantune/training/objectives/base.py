@@ -1,0 +1,59 @@
+"""What an objective is to the loop: how it tokenises its data, what one optimizer step's loss is (it calls
+backward itself, micro-batch by micro-batch, so accumulation holds one micro-batch's activations at a time),
+and what the eval loss is. An objective is one file in this folder and one line in `__init__.py`'s registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import RunConfig
+from ...data.batches import collate, pack_micro_batch
+from ...data.tokenize import TokenizedExample
+
+
+@dataclass(frozen=True)
+class Batches:
+    """How examples become tensors for this run: padded, or with data.packing several examples share a row
+    (same examples per step either way, so packing changes the speed, not the training)."""
+
+    pad_id: int
+    packing: bool
+    max_seq_len: int
+    micro_batch_size: int
+    loss_chunk: int = 0
+
+    def collate(self, examples) -> dict:
+        if self.packing:
+            examples = pack_micro_batch(examples, self.max_seq_len)
+        return collate(examples, self.pad_id)
+
+    def chunks(self, data: list) -> list[list]:
+        """Micro-batches for a pass over `data` in order (evaluation)."""
+        return [data[i : i + self.micro_batch_size] for i in range(0, len(data), self.micro_batch_size)]
+
+
+class Objective:
+    name = ""
+    packs = True  # whether its rows may share packed rows
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    def tokenize(self, tokenizer, examples: list):
+        """(tokenised items, stats) for a list of examples."""
+        raise NotImplementedError
+
+    def rows(self, data: list) -> list[TokenizedExample]:
+        """The token rows the data runs as (for the memory and time plan)."""
+        return list(data)
+
+    def prepare(self, model, tokenizer, batches: Batches, train_data: list, eval_data: list, device: str, note) -> None:
+        """What it needs before the first step (a teacher, reference log-probabilities)."""
+
+    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
+        """One optimizer step's loss (backward done), its tokens, and extra metrics."""
+        raise NotImplementedError
+
+    def eval_loss(self, model, batches: Batches, data: list) -> tuple[float, dict]:
+        """Mean eval loss and extra metrics (called in eval mode, without gradients)."""
+        raise NotImplementedError
