@@ -89,7 +89,11 @@ def portable(value):
 
 def write_results(path: Path, results: dict) -> None:
     """Write a results JSON with its provenance, atomically (a crash never leaves half a file in place)."""
-    results = portable({**results, PROVENANCE: provenance()})
+    stamp = provenance()
+    earlier = results.get(PROVENANCE, {})
+    if earlier.get("commit") == stamp["commit"]:  # one more invocation at the same code: keep every command
+        stamp["commands"] = list(dict.fromkeys(earlier.get("commands", [earlier.get("command")]) + [stamp["command"]]))
+    results = portable({**results, PROVENANCE: stamp})
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
