@@ -115,6 +115,7 @@ def test_registry_push_promote_rollback(tiny_model_dir, chat_file, tmp_path, mon
         assert code == 0 and f"support-bot v{version}" in out
     run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "1", "--stage", "production", "--runs-dir", runs)
     run_cli(monkeypatch, capsys, "registry", "promote", "support-bot", "2", "--stage", "production", "--runs-dir", runs)
+
     def stages():
         return dict(sqlite3.connect(runs / "index.sqlite").execute("SELECT version, stage FROM registry").fetchall())
 

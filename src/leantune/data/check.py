@@ -65,11 +65,13 @@ class Sources:
     def __len__(self) -> int:
         return len(self.number)
 
+
 @dataclass(frozen=True)
 class Kind:
     severity: str  # error | warning
     title: str
     hint: str
+
 
 KINDS = {
     "unreadable": Kind("error", "rows that cannot be read", "fix or delete these lines; `leantune data clean` drops them"),
@@ -109,6 +111,7 @@ class Finding:
         if len(self.rows) < SHOW:
             self.rows.append(f"{where} {detail}".strip())
 
+
 @dataclass
 class Lengths:
     p50: int
@@ -121,6 +124,7 @@ class Lengths:
             return None
         a = np.asarray(values)
         return cls(int(np.percentile(a, 50)), int(np.percentile(a, 95)), int(a.max()))
+
 
 @dataclass
 class CheckReport:
@@ -162,6 +166,7 @@ class CheckReport:
         return sorted((f for f in self.findings.values() if f.count),
                       key=lambda f: (f.severity != "error", order.index(f.code)))
 
+
 @dataclass
 class Keys:
     """What dedup, conflicts and overlap need from one example, computed on the repaired, trimmed text."""
@@ -170,6 +175,7 @@ class Keys:
     prompt: int  # 0 for plain text (no prompt)
     answer: int
     text: str  # what near-duplicate detection compares (system prompts left out: they repeat by design)
+
 
 def example_keys(ex: Example) -> Keys:
     if ex.kind == "text":
@@ -185,10 +191,12 @@ def example_keys(ex: Example) -> Keys:
         text="\n".join(c for role, c in messages if role != "system"),
     )
 
+
 def example_strings(ex: Example) -> list[str]:
     if ex.kind == "text":
         return [ex.text]
     return [m["content"] for m in ex.messages] + ([ex.rejected] if ex.rejected is not None else [])
+
 
 def render_for_length(tokenizer, ex: Example) -> str:
     if ex.kind == "text":
@@ -198,6 +206,7 @@ def render_for_length(tokenizer, ex: Example) -> str:
         rejected = list(ex.messages[:-1]) + [{"role": "assistant", "content": ex.rejected}]
         text = max(text, tokenizer.apply_chat_template(rejected, tokenize=False), key=len)
     return text
+
 
 class Checker:
     """One streaming pass over a dataset. `row_outcomes` is what `data clean` builds on."""
@@ -371,16 +380,18 @@ class Checker:
                 self.finding(report, "label_imbalance").add(f"'{top}'", f"{count / report.examples:.1%} of rows")
         return dropped
 
+
 def check_examples(checker: Checker, report: CheckReport, rows: Iterable[tuple]):
     for _, ex, _ in rows:
         if ex is not None:
             checker.observe(ex, report)
     return checker.finish(report)
 
-def builtin_rows(name: str) -> Iterator[tuple[None, Example, None]]:
 
+def builtin_rows(name: str) -> Iterator[tuple[None, Example, None]]:
     for ex in BUILTIN[name]():
         yield None, ex, None
+
 
 def check_dataset(data: str, eval_data: str | None = None, *, fmt: str = "auto", columns: dict[str, str] | None = None,
                   near_threshold: float = 0.8, tokenizer=None, seq_len: int | None = None, micro_batch_size: int = 8,

@@ -35,11 +35,13 @@ def base_and_tuned(tuned, base=None) -> list[Contender]:
         return [Contender("base", tuned, lambda: base_behaviour(tuned)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
     return [Contender("base", base, lambda: eval_mode(base)), Contender("tuned", tuned, lambda: eval_mode(tuned))]
 
+
 def run_contenders(run, device: str | None = None) -> tuple[list[Contender], object, list[str]]:
     """(base and tuned contenders, tokenizer, notes) for a finished run's saved weights (models/inference.py)."""
 
     trained = load_trained(run, device, with_base=True)
     return base_and_tuned(trained.model, trained.base), trained.tokenizer, trained.notes
+
 
 def replay_note(config) -> list[str]:
     f = config.forgetting
@@ -54,6 +56,7 @@ def replay_note(config) -> list[str]:
                 "measures memory of those questions as well as general knowledge."]
     return []
 
+
 def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Settings, target: str,
                     console: Console | None = None, cost_usd: float | None = None, notes: list[str] | None = None) -> EvalResult:
     started = time.perf_counter()
@@ -65,6 +68,7 @@ def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Set
     results = [evaluate_task(task, contenders, tokenizer, settings, progress) for task in tasks]
     return EvalResult(target, [c.name for c in contenders], results, forgetting_score(results), cost_usd,
                       time.perf_counter() - started, list(notes or []))
+
 
 def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 16, save: bool = True, runs_dir: str = "runs",
@@ -96,6 +100,7 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     contenders = [Contender("model", model, lambda: eval_mode(model))]
     return evaluate_models(contenders, loaded.tokenizer, task_list, Settings(batch_size=batch_size, limit=limit), str(target), console)
 
+
 def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, train_seconds: float,
                             max_seconds: float | None, cost_usd: float | None, note) -> EvalResult | None:
     """`eval.after_train`: the trained model in memory against its base, time-boxed to eval.time_share of the
@@ -117,8 +122,8 @@ def evaluate_after_training(model, tokenizer, config, tasks, run, device: str, t
             note(line)
     return result
 
-def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note):
 
+def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seconds, max_seconds, cost_usd, note):
     if hasattr(model, "disable_adapter"):
         contenders = base_and_tuned(model)
     else:  # full fine-tuning: the base is loaded beside the tuned weights
@@ -137,6 +142,7 @@ def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seco
     save_to_run(run, result)
     return result
 
+
 def _find_run(target: str, runs_dir: str):
     """The run a target names (a run directory, or an id / prefix / name in runs_dir's index), else None (a model)."""
 
@@ -153,6 +159,7 @@ def _find_run(target: str, runs_dir: str):
     except RunDirError as e:
         raise RunDirError(f"'{target}' is neither a model (a built-in name: {', '.join(BUNDLED)}; a Hugging Face directory; "
                           f"a .gguf file) nor a run: {e}") from None
+
 
 def save_to_run(run, result: EvalResult, tasks: tuple[str, ...] = ()) -> None:
     """The standard evaluation (held-out + general suite) goes to eval.json and the report's '## Evaluation'

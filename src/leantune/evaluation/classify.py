@@ -28,6 +28,7 @@ class ClassificationResult:
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "predictions"} | {"balanced_accuracy": self.balanced_accuracy}
 
+
 def classify(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> list[str]:
     """The most likely label for each example, as the reply to its prompt (the examples' own answers are ignored).
     Each prompt runs once for all labels (KV-cache reuse, evaluate/shared_prompt.py)."""
@@ -35,6 +36,7 @@ def classify(model, tokenizer, examples: list[ChatExample], labels: list[str], b
     questions = [Question(ex.prompt, tuple(labels), 0) for ex in examples]
     scores = choice_scores(model, tokenizer, questions, batch_size, per_token=False)  # a label is a whole reply
     return [labels[argmax(s)] for s in scores]
+
 
 def classification_accuracy(model, tokenizer, examples: list[ChatExample], labels: list[str], batch_size: int = 16) -> ClassificationResult:
     predictions = classify(model, tokenizer, examples, labels, batch_size)

@@ -28,6 +28,7 @@ GENERAL_TASKS = ("trivia", "analogies")
 def analogy_file():
     return package_file("gensim", "test/test_data/questions-words.txt", f"pip install --no-deps {GENSIM}", DataError)
 
+
 def analogy_questions(per_section: int = ANALOGIES_PER_SECTION, seed: int = 0, n_choices: int = 4) -> list[Question]:
     sections: dict[str, list[tuple[str, ...]]] = {}
     current = None
@@ -49,9 +50,10 @@ def analogy_questions(per_section: int = ANALOGIES_PER_SECTION, seed: int = 0, n
             questions.append(Question(prompt, tuple(choices), choices.index(d), source=f"questions-words.txt:{name}"))
     return questions
 
-def trivia_questions(seed: int = 0) -> list[Question]:
 
+def trivia_questions(seed: int = 0) -> list[Question]:
     return questions_with_distractors(load_trivia(), n_choices=4, seed=seed)
+
 
 def general_questions(name: str) -> list[Question]:
     return {"trivia": trivia_questions, "analogies": analogy_questions}[name]()

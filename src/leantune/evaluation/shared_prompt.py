@@ -24,6 +24,7 @@ def split_at_answer(row: TokenizedExample) -> tuple[list[int], list[int], list[i
     first = next(i for i, label in enumerate(row.labels) if label != IGNORE)
     return row.input_ids[:first], row.input_ids[first:], row.labels[first:]
 
+
 def _right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -33,6 +34,7 @@ def _right_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
         mask[i, : len(s)] = 1
     return ids, mask
 
+
 def _select_rows(cache, index: torch.Tensor):
     """A new cache holding the given batch rows of `cache` (rows may repeat); `cache` is left as it is."""
 
@@ -40,6 +42,7 @@ def _select_rows(cache, index: torch.Tensor):
     for layer_idx, layer in enumerate(cache.layers):
         picked.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
     return picked
+
 
 @torch.no_grad()
 def score_shared_prompts(model, pad_id: int, groups: list[list[TokenizedExample]], per_token: bool,

@@ -25,6 +25,7 @@ MAX_LABELS = 20  # more distinct answers than this is not a closed answer set
 class MetricError(UserError):
     """A metric that does not fit the task's data."""
 
+
 @dataclass
 class Task:
     name: str
@@ -37,12 +38,14 @@ class Task:
     def __len__(self) -> int:
         return len(self.questions) if self.questions and not self.examples else len(self.examples)
 
+
 def closed_answer_set(examples: list[Example]) -> tuple[str, ...]:
     """The answers a classification task chooses from, or () when the answers are free text."""
     answers = sorted({(ex.label or ex.answer).strip() for ex in examples if ex.kind == "chat"})
     if 2 <= len(answers) <= MAX_LABELS and len(answers) <= max(2, len(examples) // 2):
         return tuple(answers)
     return ()
+
 
 def default_metrics(examples: list[Example]) -> tuple[str, ...]:
     kind = examples[0].kind
@@ -51,6 +54,7 @@ def default_metrics(examples: list[Example]) -> tuple[str, ...]:
     if kind == "text":
         return ("loss",)
     return ("loss", "accuracy") if closed_answer_set(examples) else ("loss",)
+
 
 def check_metric(name: str, metric: str, examples: list[Example], general_mc_only: bool = False) -> None:
     if metric not in METRICS:
@@ -80,8 +84,8 @@ def check_metric(name: str, metric: str, examples: list[Example], general_mc_onl
         raise MetricError(f"Metric multiple_choice takes other rows' answers as distractors; task '{name}' has only one "
                           "distinct answer. Use loss.")
 
-def held_out_examples(config) -> list[Example]:
 
+def held_out_examples(config) -> list[Example]:
     d = config.data
     splits = load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format, d.columns,
                          objective=config.objective.name)
@@ -90,19 +94,19 @@ def held_out_examples(config) -> list[Example]:
                         "Name one with --task (a data file or a built-in dataset).")
     return splits.eval
 
+
 def builtin_sample(name: str) -> list[Example]:
     """The held-out split a run on this built-in dataset gets by default (200 examples, seed 42)."""
 
     defaults = RunConfig()
     return load_splits(name, None, defaults.data.eval_size, defaults.training.seed).eval
 
-def resolve_task(spec: str, metrics: tuple[str, ...] = (), run_config=None) -> Task:
 
+def resolve_task(spec: str, metrics: tuple[str, ...] = (), run_config=None) -> Task:
     if spec in GENERAL_TASKS:
         for m in metrics:
             check_metric(spec, m, [], general_mc_only=spec == "analogies" or m not in GENERATION_METRICS + ("multiple_choice",))
         if spec == "trivia" and any(m in GENERATION_METRICS for m in metrics):
-
             task = task_from_examples(spec, load_trivia(), metrics)  # builds the questions too, if multiple_choice is asked
             task.general = True
             return task
@@ -117,6 +121,7 @@ def resolve_task(spec: str, metrics: tuple[str, ...] = (), run_config=None) -> T
         examples = load_examples(spec)
     return task_from_examples(spec, examples, metrics)
 
+
 def task_from_examples(name: str, examples: list[Example], metrics: tuple[str, ...] = ()) -> Task:
     for m in metrics:
         check_metric(name, m, examples)
@@ -126,6 +131,7 @@ def task_from_examples(name: str, examples: list[Example], metrics: tuple[str, .
     elif "multiple_choice" in task.metrics:
         task.questions = questions_with_distractors(examples, n_choices=4, seed=0)
     return task
+
 
 def after_train_tasks(config, held_out: list[Example], note) -> list[Task]:
     """The tasks `eval.after_train` scores, resolved before training so a bad one stops the run in a second."""
@@ -138,6 +144,7 @@ def after_train_tasks(config, held_out: list[Example], note) -> list[Task]:
         else:
             note("eval.after_train: no held-out examples (data.eval_size=0), so only the other eval.tasks are scored")
     return tasks
+
 
 def shuffled(n: int, seed: int = 0) -> list[int]:
     """A fixed random order of n items: a time-limited evaluation scores a prefix, which is then a random sample."""

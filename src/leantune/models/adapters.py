@@ -12,11 +12,11 @@ from ..errors import RunDirError
 
 
 def load_adapter(model, adapter_dir: str | Path):
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise RunDirError(f"'{adapter_dir}' holds no adapter (adapter_config.json missing). Has the run finished?")
     return PeftModel.from_pretrained(model, adapter_dir)
+
 
 def enable_activation_checkpointing(model) -> None:
     # Non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads.
@@ -26,10 +26,12 @@ def enable_activation_checkpointing(model) -> None:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+
 def trainable_parameter_count(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
 
 @contextmanager
 def eval_mode(model):
@@ -40,6 +42,7 @@ def eval_mode(model):
         yield model
     finally:
         model.train(was_training)
+
 
 @contextmanager
 def base_behaviour(model):

@@ -26,11 +26,14 @@ def _softcap(config):
     cap = getattr(config, "final_logit_softcapping", None)
     return (lambda logits: torch.tanh(logits / cap) * cap) if cap else None
 
+
 def _scale(config):
     return lambda logits: logits * config.logit_scale
 
+
 def _divide(config):
     return lambda logits: logits / config.logits_scaling
+
 
 # model_type -> what its *ForCausalLM.forward does to lm_head's output (None: nothing)
 FINAL_LOGITS = {
@@ -50,25 +53,28 @@ class OutputLayer(torch.nn.Module):
         logits = self.head(hidden)
         return logits if self.transform is None else self.transform(logits)
 
+
 def final_logit_transform(config):
     model_type = getattr(config, "model_type", "")
     if model_type not in FINAL_LOGITS:
-
         raise ModelError(f"leantune does not know how a '{model_type}' model computes its final logits (some "
                          f"architectures scale or soft-cap them), so it would train and score it wrongly. Supported "
                          f"model types: {', '.join(sorted(FINAL_LOGITS))}.")
     make = FINAL_LOGITS[model_type]
     return make(config) if make else None
 
+
 def decoder_and_head(model):
     """(the decoder stack, the output layer with the architecture's final logit transform)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), OutputLayer(base.get_output_embeddings(), final_logit_transform(base.config))
 
+
 def check_architecture(model) -> None:
     """Refuse a model whose logits this module cannot compute (before any time is spent on it)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     final_logit_transform(base.config)
+
 
 def label_hidden(model, batch: dict[str, torch.Tensor]):
     """(hidden states [n, d], targets [n], row index [n]) at every labelled position: what the output layer sees."""
@@ -82,14 +88,17 @@ def label_hidden(model, batch: dict[str, torch.Tensor]):
     rows = torch.arange(targets.shape[0], device=device).unsqueeze(1).expand_as(targets)[keep]
     return hidden[:, :-1][keep], targets[keep], rows
 
+
 def label_logits(model, batch: dict[str, torch.Tensor]):
     """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
     hidden, targets, rows = label_hidden(model, batch)
     _, head = decoder_and_head(model)
     return head(hidden).float(), targets, rows
 
+
 def _chunk_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
 
 def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, and how many there were.
@@ -112,6 +121,7 @@ def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
         else:
             total = total + _chunk_loss(head, hidden[part], targets[part])
     return total, int(targets.numel())
+
 
 def sequence_logprobs(model, batch) -> torch.Tensor:
     """Log-probability of each row's labelled tokens, summed per row: log p(answer | prompt)."""

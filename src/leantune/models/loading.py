@@ -38,6 +38,7 @@ class BaseModel:
     path: Path  # the HF-format directory the weights were read from
     load_seconds: float
 
+
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """'auto': bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU.
 
@@ -52,15 +53,18 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
+
 def detected_device() -> tuple[str, str]:
     """(torch device, its name for pricing): ('cuda', 'cuda:NVIDIA H100 80GB HBM3') or ('cpu', 'cpu')."""
     if torch.cuda.is_available():
         return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
     return "cpu", "cpu"
 
+
 def bundled_gguf_path(name: str) -> Path:
     entry = BUNDLED[name]
     return package_file(entry.package, entry.filename, entry.install, ModelError)
+
 
 def check_gguf_architecture(path: Path) -> str:
     """Read the GGUF header (memory-mapped, no tensor data) and refuse what transformers cannot load."""
@@ -73,6 +77,7 @@ def check_gguf_architecture(path: Path) -> str:
             f"{', '.join(supported)}. Convert the model to a Hugging Face directory (config.json + safetensors) and pass that instead."
         )
     return arch
+
 
 def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
     """De-quantise a GGUF file with transformers and save it as an HF directory under `target`.
@@ -96,6 +101,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
         tokenizer.save_pretrained(tmp)
         (tmp / "leantune_source.json").write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
     return model
+
 
 def hf_dir_for(spec: str) -> Path:
     """The HF-format directory for a model spec, converting (and caching) a GGUF first if needed."""
@@ -124,6 +130,7 @@ def hf_dir_for(spec: str) -> Path:
         convert_gguf(gguf_path, target)
     return target
 
+
 def quiet_transformers() -> None:
     """transformers draws a progress bar per load and save; leantune reports loads itself. bitsandbytes warns
     on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
@@ -134,11 +141,13 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+
 def load_tokenizer(spec: str):
     """Only the tokenizer of a model spec (the weights are not loaded, though a GGUF is converted once)."""
 
     quiet_transformers()
     return AutoTokenizer.from_pretrained(hf_dir_for(spec))
+
 
 def load_base(spec: str, dtype: str = "auto", device: str = "cpu", quantize_4bit: bool = False) -> BaseModel:
     """Load a causal LM and its tokenizer from a short name, an HF directory or a .gguf file; with

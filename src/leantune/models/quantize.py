@@ -10,9 +10,9 @@ from transformers import BitsAndBytesConfig
 
 
 def quantization_config(compute_dtype: torch.dtype):
-
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
 
 def prepare_4bit_base(model):
     """A 4-bit base as QLoRA trains over it: frozen, with its norms and embeddings upcast to fp32 (PEFT's
@@ -20,6 +20,7 @@ def prepare_4bit_base(model):
 
     # activation checkpointing is ours to switch (training.gradient_checkpointing)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
 
 def keep_4bit_state_exact(model) -> None:
     """Turn off bitsandbytes' CPU inference repacking. On CPUs with AVX512-BF16, the first forward pass in eval
@@ -30,6 +31,7 @@ def keep_4bit_state_exact(model) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
 
 def quantized_weight_bytes(model) -> tuple[int, int]:
     """(bytes held by the 4-bit layers' weights and quantisation statistics, parameters those layers stand for)."""

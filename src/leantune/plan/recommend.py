@@ -70,6 +70,7 @@ def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, me
     # One row per (method, GPU type, GPU count): the fitting variant that recomputes nothing, shards
     # nothing it need not, and uses the largest micro-batch (larger batches run closer to peak, which the
     # flat MFU assumption does not see).
+
     def preference(c: Candidate):
         return (c.price(spot), c.setup.grad_checkpointing, c.setup.sharding != "none", -c.setup.micro_batch)
 

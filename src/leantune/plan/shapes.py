@@ -112,6 +112,7 @@ class ModelShape:
                 total += copies * rank * (d_in + d_out)
         return self.layers * total
 
+
 # Model types whose configs leave tie_word_embeddings unset mean different things by default.
 _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 
@@ -145,11 +146,13 @@ def shape_from_hf_config(config: dict, name: str = "model") -> ModelShape:
     except KeyError as e:
         raise ModelError(f"The config of '{name}' lacks {e.args[0]!r}, so its shape is unknown. Is it a decoder-only language model?") from None
 
+
 def shape_from_dir(path: Path) -> ModelShape:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelError(f"'{path}' has no config.json, so its shape is unknown. Pass a Hugging Face model directory or a preset name.")
     return shape_from_hf_config(json.loads(config_path.read_text()), name=path.name)
+
 
 def shape_from_gguf(path: Path) -> ModelShape:
     """Read the shape from a GGUF header (memory-mapped; no weights are loaded)."""

@@ -23,6 +23,7 @@ def parse_token_count(text: str) -> float:
         raise ConfigError("--tokens must be positive.")
     return value
 
+
 def count_dataset_tokens(dataset: str, tokenizer_dir: Path | None = None) -> tuple[float, str]:
     """(tokens for one epoch, how they were counted)."""
 

@@ -35,6 +35,7 @@ PHASE_LABELS = {"load": "loading the model", "data": "reading and tokenising dat
                 "prepare": "preparing (Fisher, reference, teacher)", "train": "training steps", "eval": "evaluation",
                 "checkpoint": "checkpoints and saving", "other": "start-up, planning and the rest"}
 
+
 def usd(value: float | None) -> str:
     """Dollars readable at any scale: cents for real runs, more digits for the fractions of a cent of tiny ones."""
     if value is None:
@@ -43,6 +44,7 @@ def usd(value: float | None) -> str:
 
 # ---------------------------------------------------------------- price
 
+
 def normalise_device_name(name: str) -> str:
     """'NVIDIA A100-SXM4-80GB' -> 'a100 sxm4 80gb'; 'Tesla T4' -> 't4'; 'NVIDIA GeForce RTX 4090' -> 'rtx 4090'."""
     text = name.strip().lower()
@@ -50,19 +52,20 @@ def normalise_device_name(name: str) -> str:
     text = re.sub(r"^(nvidia\s+)?(tesla\s+|geforce\s+)?", "", text)
     return " ".join(re.split(r"[\s_\-]+", text)).strip()
 
+
 def gpu_for_device(device: str, catalog: dict | None = None):
     """The catalog entry of a device name ('cuda:NVIDIA H100 80GB HBM3' or the bare name), or None when the card
     is not in the catalog (or the device is a CPU)."""
     if not device or device == "cpu" or device.startswith("cpu"):
         return None
     if catalog is None:
-
         catalog = load_catalog()
     wanted = normalise_device_name(device)
     for gpu in catalog.values():
         if any(normalise_device_name(n) == wanted for n in gpu.device_names):
             return gpu
     return None
+
 
 @dataclass(frozen=True)
 class Price:
@@ -83,6 +86,7 @@ class Price:
     def from_dict(cls, data: dict) -> "Price":
         return cls(data.get("usd_per_hour"), data.get("source", "none"), data.get("device", "cpu"))
 
+
 def resolve_price(configured: float | None, device: str, catalog: dict | None = None) -> Price:
     """The config's price, else the catalog's on-demand price for the detected GPU, else none."""
     if configured is not None:
@@ -92,12 +96,14 @@ def resolve_price(configured: float | None, device: str, catalog: dict | None = 
         return Price(gpu.on_demand_usd, f"catalog {gpu.key}", device)
     return Price(None, "none", device)
 
+
 def missing_price_warning(price: Price) -> str | None:
     if price.usd_per_hour is not None:
         return None
     what = "a CPU" if price.device == "cpu" else f"'{price.device.removeprefix('cuda:')}', which the GPU catalog does not list"
     return (f"cost: this run is on {what}, so its cost is unknown; set cost.usd_per_hour (e.g. cost.usd_per_hour=0.5) "
             "to meter it and to use budgets")
+
 
 def refuse_budget_without_price(price: Price, run_budget: float | None, project: str | None = None,
                                 project_budget: float | None = None) -> None:
@@ -116,11 +122,13 @@ def refuse_budget_without_price(price: Price, run_budget: float | None, project:
                       "when the budget is spent. Set cost.usd_per_hour to what the machine costs (0 if it is yours), or "
                       "drop the budget.")
 
+
 def cost_usd(seconds: float, price: Price | float | None) -> float | None:
     rate = price.usd_per_hour if isinstance(price, Price) else price
     return None if rate is None else seconds / 3600 * rate
 
 # ---------------------------------------------------------------- billed time
+
 
 def process_start_time() -> float:
     """When this process started (epoch seconds), from /proc on Linux; elsewhere when leantune was imported."""
@@ -135,6 +143,7 @@ def process_start_time() -> float:
         return min(started, _IMPORTED)
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED
+
 
 _IMPORTED = time.time()
 
@@ -203,6 +212,7 @@ class BilledClock:
             earlier_usd = None if earlier_usd is None or rate is None else earlier_usd + cost_usd(gap, rate)
         return cls(started, phases, earlier_usd)
 
+
 @dataclass(frozen=True)
 class RunCost:
     """What a finished (or stopped) run was billed, read back from its files."""
@@ -211,6 +221,7 @@ class RunCost:
     phases: dict
     price: Price
     usd: float | None
+
 
 def run_cost(info: dict, metrics: list[dict], configured: float | None) -> RunCost:
     """A run's billed time and dollars from run.json and metrics.jsonl. The last logged step can be newer than

@@ -47,6 +47,7 @@ def result_fields(config: RunConfig) -> dict[str, object]:
                 flat[f"{section}.{key}"] = value
     return flat
 
+
 # Where the data and the model are is not what they are: their content has its own fingerprint, so a copied or
 # renamed file does not make a new experiment.
 BY_CONTENT = ("data.train", "data.eval", "model.base", "forgetting.ewc_data", "forgetting.replay_data", "objective.teacher")
@@ -57,8 +58,10 @@ def config_fingerprint(config: RunConfig) -> str:
     fields.update(side_inputs(config))  # by content, in place of their paths or names
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
+
 def _cache_path() -> Path:
     return leantune_home() / "fingerprints.json"
+
 
 def file_hash(path: Path) -> str:
     path = Path(path).resolve()
@@ -82,6 +85,7 @@ def file_hash(path: Path) -> str:
         pass  # a read-only home only costs the re-hash next time
     return cache[key]
 
+
 def data_files(spec: str, key: str) -> list[Path]:
     """The files a data input is read from: a built-in dataset's shipped files, or the file itself."""
 
@@ -97,6 +101,7 @@ def data_files(spec: str, key: str) -> list[Path]:
         raise DataError(f"{key}: {e}") from None
     raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file.")
 
+
 def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
     """Content hash of the training data (and eval data when given); built-in datasets hash their shipped files."""
     parts = []
@@ -105,11 +110,13 @@ def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
             parts.append(",".join(file_hash(f) for f in data_files(s, key)))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
+
 def _is_model_file(path: Path) -> bool:
     """Weights, the architecture (config.json) and everything the tokenizer and chat template are read from."""
     name = path.name
     return (path.suffix in WEIGHT_SUFFIXES or name == "config.json" or name.startswith(("tokenizer", "vocab", "merges",
             "special_tokens_map", "added_tokens", "chat_template")) or path.suffix == ".model")
+
 
 def model_files(spec: str, key: str = "model.base") -> list[Path]:
     """The files a model input's content is: a .gguf file (weights, tokenizer and template in one), or a model
@@ -138,6 +145,7 @@ def model_files(spec: str, key: str = "model.base") -> list[Path]:
         raise ModelError(f"{key}: {e}") from None
     raise ModelError(f"{key}: '{spec}' is not a built-in model ({', '.join(BUNDLED)}), a directory or a .gguf file.")
 
+
 def model_fingerprint(spec: str, key: str = "model.base") -> str:
     """Hash of a model's content: weights, architecture, tokenizer and chat template (models/ files, by name
     relative to the model so a moved copy keeps its fingerprint)."""
@@ -145,6 +153,7 @@ def model_fingerprint(spec: str, key: str = "model.base") -> str:
     root = files[0].parent if len(files) == 1 else Path(spec).expanduser()
     combined = "|".join(f"{p.relative_to(root) if p.is_relative_to(root) else p.name}:{file_hash(p)}" for p in files)
     return hashlib.sha256(combined.encode()).hexdigest()[:16]
+
 
 def side_inputs(config: RunConfig) -> dict[str, str]:
     """Content hashes of the other inputs that change the result, where the config uses them: EWC's general data,
@@ -159,11 +168,13 @@ def side_inputs(config: RunConfig) -> dict[str, str]:
         inputs["objective.teacher"] = model_fingerprint(o.teacher, "objective.teacher")
     return inputs
 
+
 def fingerprints(config: RunConfig) -> dict[str, str]:
     """config_fp, data_fp and model_fp of a run. An input that cannot be read is refused here, by name, rather
     than fingerprinted by its name (which would call an edited file the same experiment)."""
     return {"config_fp": config_fingerprint(config), "data_fp": data_fingerprint(config.data.train, config.data.eval),
             "model_fp": model_fingerprint(config.model.base)}
+
 
 def differing_fields(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

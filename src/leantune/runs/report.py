@@ -38,6 +38,7 @@ def plot_loss(run: RunDir) -> bool:
     plt.close(fig)
     return True
 
+
 def plan_vs_actual(run: RunDir, result, config) -> list[str]:
     """What the planner said before the run next to what happened (plan.json, written at setup)."""
 
@@ -62,6 +63,7 @@ def plan_vs_actual(run: RunDir, result, config) -> list[str]:
     note = ("Peak memory on CPU is the process's resident peak, which also holds allocator slack the plan leaves out "
             "(see plan/MEMORY_MODEL.md)." if result.peak_memory_mb and "cuda" not in str(plan.get("setup", {}).get("device", "cpu")) else "")
     return rows + ["", note, ""] if note else rows + [""]
+
 
 def write_report(run: RunDir, config, result, extra: str = "") -> None:
     has_plot = plot_loss(run)
@@ -95,6 +97,7 @@ def write_report(run: RunDir, config, result, extra: str = "") -> None:
         lines += [extra, ""]
     atomic.write_text(run.report_path, "\n".join(lines))
 
+
 def cost_section(billed: dict) -> str:
     """'## Cost': the billed wall time by phase and the dollars, from run.json's "billed" record."""
     price = Price.from_dict(billed.get("price") or {})
@@ -109,9 +112,11 @@ def cost_section(billed: dict) -> str:
         lines.append(f"| {PHASE_LABELS[phase]} | {spent:.1f} | {share} | {usd(cost_usd(spent, price))} |")
     return "\n".join(lines) + "\n"
 
+
 def append_to_report(run: RunDir, section: str) -> None:
     text = run.report_path.read_text(encoding="utf-8") if run.report_path.is_file() else ""
     atomic.write_text(run.report_path, text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n")
+
 
 def replace_report_section(run: RunDir, heading: str, section: str) -> None:
     """Put `section` in report.md in place of an earlier section with the same heading (one per evaluation), or

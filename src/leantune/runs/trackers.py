@@ -28,6 +28,7 @@ class Logger:
 
     def finish(self, run, status: str, tags: dict) -> None: ...
 
+
 class RunDirectoryLogger(Logger):
     """metrics.jsonl in the run directory, one line per record."""
 
@@ -37,12 +38,12 @@ class RunDirectoryLogger(Logger):
     def metrics(self, record: dict) -> None:
         self.run.append_metrics(record)
 
+
 class MlflowLogger(Logger):
     """MLflow through its client API (no global 'active run' state): one MLflow run per leantune run, kept
     across resumes (its id is stored in run.json)."""
 
     def __init__(self, uri: str, experiment: str, note=print):
-
         # MLflow's client retries an unreachable server with backoff for minutes by default; a training that
         # cannot track should say so in seconds, and a server that drops out mid-run should not stall steps.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -107,8 +108,8 @@ class MlflowLogger(Logger):
 
         self._guard("uploading the report and adapter", upload)
 
-def _probe(uri: str) -> None:
 
+def _probe(uri: str) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
             return
@@ -117,6 +118,7 @@ def _probe(uri: str) -> None:
     except OSError as e:
         raise ConfigError(f"Cannot reach the MLflow tracking server at tracking.uri={uri} ({getattr(e, 'reason', e)}). "
                           "Start it, fix the URI, or set tracking.backend=none.") from None
+
 
 class Loggers:
     """The run directory, then the configured tracking backends (an unreachable one is refused here, before

@@ -23,14 +23,18 @@ def _billed(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
+
 def _money(v) -> str:
     return "" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+
 
 def _num(v, fmt="{:.4f}") -> str:
     return "" if v is None else fmt.format(v)
 
+
 def _when(ts) -> str:
     return "" if not ts else time.strftime("%m-%d %H:%M", time.localtime(ts))
+
 
 def runs_table(runs: list[dict], title: str) -> Table:
     table = Table(title=title)
@@ -44,12 +48,14 @@ def runs_table(runs: list[dict], title: str) -> Table:
                       _money(r["cost_usd"]) if r["cost_usd"] else "0", _when(r["started"]))
     return table
 
+
 def totals_line(runs: list[dict]) -> str:
     cost = sum(r["cost_usd"] or 0 for r in runs)
     gpu_h = sum(r["gpu_hours"] or 0 for r in runs)
     tokens = sum(r["tokens"] or 0 for r in runs)
     per_m = f", ${cost / tokens * 1e6:.4f} per 1M tokens" if tokens and cost else ""
     return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}, {tokens:,} tokens{per_m}"
+
 
 def show_run(console: Console, run: dict) -> None:
     path = Path(run["path"])
@@ -83,9 +89,11 @@ def show_run(console: Console, run: dict) -> None:
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 
+
 def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
     fa, fb = json.loads(a["fields"] or "{}"), json.loads(b["fields"] or "{}")
     return [(k, fa.get(k), fb.get(k)) for k in differing_fields(fa, fb)]
+
 
 def compare_table(runs: list[dict]) -> Table:
     table = Table(title="runs side by side")
@@ -110,6 +118,7 @@ def compare_table(runs: list[dict]) -> Table:
         table.add_row(f"[cyan]{k}[/]", *[str(f.get(k)) for f in fields])
     return table
 
+
 def read_evaluation(run: dict) -> dict | None:
     """The run's standard evaluation (eval.json: from eval.after_train or `leantune eval`), if it has one."""
     try:
@@ -117,11 +126,13 @@ def read_evaluation(run: dict) -> dict | None:
     except (OSError, ValueError):
         return None
 
+
 def _task_cell(e: dict) -> str:
     t = e.get("task_score")
     if not t or "tuned" not in t:
         return "-"
     return f"{t['task']} {t['metric']}: {t['base']:.1%} -> {t['tuned']:.1%}"
+
 
 def _forgetting_cell(e: dict) -> str:
     f = e.get("forgetting")
@@ -130,12 +141,14 @@ def _forgetting_cell(e: dict) -> str:
     verdict = "noise" if f["ci"][0] <= 0 <= f["ci"][1] else ("forgot" if f["points"] > 0 else "improved")
     return f"{f['points']:+.1f} pt ({f['ci'][0]:+.1f}..{f['ci'][1]:+.1f}, {verdict})"
 
+
 def _usd_per_point_cell(e: dict) -> str:
     v = e.get("usd_per_point")
     if v is not None:
         return f"${v:.4f}"
     t = e.get("task_score") or {}
     return "no gain" if t.get("delta") is not None and t["delta"] <= 0 else "-"
+
 
 def loss_plot(runs: list[dict], target: Path) -> Path:
     import matplotlib  # ~0.5 s, only for `runs compare`: `runs ls` answers without it
@@ -162,10 +175,12 @@ def loss_plot(runs: list[dict], target: Path) -> Path:
     plt.close(fig)
     return target
 
+
 def budget_line(project: str, budget: float | None, spent: float) -> str:
     if budget is None:
         return f"project '{project}': {usd(spent)} spent; no budget set (`leantune budget set N`)."
     return f"project '{project}': {usd(spent)} of {usd(budget)} spent ({spent / budget:.0%}), {usd(budget - spent)} left."
+
 
 def registry_table(rows: list[dict]) -> Table:
     table = Table(title="registry")
@@ -177,6 +192,7 @@ def registry_table(rows: list[dict]) -> Table:
                       f"{metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else "",
                       usd(r["cost_usd"]) if r["cost_usd"] is not None else "unknown")
     return table
+
 
 def diff_lines(a: dict, b: dict) -> list[str]:
     rows = diff_runs(a, b)

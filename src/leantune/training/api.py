@@ -103,8 +103,6 @@ def check_price(config: RunConfig, device_name: str, console: Console):
     return price
 
 
-
-
 def check_duplicate(config: RunConfig, prints: dict, allow: bool, console: Console) -> None:
     index = RunIndex(config.output.runs_dir)
     if not index.path.exists():

@@ -18,6 +18,7 @@ def _inner(model):
     """The PEFT AdaLoraModel inside `model`."""
     return model.base_model
 
+
 def ranks(model) -> dict[str, int]:
     """Current rank of every AdaLoRA layer: the number of singular values (E entries) not pruned to zero."""
     found = {}
@@ -26,6 +27,7 @@ def ranks(model) -> dict[str, int]:
             layer = name.split(".lora_E.")[0].removeprefix("base_model.model.")
             found[layer] = int((p.detach() != 0).sum())
     return found
+
 
 def orthogonality_penalty(model) -> torch.Tensor:
     """The mean over the P and Q matrices of ||M M^T - I||_F (rows of P's transpose, columns of Q): keeps them
@@ -38,6 +40,7 @@ def orthogonality_penalty(model) -> torch.Tensor:
             terms.append(torch.linalg.norm(gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype), ord="fro"))
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
+
 class AdaLoRA(LoRA):
     name = "adalora"
 
@@ -45,7 +48,6 @@ class AdaLoRA(LoRA):
         return f"AdaLoRA r={self.config.r} -> {self.config.target_r}" + (" rsLoRA" if self.config.rslora else "")
 
     def peft_config(self, total_steps: int):
-
         m = self.config
         # the config already holds tinit + tfinal below 1, so rounding down leaves at least one step to prune in
         return AdaLoraConfig(init_r=m.r, target_r=m.target_r, tinit=int(m.tinit * total_steps),

@@ -13,5 +13,4 @@ class DoRA(LoRA):
     title = "DoRA"
 
     def peft_config(self, total_steps: int):
-
         return LoraConfig(**self.common_peft_fields(), r=self.config.r, use_dora=True)

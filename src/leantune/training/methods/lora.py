@@ -18,7 +18,6 @@ class LoRA(Method):
         return f"{self.title} r={self.config.r}" + (" rsLoRA" if self.config.rslora else "")
 
     def peft_config(self, total_steps: int):
-
         return LoraConfig(**self.common_peft_fields(), r=self.config.r)
 
     def common_peft_fields(self) -> dict:
@@ -27,7 +26,6 @@ class LoRA(Method):
                     bias="none", use_rslora=m.rslora)
 
     def attach(self, model, seed: int, total_steps: int):
-
         config = self.peft_config(total_steps)
         # The B matrices start at zero, but A is random: seed it so a run is reproducible from its config.
         with torch.random.fork_rng(devices=[]):

@@ -34,10 +34,12 @@ def adapted_layers(model) -> dict[str, torch.nn.Module]:
     """name -> PEFT LoRA-family layer (has get_delta_weight and a frozen base_layer)."""
     return {name: m for name, m in model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")}
 
+
 def _fisher_targets(model, full: bool) -> dict[str, torch.Tensor]:
     if full:
         return {n: p for n, p in model.named_parameters()}
     return {name: layer.base_layer.weight for name, layer in adapted_layers(model).items()}
+
 
 def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch.Tensor]:
     targets = _fisher_targets(model, full)
@@ -68,12 +70,13 @@ def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch
             p.requires_grad_(True)
     return {n: f / len(examples) for n, f in fisher.items()}
 
+
 def fisher_cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return leantune_home() / "fisher" / f"{digest}.safetensors"
 
-def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print) -> dict[str, torch.Tensor]:
 
+def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print) -> dict[str, torch.Tensor]:
     path = fisher_cache_path(key)
     if path.is_file():
         cached = load_file(path)
@@ -88,6 +91,7 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in fisher.items()}, tmp)
     return fisher
+
 
 class EWCPenalty:
     def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool):
@@ -118,6 +122,7 @@ class EWCPenalty:
                 change = target.get_delta_weight(target.active_adapters[0])
             total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
         return self.strength * total
+
 
 def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
     """The EWC term of a run: the Fisher on forgetting.ewc_data, from the cache when the same model content, data
