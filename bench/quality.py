@@ -89,8 +89,8 @@ def worker(name: str) -> dict:
     from leantune.data import load_splits
     from leantune.data.builtin import SMS_LABELS
     from leantune.evaluation.classify import classification_accuracy
-    from leantune.models.loading import load_base
     from leantune.models.adapters import trainable_parameter_count
+    from leantune.models.loading import load_base
 
     torch.manual_seed(0)
     write_general_file()

@@ -193,3 +193,16 @@ def test_a_run_without_a_price_has_an_unknown_cost_not_zero(tiny_model_dir, chat
     (row,) = RunIndex(tmp_path / "runs").runs()
     assert row["cost_usd"] is None and row["usd_per_hour"] is None
     assert "unknown (no price)" in (result.run_dir / "report.md").read_text()
+
+
+def test_an_unlisted_gpu_is_named_in_the_warning_and_in_the_budget_refusal():
+    from leantune.runs.cost import missing_price_warning, refuse_budget_without_price
+
+    price = resolve_price(None, "cuda:NVIDIA L40")
+    assert missing_price_warning(price) == ("cost: this run is on 'NVIDIA L40' (not in the GPU catalog), so its cost is "
+                                            "unknown; set cost.usd_per_hour (e.g. cost.usd_per_hour=0.5) to meter it and "
+                                            "to use budgets")
+    assert missing_price_warning(resolve_price(None, "cuda:NVIDIA L40S")) is None
+    with pytest.raises(ConfigError, match=r"cost.budget_usd=2 but no price: it runs on 'NVIDIA L40' \(not in the GPU catalog\)"):
+        refuse_budget_without_price(price, 2.0)
+    refuse_budget_without_price(price, None)  # no budget: nothing to enforce, nothing refused

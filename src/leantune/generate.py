@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from .data.tokenize import end_of_turn_ids
-from .models.loading import load_base
 from .models.inference import load_trained
-from .models.loading import detected_device
+from .models.loading import detected_device, load_base
 from .runs.rundir import open_run_dir
 
 

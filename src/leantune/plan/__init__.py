@@ -14,8 +14,8 @@ from ..config import load_config
 from ..errors import ConfigError
 from .catalog import GPU, find_gpu, load_catalog
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
-from .recommend import Candidate, evaluate_setup, recommend
 from .presets import resolve_shape
+from .recommend import Candidate, evaluate_setup, recommend
 from .setup import METHODS, Setup, setup_from_run_config
 from .shapes import ModelShape
 from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap

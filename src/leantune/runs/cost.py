@@ -56,10 +56,9 @@ def normalise_device_name(name: str) -> str:
 def gpu_for_device(device: str, catalog: dict | None = None):
     """The catalog entry of a device name ('cuda:NVIDIA H100 80GB HBM3' or the bare name), or None when the card
     is not in the catalog (or the device is a CPU)."""
-    if not device or device == "cpu" or device.startswith("cpu"):
+    if not device or device.startswith("cpu"):
         return None
-    if catalog is None:
-        catalog = load_catalog()
+    catalog = catalog if catalog is not None else load_catalog()
     wanted = normalise_device_name(device)
     for gpu in catalog.values():
         if any(normalise_device_name(n) == wanted for n in gpu.device_names):
@@ -78,6 +77,10 @@ class Price:
             return f"no price for {self.device}"
         where = "cost.usd_per_hour" if self.source == "config" else f"{self.source.removeprefix('catalog ')} on-demand list price"
         return f"${self.usd_per_hour:g}/h ({where})"
+
+    def machine(self) -> str:
+        """The machine in words, for messages about a missing price."""
+        return "a CPU" if self.device == "cpu" else f"'{self.device.removeprefix('cuda:')}' (not in the GPU catalog)"
 
     def as_dict(self) -> dict:
         return {"usd_per_hour": self.usd_per_hour, "source": self.source, "device": self.device}
@@ -100,8 +103,7 @@ def resolve_price(configured: float | None, device: str, catalog: dict | None = 
 def missing_price_warning(price: Price) -> str | None:
     if price.usd_per_hour is not None:
         return None
-    what = "a CPU" if price.device == "cpu" else f"'{price.device.removeprefix('cuda:')}', which the GPU catalog does not list"
-    return (f"cost: this run is on {what}, so its cost is unknown; set cost.usd_per_hour (e.g. cost.usd_per_hour=0.5) "
+    return (f"cost: this run is on {price.machine()}, so its cost is unknown; set cost.usd_per_hour (e.g. cost.usd_per_hour=0.5) "
             "to meter it and to use budgets")
 
 
@@ -117,8 +119,7 @@ def refuse_budget_without_price(price: Price, run_budget: float | None, project:
         budgets.append(f"project '{project}''s budget of {usd(project_budget)}")
     if not budgets:
         return
-    where = "a CPU" if price.device == "cpu" else f"'{price.device.removeprefix('cuda:')}' (not in the GPU catalog)"
-    raise ConfigError(f"This run has {' and '.join(budgets)} but no price: it runs on {where}, so leantune cannot tell "
+    raise ConfigError(f"This run has {' and '.join(budgets)} but no price: it runs on {price.machine()}, so leantune cannot tell "
                       "when the budget is spent. Set cost.usd_per_hour to what the machine costs (0 if it is yours), or "
                       "drop the budget.")
 
@@ -218,7 +219,6 @@ class RunCost:
     """What a finished (or stopped) run was billed, read back from its files."""
 
     seconds: float
-    phases: dict
     price: Price
     usd: float | None
 
@@ -238,5 +238,4 @@ def run_cost(info: dict, metrics: list[dict], configured: float | None) -> RunCo
         steps = [m for m in metrics if "loss" in m]
         seconds = float(steps[-1].get("elapsed_s", 0.0)) if steps else 0.0
         dollars = cost_usd(seconds, price)
-    phases = billed.get("phases") or {"train": seconds}
-    return RunCost(seconds, phases, price, dollars)
+    return RunCost(seconds, price, dollars)

@@ -102,12 +102,14 @@ def data_files(spec: str, key: str) -> list[Path]:
     raise DataError(f"{key}: '{spec}' is neither a built-in dataset ({', '.join(BUILTIN_INFO)}) nor an existing file.")
 
 
+def data_content(spec: str, key: str) -> str:
+    """The hashes of the files a data input is read from (`key` names the config field in a refusal)."""
+    return ",".join(file_hash(f) for f in data_files(spec, key))
+
+
 def data_fingerprint(spec: str, eval_spec: str | None = None) -> str:
     """Content hash of the training data (and eval data when given); built-in datasets hash their shipped files."""
-    parts = []
-    for key, s in (("data.train", spec), ("data.eval", eval_spec)):
-        if s is not None:
-            parts.append(",".join(file_hash(f) for f in data_files(s, key)))
+    parts = [data_content(s, key) for key, s in (("data.train", spec), ("data.eval", eval_spec)) if s is not None]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -161,9 +163,9 @@ def side_inputs(config: RunConfig) -> dict[str, str]:
     f, o = config.forgetting, config.objective
     inputs = {}
     if f.ewc_lambda:
-        inputs["forgetting.ewc_data"] = ",".join(file_hash(p) for p in data_files(f.ewc_data, "forgetting.ewc_data"))
+        inputs["forgetting.ewc_data"] = data_content(f.ewc_data, "forgetting.ewc_data")
     if f.replay_fraction:
-        inputs["forgetting.replay_data"] = ",".join(file_hash(p) for p in data_files(f.replay_data, "forgetting.replay_data"))
+        inputs["forgetting.replay_data"] = data_content(f.replay_data, "forgetting.replay_data")
     if o.name == "distill" and o.teacher:
         inputs["objective.teacher"] = model_fingerprint(o.teacher, "objective.teacher")
     return inputs

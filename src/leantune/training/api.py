@@ -37,7 +37,7 @@ def train(
     is billed from the call) to its end, at the price runs/cost.py resolves; a budget without a price is refused."""
     started_at = time.time() if started_at is None else started_at
     console = console or Console(stderr=True)
-    device, device_name = detected_device()
+    _, device_name = detected_device()
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
@@ -78,7 +78,7 @@ def train(
     except TrainingStopped:
         raise
     except BaseException:
-        mark_failed(run, recipe.clock, price)
+        mark_failed(run, clock, price)
         raise
 
 
@@ -93,9 +93,8 @@ def mark_failed(run, clock: BilledClock, price) -> None:
 def check_price(config: RunConfig, device_name: str, console: Console):
     """The run's price; a budget (the run's or its project's) without one is refused before anything loads."""
     price = resolve_price(config.cost.usd_per_hour, device_name)
-    project_budget = None
-    if RunIndex(config.output.runs_dir).path.exists():
-        project_budget, _ = RunIndex(config.output.runs_dir).budget(config.output.project)
+    index = RunIndex(config.output.runs_dir)
+    project_budget = index.budget(config.output.project)[0] if index.path.exists() else None
     refuse_budget_without_price(price, config.cost.budget_usd, config.output.project, project_budget)
     warning = missing_price_warning(price)
     console.print(f"[yellow]{warning}[/]" if warning else f"cost: {price.describe()}, billed from the process start",

@@ -229,11 +229,9 @@ class FineTuneRecipe:
 
     def _stop_if_budget_spent(self) -> None:
         """Loading and preparing are billed too: a budget they already used up stops the run before its first step."""
-        if not self.guard.spent_before_training():
-            return
-        self.run.update_info(status="stopped-by-budget", stopped_at_step=self.progress.step, billed=self.clock.record(self.price))
-        raise BudgetError(self.guard.spent_message(self.progress.step, f"Raise the budget in {self.run.config_path} and "
-                                                   f"resume with `{self._resume_command()}`."))
+        if self.guard.spent_before_training():
+            fix = f"Raise the budget in {self.run.config_path} and resume with `{self._resume_command()}`."
+            self._stopped("stopped-by-budget", BudgetError(self.guard.spent_message(self.progress.step, fix)))
 
     def _finish(self, loss: float, eval_loss: float | None) -> TrainResult:
         """Save, report, evaluate (time-boxed), and bill the whole run."""

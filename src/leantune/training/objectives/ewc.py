@@ -27,7 +27,7 @@ from ...errors import ConfigError
 from ...models.adapters import base_behaviour
 from ...models.forward import summed_label_loss
 from ...paths import leantune_home
-from ...runs.fingerprint import data_files, file_hash, model_fingerprint
+from ...runs.fingerprint import data_content, model_fingerprint
 
 
 def adapted_layers(model) -> dict[str, torch.nn.Module]:
@@ -133,7 +133,7 @@ def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
     full = config.method.name == "full"
     # by content: an edited model or data file must not reuse the Fisher of the old one
     key = {"model": model_fingerprint(config.model.base), "examples": forget.ewc_examples, "full": full,
-           "data": ",".join(file_hash(p) for p in data_files(forget.ewc_data, "forgetting.ewc_data")),
+           "data": data_content(forget.ewc_data, "forgetting.ewc_data"),
            "targets": config.method.target_modules, "max_seq_len": d.max_seq_len, "truncation": d.truncation,
            "dtype": str(compute_dtype), "method": config.method.name}
     fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note)
