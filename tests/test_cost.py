@@ -193,6 +193,8 @@ def test_a_run_without_a_price_has_an_unknown_cost_not_zero(tiny_model_dir, chat
     (row,) = RunIndex(tmp_path / "runs").runs()
     assert row["cost_usd"] is None and row["usd_per_hour"] is None
     assert "unknown (no price)" in (result.run_dir / "report.md").read_text()
+    listed = cli("runs", "ls", "--runs-dir", str(tmp_path / "runs"))
+    assert listed.returncode == 0 and "unknown" in listed.stdout and "(1 without a price, not counted)" in listed.stdout
 
 
 def test_an_unlisted_gpu_is_named_in_the_warning_and_in_the_budget_refusal():

@@ -28,6 +28,11 @@ def _money(v) -> str:
     return "" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
 
 
+def _cost_cell(v) -> str:
+    """A run's dollars; a run without a price has an unknown cost, not $0 (runs/cost.py)."""
+    return "unknown" if v is None else _money(v) if v else "0"
+
+
 def _num(v, fmt="{:.4f}") -> str:
     return "" if v is None else fmt.format(v)
 
@@ -45,7 +50,7 @@ def runs_table(runs: list[dict], title: str) -> Table:
         steps = f"{r['steps'] or 0}/{r['total_steps']}" if r.get("total_steps") else str(r["steps"] or 0)
         table.add_row(escape(r["id"]), r["status"] or "", r["method"] or "", escape(Path(r["base"] or "").name),
                       escape(Path(r["data"] or "").name), steps, _num(r["best_eval_loss"]), _num(r["gpu_hours"], "{:.3f}"),
-                      _money(r["cost_usd"]) if r["cost_usd"] else "0", _when(r["started"]))
+                      _cost_cell(r["cost_usd"]), _when(r["started"]))
     return table
 
 
@@ -54,7 +59,9 @@ def totals_line(runs: list[dict]) -> str:
     gpu_h = sum(r["gpu_hours"] or 0 for r in runs)
     tokens = sum(r["tokens"] or 0 for r in runs)
     per_m = f", ${cost / tokens * 1e6:.4f} per 1M tokens" if tokens and cost else ""
-    return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}, {tokens:,} tokens{per_m}"
+    unpriced = sum(r["cost_usd"] is None for r in runs)
+    unknown = f" ({unpriced} without a price, not counted)" if unpriced else ""
+    return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}{unknown}, {tokens:,} tokens{per_m}"
 
 
 def show_run(console: Console, run: dict) -> None:
