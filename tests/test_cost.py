@@ -208,3 +208,26 @@ def test_an_unlisted_gpu_is_named_in_the_warning_and_in_the_budget_refusal():
     with pytest.raises(ConfigError, match=r"cost.budget_usd=2 but no price: it runs on 'NVIDIA L40' \(not in the GPU catalog\)"):
         refuse_budget_without_price(price, 2.0)
     refuse_budget_without_price(price, None)  # no budget: nothing to enforce, nothing refused
+
+
+def test_a_budget_used_up_before_the_first_step_stops_there(tiny_model_dir, chat_file, tmp_path):
+    """At $3.6M/h (a dollar a millisecond) loading and tokenising alone spend a cent: no step starts."""
+    runs = tmp_path / "runs"
+    done = cli("train", *tiny_overrides(tiny_model_dir, chat_file, runs, **{
+        "cost.usd_per_hour": 3_600_000, "cost.budget_usd": 0.01}))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    flat = " ".join(done.stderr.split())
+    assert "cost.budget_usd=$0.01 was used up before training step 1" in flat and "leantune train --resume" in flat
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "stopped-by-budget" and info["stopped_at_step"] == 0 and info["billed"]["usd"] >= 0.01
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
+def test_a_model_directory_without_weights_is_refused_by_name(tmp_path):
+    from leantune.errors import ModelError
+    from leantune.runs.fingerprint import model_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"model.base: '.*' holds no weight files .* Pass a Hugging Face model directory"):
+        model_fingerprint(str(tmp_path))

@@ -82,9 +82,13 @@ def train(
         raise
 
 
+# statuses a run is given on purpose before it raises: they say more than "failed"
+DELIBERATE_STOPS = ("refused-budget", "stopped-by-budget", "preempted")
+
+
 def mark_failed(run, clock: BilledClock, price) -> None:
-    """Status 'failed' (a refusal keeps its own status) and what the process was billed until then."""
-    if run.info().get("status") == "refused-budget":
+    """Status 'failed' (a deliberate stop or refusal keeps its own status) and what was billed until then."""
+    if run.info().get("status") in DELIBERATE_STOPS:
         run.update_info(billed=clock.record(price))
     else:
         run.update_info(status="failed", billed=clock.record(price))
