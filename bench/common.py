@@ -53,10 +53,10 @@ def load_results(path: Path) -> dict:
     if not path.is_file():
         return {}
     results = json.loads(path.read_text())
-    measured_at = results.get(PROVENANCE, {}).get("commit")
-    if measured_at != code_version():
-        print(f"{path.name}: earlier results are from {measured_at or 'an unrecorded commit'}; measuring again at "
-              f"{code_version()}", file=sys.stderr)
+    measured_at, now = results.get(PROVENANCE, {}).get("commit"), code_version()
+    if measured_at != now:
+        print(f"{path.name}: earlier results are from {measured_at or 'an unrecorded commit'}; measuring again at {now}",
+              file=sys.stderr)
         return {}
     return results
 
