@@ -76,3 +76,31 @@ def demo(
     from ..demo import run_demo
 
     run_demo(runs_dir, steps, started_at=process_start_time())
+
+
+def export(
+    target: str = typer.Argument(..., help="a run (directory, id or name) or a registry reference: name@production, name@v3"),
+    fmt: str = typer.Option(..., "--format", help="hf (merged safetensors), gguf (one file for llama.cpp / Ollama), "
+                            "gguf-lora (adapter-only GGUF + Ollama Modelfile)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="gguf: f32, f16, bf16, q8_0 (default), q4_0, q4_1, q5_0, q5_1; "
+                                        "q2_k..q6_k where llama.cpp's fallback applies"),
+    out: Optional[str] = typer.Option(None, "--out", help="destination folder (default: RUN/exports/FORMAT[-QUANT])"),
+    force: bool = typer.Option(False, "--force", help="replace an existing export (only once the new one is checked)"),
+    merge_into: str = typer.Option("nf4", "--merge-into", help="QLoRA: merge into the de-quantised NF4 weights the adapter "
+                                   "trained over (nf4) or the original float weights (original)"),
+    check_items: int = typer.Option(64, "--check-items", min=1, help="held-out items the check scores"),
+    runs_dir: str = RUNS_DIR,
+):
+    """Merge, quantise and export a finished run; every export is loaded back and checked before it is kept."""
+    from ..export.api import export as run_export
+
+    record = run_export(target, fmt, quant, out, force, runs_dir, merge_into, check_items,
+                        say=lambda line: err.print(line, highlight=False))
+    err.print(f"[green]exported[/] {record.summary()}", highlight=False)
+    err.print(f"checked by {record.check['how']}: max |dlogit| {record.check['max_abs_diff']:.2e}, mean KL "
+              f"{record.check['mean_kl']:.2e}, top-1 agreement {record.check['top1_agreement']:.1%}", highlight=False)
+    if record.check.get("held_out"):
+        err.print("held-out: " + ", ".join(f"{m} {v['reference']:.4g} (tuned) -> {v['export']:.4g} (export)"
+                                           for m, v in record.check["held_out"].items()), highlight=False)
+    for note in record.notes:
+        err.print(f"  {note}", highlight=False)

@@ -130,3 +130,23 @@ def _log(index: RunIndex, name: str, event: str) -> None:
 def _history(index: RunIndex, name: str) -> list[str]:
     path = _log_path(index, name)
     return path.read_text().splitlines() if path.is_file() else []
+
+
+def resolve(index: RunIndex, ref: str) -> dict | None:
+    """The registry row a reference names: 'name@production' (or any stage), 'name@v3' / 'name@3'; None when
+    `ref` is not of that form (it is a run then)."""
+    if "@" not in ref:
+        return None
+    name, _, which = ref.partition("@")
+    rows = versions(index, name)
+    if which in STAGES:
+        hits = [r for r in rows if r["stage"] == which]
+        if not hits:
+            raise RegistryError(f"{name} has no version in {which} (versions: "
+                                f"{', '.join('v%d %s' % (r['version'], r['stage']) for r in rows)}).")
+        return hits[-1]
+    number = which[1:] if which.startswith("v") else which
+    if not number.isdigit() or int(number) not in [r["version"] for r in rows]:
+        raise RegistryError(f"{ref!r}: {name} has no version {which!r}; give a stage ({', '.join(STAGES)}) or one "
+                            f"of {', '.join('v%d' % r['version'] for r in rows)}.")
+    return next(r for r in rows if r["version"] == int(number))

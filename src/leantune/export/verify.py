@@ -1,0 +1,115 @@
+"""Every export is loaded back the way its users will load it and compared with the tuned model it came from:
+logits on the run's held-out prompts (max difference, mean KL, top-1 agreement) and the held-out score of both.
+A check that fails stops the export before anything replaces what was there."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .gguf_model import ExportError
+
+# mean KL(reference || export) per token, in nats, that each kind of export may cost; a wrong q/k permutation
+# or LoRA scale costs far more (the tests break both on purpose)
+KL_LIMIT = {"f32": 1e-6, "hf": 1e-6, "lora": 1e-5, "f16": 2e-3, "bf16": 1e-2, "q8_0": 2e-2,
+            "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3, "q4_1": 0.3}
+HF_MAX_ABS = 1e-4  # merged fp32 vs the tuned model in memory
+
+
+@dataclass
+class Check:
+    how: str
+    prompts: int
+    tokens: int
+    max_abs_diff: float
+    mean_kl: float
+    top1_agreement: float
+    kl_limit: float
+    passed: bool
+    held_out: dict | None = None  # task metric -> {reference, export}
+    quality: dict | None = None  # GGUF: what the encoding cost against the tuned model
+
+    def describe(self) -> str:
+        held = ""
+        if self.held_out:
+            held = "; held-out " + ", ".join(f"{m} {v['reference']:.4g} -> {v['export']:.4g}" for m, v in self.held_out.items())
+        return (f"{self.how}: {self.prompts} held-out prompts ({self.tokens} tokens), max |dlogit| "
+                f"{self.max_abs_diff:.2e}, mean KL {self.mean_kl:.2e} (limit {self.kl_limit:g}), top-1 agreement "
+                f"{self.top1_agreement:.1%}{held}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_prompts(config, tokenizer, n: int = 8, max_tokens: int = 96) -> list[list[int]]:
+    """Token ids of up to `n` of the run's held-out examples (rendered with the chat template)."""
+    from ..evaluation.tasks import held_out_examples
+
+    try:
+        examples = held_out_examples(config)[:n]
+    except Exception:  # noqa: BLE001 - a run without held-out rows is still checked, on fixed prompts
+        examples = []
+    prompts = []
+    for ex in examples:
+        if ex.messages and getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template(list(ex.messages), tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        else:
+            ids = tokenizer(ex.text or "".join(m["content"] for m in ex.messages), add_special_tokens=False)["input_ids"]
+        prompts.append(list(ids)[:max_tokens])
+    if not prompts:
+        prompts = [tokenizer("The quick brown fox jumps over the lazy dog.", add_special_tokens=False)["input_ids"]]
+    return prompts
+
+
+@torch.no_grad()
+def logits_for(model, prompts: list[list[int]]) -> list[torch.Tensor]:
+    model.eval()
+    device = next(model.parameters()).device
+    return [model(torch.tensor([p], device=device)).logits[0].float().cpu() for p in prompts]
+
+
+def compare(reference: list[torch.Tensor], exported: list[torch.Tensor], how: str, limit_key: str,
+            max_abs: float | None = None) -> Check:
+    diffs, kls, agree, tokens = [], [], 0, 0
+    for r, e in zip(reference, exported):
+        diffs.append((r - e).abs().max().item())
+        lr, le = torch.log_softmax(r, -1), torch.log_softmax(e, -1)
+        kls.append((lr.exp() * (lr - le)).sum(-1).sum().item())
+        agree += (r.argmax(-1) == e.argmax(-1)).sum().item()
+        tokens += r.shape[0]
+    mean_kl = max(sum(kls) / tokens, 0.0)
+    limit = KL_LIMIT[limit_key]
+    passed = mean_kl <= limit and (max_abs is None or max(diffs) <= max_abs)
+    return Check(how, len(reference), tokens, max(diffs), mean_kl, agree / tokens, limit, passed)
+
+
+def held_out_scores(config, tokenizer, reference, exported, limit: int) -> dict | None:
+    """The run's held-out task scored by the reference and the export on the same items (evaluation layer)."""
+    from ..evaluation.api import evaluate_models
+    from ..evaluation.runner import Contender, Settings
+    from ..evaluation.tasks import held_out_examples, task_from_examples
+    from ..models.adapters import eval_mode
+
+    try:
+        task = task_from_examples("held-out", held_out_examples(config))
+    except Exception:  # noqa: BLE001 - no held-out split: the logits check stands alone
+        return None
+    contenders = [Contender("reference", reference, lambda: eval_mode(reference)),
+                  Contender("export", exported, lambda: eval_mode(exported))]
+    result = evaluate_models(contenders, tokenizer, [task], Settings(batch_size=8, max_seq_len=config.data.max_seq_len, limit=limit),
+                             "export check")
+    scores = {}
+    for metric in result.tasks[0].metrics:
+        scores[metric.metric] = {"reference": metric.scores["reference"], "export": metric.scores["export"]}
+        for name, values in metric.extra.items():
+            if "reference" in values and "export" in values:
+                scores[name] = {"reference": values["reference"], "export": values["export"]}
+    return scores
+
+
+def require(check: Check, what: str) -> None:
+    if not check.passed:
+        raise ExportError(f"The {what} export did not load back as the tuned model ({check.describe()}); nothing was "
+                          "written. This is a bug in the exporter: please report it with the run's config.")

@@ -1,0 +1,186 @@
+"""One writer per export format: build the files in `tmp`, load them back as their users will, check them
+against the tuned model (verify.py) and return what was written. export/api.py renames `tmp` into place
+only after the writer returned."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models.inference import load_trained
+from ..models.loading import hf_dir_for, load_base
+from ..models.registry import BUNDLED
+from .gguf_lora import apply_lora_gguf, modelfile, write_lora_gguf
+from .gguf_model import ExportError, expected_model, write_gguf
+from .merge import merged_model
+from .verify import HF_MAX_ABS, Check, check_prompts, compare, held_out_scores, logits_for, require
+
+
+@dataclass
+class Written:
+    parameters: int
+    counted_bytes: int  # the bytes that hold the weights (what bytes/parameter is computed from)
+    check: Check
+    notes: list[str] = field(default_factory=list)
+
+
+def _parameters(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:  # a tied output layer counts once
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total
+
+
+def source_gguf(config) -> Path | None:
+    """The GGUF file the base was converted from, if it was one."""
+    hf_dir = hf_dir_for(config.model.base)
+    marker = hf_dir / "leantune_source.json"
+    if marker.is_file():
+        path = Path(json.loads(marker.read_text())["gguf"])
+        if path.is_file():
+            return path
+        raise ExportError(f"The base was converted from {path}, which is gone; reinstall it "
+                          f"({BUNDLED[config.model.base].install if config.model.base in BUNDLED else 'put the file back'}) "
+                          "so unchanged tensors can be copied from it.")
+    return None
+
+
+def _base_state(config) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(hf_dir_for(config.model.base).glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
+
+
+def _loaded(run):
+    trained = load_trained(run, "cpu")
+    prompts = check_prompts(run.config(), trained.tokenizer)
+    return trained, prompts, logits_for(trained.model, prompts)
+
+
+def _limit_key(config, exact_key: str) -> str:
+    # QLoRA's reference is the 4-bit model computing through bitsandbytes' kernels: the merged float weights
+    # agree with it to rounding, not bit for bit
+    return "f16" if config.method.name == "qlora" else exact_key
+
+
+def write_hf(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=print) -> Written:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = run.config()
+    trained, prompts, reference = _loaded(run)
+    tokenizer = trained.tokenizer
+    model, notes = merged_model(run, trained, merge_into)
+    model.config._name_or_path = run.id
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    say("  written; loading it back with transformers to check it")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp, dtype="auto")
+    reloaded_tok = AutoTokenizer.from_pretrained(tmp)
+    if reloaded_tok.get_vocab() != tokenizer.get_vocab():
+        raise ExportError("The exported tokenizer does not match the run's; nothing was written.")
+    exact = config.method.name != "qlora"
+    check = compare(reference, logits_for(loaded, prompts), "transformers AutoModelForCausalLM + AutoTokenizer",
+                    _limit_key(config, "hf"), max_abs=HF_MAX_ABS if exact else None)
+    require(check, "hf")
+    check.held_out = held_out_scores(config, tokenizer, model, loaded, check_items)
+    weights = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
+    return Written(_parameters(loaded), weights, check, notes)
+
+
+def write_gguf_file(run, tmp: Path, quant="q8_0", merge_into="nf4", check_items=64, say=print) -> Written:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = run.config()
+    trained, prompts, reference = _loaded(run)
+    tokenizer = trained.tokenizer
+    model, notes = merged_model(run, trained, merge_into)
+    model = model.to(torch.float32)
+    source = source_gguf(config)
+    name = f"{run.id}-{quant}.gguf"
+    say(f"  writing {name}" + (f" (unchanged tensors copied from {source.name})" if source else ""))
+    written = write_gguf(model, tokenizer, tmp / name, quant, run.id, _base_state(config) if source else None,
+                         source, hf_dir_for(config.model.base))
+    notes += written.notes
+    notes.append(f"{written.copied} tensors copied byte for byte from the source GGUF; quantised: "
+                 + (", ".join(f"{n} to {k}" for k, n in written.quantised.items()) or "none"))
+    _check_gguf_structure(tmp / name, source, tokenizer, written.tensors)
+    say("  loading it back with transformers' GGUF loader to check it")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32)
+    exported = logits_for(loaded, prompts)
+    # the file must compute what its encoding holds (model-independent, tight); what quantisation cost against
+    # the tuned model is measured and reported, not judged (on a tiny random model 4 bits cost a lot)
+    check = compare(logits_for(expected_model(model, written.kinds), prompts), exported,
+                    "gguf.GGUFReader (tensors, types, architecture, tokenizer) + transformers' GGUF loader, against the "
+                    "merged weights round-tripped through each tensor's encoding", "lora")
+    require(check, f"gguf/{quant}")
+    cost = compare(reference, exported, "", "f32")
+    check.quality = {"mean_kl_vs_tuned": cost.mean_kl, "top1_agreement_vs_tuned": cost.top1_agreement,
+                     "max_abs_diff_vs_tuned": cost.max_abs_diff}
+    notes.append(f"against the tuned model: mean KL {cost.mean_kl:.2e}, top-1 agreement {cost.top1_agreement:.1%}")
+    check.held_out = held_out_scores(config, tokenizer, model, loaded, check_items)
+    return Written(_parameters(model), (tmp / name).stat().st_size, check, notes)
+
+
+def _check_gguf_structure(path: Path, source: Path | None, tokenizer, tensors: int) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    problems = []
+    if len(reader.tensors) != tensors:
+        problems.append(f"{len(reader.tensors)} tensors, expected {tensors}")
+    if reader.fields["general.architecture"].contents() != "llama":
+        problems.append("architecture is not llama")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    if source is not None:
+        src = gguf.GGUFReader(str(source))
+        if len(src.tensors) != len(reader.tensors):
+            problems.append(f"{len(reader.tensors)} tensors, the source has {len(src.tensors)}")
+        if tokens != src.fields["tokenizer.ggml.tokens"].contents():
+            problems.append("its vocabulary differs from the source GGUF's")
+    else:
+        vocab = tokenizer.get_vocab()
+        if any(tokens[i] != t for t, i in vocab.items() if i < len(tokens)):
+            problems.append("its vocabulary differs from tokenizer.json's")
+    if problems:
+        raise ExportError(f"The GGUF file {path.name} is malformed ({'; '.join(problems)}); nothing was written.")
+
+
+def write_gguf_lora(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=print) -> Written:
+    import torch
+
+    config = run.config()
+    trained, prompts, reference = _loaded(run)
+    tokenizer = trained.tokenizer
+    notes = []
+    if config.method.name == "qlora":
+        notes.append("QLoRA: llama.cpp applies the adapter to the GGUF's own weights, not to the NF4 base it trained over")
+    written = write_lora_gguf(trained.model, config.method.name, tmp / "adapter.gguf", run.id)
+    say(f"  wrote adapter.gguf ({written.pairs} LoRA pairs, rank {written.rank}, alpha written {written.alpha:g})")
+    base = load_base(config.model.base, "float32", "cpu").model
+    applied, count = apply_lora_gguf(base, tmp / "adapter.gguf")
+    check = compare(reference, logits_for(applied, prompts),
+                    f"gguf.GGUFReader read back and applied as llama.cpp does ({count} layers, alpha/r from the file)",
+                    _limit_key(config, "lora"))
+    require(check, "gguf-lora")
+    source = source_gguf(config)
+    if source is None:
+        base_file = "base-f16.gguf"
+        write_gguf(base.to(torch.float32), tokenizer, tmp / base_file, "f16", f"{config.model.base} (base)",
+                   hf_dir=hf_dir_for(config.model.base))
+        base_ref, notes = f"./{base_file}", notes + ["the base was an HF directory: base-f16.gguf written beside the adapter"]
+    else:
+        base_ref = str(source)
+        notes.append(f"Modelfile FROM points at the base GGUF {source}")
+    (tmp / "Modelfile").write_text(modelfile(base_ref, "adapter.gguf", tokenizer))
+    adapter_params = sum(p.numel() for n, p in trained.model.named_parameters() if "lora_" in n)
+    return Written(adapter_params, (tmp / "adapter.gguf").stat().st_size, check, notes)
+
+
+WRITERS = {"hf": write_hf, "gguf": write_gguf_file, "gguf-lora": write_gguf_lora}
