@@ -24,6 +24,13 @@ def _billed(path: Path) -> dict:
         return {}
 
 
+def _info(path: Path) -> dict:
+    try:
+        return json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _money(v) -> str:
     return "" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
 
@@ -93,6 +100,11 @@ def show_run(console: Console, run: dict) -> None:
     config = json.loads(run["fields"] or "{}")
     console.print("config (fields that change the result): " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())),
                   highlight=False, soft_wrap=True)
+    exports = _info(path).get("exports", [])
+    for e in exports:
+        console.print(f"export {e['format']}{'/' + e['quant'] if e.get('quant') else ''}: {escape(e['path'])}, "
+                      f"{e['bytes'] / 1e6:.1f} MB, {e['bytes_per_parameter']:.3f} bytes/parameter, "
+                      f"{'checked' if e.get('passed') else 'NOT checked'}", highlight=False)
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 

@@ -1,0 +1,189 @@
+"""leantune export on the tiny model: merged HF, GGUF and LoRA-GGUF files load back as the tuned model, a broken
+permutation or LoRA scale is caught before anything is written, and bad requests are refused (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_overrides
+from test_cli import assert_user_error, run_cli
+from typer.testing import CliRunner
+
+from leantune.cli import app
+from leantune.errors import UserError
+from leantune.export import gguf_lora, gguf_model
+from leantune.export.api import export
+from leantune.models.inference import load_trained
+from leantune.runs.rundir import open_run_dir
+from leantune.training.api import train
+
+
+def _train(tiny_model_dir, chat_file, runs_dir, **extra):
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, runs_dir, **{"training.max_steps": 4, **extra}))
+    return open_run_dir(result.run_dir)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """One finished run per method, trained once for the module."""
+    import json as _json
+
+    from conftest import chat_row
+
+    root = tmp_path_factory.mktemp("export")
+    data = root / "chat.jsonl"
+    data.write_text("".join(_json.dumps(chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham")) + "\n"
+                            for i in range(48)))
+    made = {}
+    for name, extra in {"lora": {}, "rslora": {"method.rslora": True}, "dora": {"method.name": "dora"},
+                        "adalora": {"method.name": "adalora"}, "full": {"method.name": "full"}}.items():
+        made[name] = _train(tiny_model_dir, data, root / "runs", **{"output.name": name, **extra})
+    return made
+
+
+PROMPT = torch.tensor([[5, 17, 42, 99, 3, 250, 8]])
+
+
+def _tuned_logits(run):
+    trained = load_trained(run, "cpu")
+    with torch.no_grad():
+        return trained.model.eval()(PROMPT).logits
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora", "adalora", "full"])
+def test_hf_export_loads_with_plain_transformers(runs, method, tmp_path):
+    run = runs[method]
+    record = export(str(run.path), "hf", out=tmp_path / "hf", say=lambda _: None)
+    assert record.check["passed"] and record.check["max_abs_diff"] <= 1e-4
+    # loaded in a fresh interpreter that never imports leantune
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); AutoTokenizer.from_pretrained(sys.argv[1]); "
+            "assert 'leantune' not in sys.modules; "
+            "torch.save(m.eval()(torch.tensor([[5, 17, 42, 99, 3, 250, 8]])).logits.detach(), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf"), str(tmp_path / "logits.pt")], check=True)
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), _tuned_logits(run), atol=1e-4)
+    assert (tmp_path / "hf" / "generation_config.json").is_file()
+    assert json.loads((tmp_path / "hf" / "export.json").read_text())["format"] == "hf"
+
+
+@pytest.mark.parametrize("quant", ["f32", "f16", "q8_0", "q4_1", "q5_0"])
+def test_gguf_export_reads_back(runs, quant, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    run = runs["lora"]
+    record = export(str(run.path), "gguf", quant, out=tmp_path / "g", say=lambda _: None)
+    assert record.check["passed"] and record.check["mean_kl"] <= 1e-5
+    name = next(n for n in record.files if n.endswith(".gguf"))
+    reader = gguf.GGUFReader(str(tmp_path / "g" / name))
+    state = load_trained(run, "cpu").model.merge_and_unload().state_dict()
+    assert len(reader.tensors) == len([k for k in state if k != "lm_head.weight"])  # tied output not duplicated
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_norm.weight"] == "F32" and types["blk.0.attn_q.weight"] == quant.upper()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "g", gguf_file=name, dtype=torch.float32)
+    with torch.no_grad():
+        diff = (loaded.eval()(PROMPT).logits - _tuned_logits(run)).abs().max().item()
+    if quant in ("f32", "f16"):  # quantised types are judged against their own round trip (check['mean_kl'])
+        assert diff < (1e-4 if quant == "f32" else 0.1)
+    if quant == "f32":
+        assert record.check["quality"]["mean_kl_vs_tuned"] < 1e-6
+
+
+def test_k_quant_falls_back_like_llama_cpp_and_says_so(runs, tmp_path):
+    record = export(str(runs["lora"].path), "gguf", "q4_k", out=tmp_path / "k", say=lambda _: None)
+    assert any("fall back to q5_0" in n for n in record.notes)
+
+
+def test_broken_permutation_is_caught_and_nothing_written(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf_model, "permute_rows", lambda w, n_head: w)
+    with pytest.raises(UserError, match="did not load back"):
+        export(str(runs["lora"].path), "gguf", "f32", out=tmp_path / "bad", say=lambda _: None)
+    assert not (tmp_path / "bad").exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temporary folder left behind either
+
+
+def test_gguf_lora_and_modelfile(runs, tmp_path):
+    record = export(str(runs["rslora"].path), "gguf-lora", out=tmp_path / "l", say=lambda _: None)
+    assert record.check["passed"] and record.check["max_abs_diff"] < 1e-4
+    import gguf
+
+    reader = gguf.GGUFReader(str(tmp_path / "l" / "adapter.gguf"))
+    config = json.loads((runs["rslora"].adapter / "adapter_config.json").read_text())
+    assert config["use_rslora"]
+    alpha = float(reader.fields["adapter.lora.alpha"].contents())
+    assert alpha == pytest.approx(config["lora_alpha"] * config["r"] ** 0.5)  # llama.cpp divides by r
+    modelfile = (tmp_path / "l" / "Modelfile").read_text()
+    assert "ADAPTER ./adapter.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "FROM ./base-f16.gguf" in modelfile and (tmp_path / "l" / "base-f16.gguf").is_file()
+    assert "<|im_start|>{{ .Role }}" in modelfile
+
+
+def test_wrong_lora_scale_is_caught(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf_lora, "lora_scaling", lambda c: (int(c["r"]), float(c["lora_alpha"]) / int(c["r"])))
+    with pytest.raises(UserError, match="did not load back"):  # rsLoRA written with plain LoRA's alpha
+        export(str(runs["rslora"].path), "gguf-lora", out=tmp_path / "l", say=lambda _: None)
+    assert not (tmp_path / "l").exists()
+
+
+@pytest.mark.parametrize("method", ["dora", "adalora", "full"])
+def test_gguf_lora_refused_where_it_has_no_form(runs, method, tmp_path):
+    with pytest.raises(UserError, match="(Export merged instead|--format gguf)"):
+        export(str(runs[method].path), "gguf-lora", out=tmp_path / "l", say=lambda _: None)
+
+
+def test_full_fine_tune_exports_gguf(runs, tmp_path):
+    record = export(str(runs["full"].path), "gguf", "f32", out=tmp_path / "g", say=lambda _: None)
+    assert record.check["passed"]
+
+
+def test_cli_errors_exit_2_and_keep_existing_export(runs, tmp_path, monkeypatch, capsys):
+    run = str(runs["lora"].path)
+    out = tmp_path / "e"
+    code, _, err = run_cli(monkeypatch, capsys, "export", run, "--format", "gguf", "--quant", "q8_0", "--out", out)
+    assert code == 0, err
+    assert "bytes/parameter" in err and "checked by" in err
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    cases = [
+        (["--format", "onnx"], "Unknown export format"),
+        (["--format", "gguf", "--quant", "q3_x"], "Unknown GGUF quant"),
+        (["--format", "hf", "--quant", "q8_0"], "--quant applies to --format gguf only"),
+        (["--format", "gguf"], "already exists"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(monkeypatch, capsys, "export", run, *args, "--out", out)
+        assert_user_error(code, err, message)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    code, shown, _ = run_cli(monkeypatch, capsys, "runs", "show", run, "--runs-dir", runs["lora"].path.parent)
+    assert "export gguf/q8_0" in shown
+
+
+def test_unfinished_run_and_missing_adapter_refused(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(runs["lora"].path, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    with pytest.raises(UserError, match="is failed, not completed"):
+        export(str(copy), "hf", say=lambda _: None)
+    (copy / "run.json").write_text(json.dumps(info))
+    shutil.rmtree(copy / "adapter")
+    with pytest.raises(UserError, match="neither an adapter nor a model"):
+        export(str(copy), "hf", say=lambda _: None)
+
+
+def test_registry_reference_exports_and_records(runs, tmp_path, monkeypatch, capsys):
+    cli = CliRunner()
+    runs_dir = str(runs["lora"].path.parent)
+    assert cli.invoke(app, ["registry", "push", str(runs["lora"].path), "--name", "spam-bot", "--runs-dir", runs_dir]).exit_code == 0
+    version = 1
+    assert cli.invoke(app, ["registry", "promote", "spam-bot", str(version), "--stage", "production",
+                            "--runs-dir", runs_dir]).exit_code == 0
+    record = export("spam-bot@production", "gguf-lora", out=tmp_path / "r", runs_dir=runs_dir, say=lambda _: None)
+    assert record.check["passed"]
+    entry = json.loads((runs["lora"].path.parent / "registry" / "spam-bot" / "v1" / "exports.json").read_text())
+    assert entry[0]["format"] == "gguf-lora"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "spam-bot@staging", "--format", "hf", "--runs-dir", runs_dir)
+    assert_user_error(code, err, "no version in staging")
