@@ -21,7 +21,7 @@ LAYERS = [
     {"runs"},
     {"evaluation"},
     {"training"},
-    {"generate", "demo"},
+    {"generate", "demo", "export"},
     {"cli", "(root)"},
 ]
 SIBLINGS = {("plan", "models"), ("models", "plan")}
