@@ -14,7 +14,10 @@ from .gguf_model import ExportError
 # or LoRA scale costs far more (the tests break both on purpose)
 KL_LIMIT = {"f32": 1e-6, "hf": 1e-6, "lora": 1e-5, "f16": 2e-3, "bf16": 1e-2, "q8_0": 2e-2,
             "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3, "q4_1": 0.3}
-HF_MAX_ABS = 1e-4  # merged fp32 vs the tuned model in memory
+# merged fp32 vs the tuned model in memory: |d| <= 1e-4 + 1e-5 * (the largest |logit| at that position). W + BA
+# computed once rounds differently from Wx + B(Ax), and the error grows with the activations' scale: 3.7e-5 on
+# the tiny test model, 1.2e-4 on SmolLM2 (logits up to ~25 after 30 layers)
+HF_ATOL, HF_RTOL = 1e-4, 1e-5
 
 
 @dataclass
@@ -71,9 +74,12 @@ def logits_for(model, prompts: list[list[int]]) -> list[torch.Tensor]:
 
 
 def compare(reference: list[torch.Tensor], exported: list[torch.Tensor], how: str, limit_key: str,
-            max_abs: float | None = None) -> Check:
+            allclose: bool = False) -> Check:
     diffs, kls, agree, tokens = [], [], 0, 0
+    close = True
     for r, e in zip(reference, exported):
+        bound = HF_ATOL + HF_RTOL * r.abs().amax(-1, keepdim=True)
+        close = close and bool(((e - r).abs() <= bound).all())
         diffs.append((r - e).abs().max().item())
         lr, le = torch.log_softmax(r, -1), torch.log_softmax(e, -1)
         kls.append((lr.exp() * (lr - le)).sum(-1).sum().item())
@@ -81,7 +87,7 @@ def compare(reference: list[torch.Tensor], exported: list[torch.Tensor], how: st
         tokens += r.shape[0]
     mean_kl = max(sum(kls) / tokens, 0.0)
     limit = KL_LIMIT[limit_key]
-    passed = mean_kl <= limit and (max_abs is None or max(diffs) <= max_abs)
+    passed = mean_kl <= limit and (close or not allclose)
     return Check(how, len(reference), tokens, max(diffs), mean_kl, agree / tokens, limit, passed)
 
 
@@ -113,3 +119,14 @@ def require(check: Check, what: str) -> None:
     if not check.passed:
         raise ExportError(f"The {what} export did not load back as the tuned model ({check.describe()}); nothing was "
                           "written. This is a bug in the exporter: please report it with the run's config.")
+
+
+def quality_warnings(held_out: dict | None, points: float = 2.0) -> list[str]:
+    """A loud note when the export lost more than `points` of a held-out accuracy-type metric."""
+    out = []
+    for metric, v in (held_out or {}).items():
+        if "accuracy" in metric and (v["reference"] - v["export"]) * 100 > points:
+            out.append(f"WARNING: held-out {metric} fell from {v['reference']:.1%} to {v['export']:.1%}: this encoding "
+                       "loses what the fine-tune learned (a small update rounded away by coarse blocks). Use q8_0, or "
+                       "--format gguf-lora to keep the base's own file and the adapter exact.")
+    return out

@@ -14,7 +14,7 @@ from ..models.registry import BUNDLED
 from .gguf_lora import apply_lora_gguf, modelfile, write_lora_gguf
 from .gguf_model import ExportError, expected_model, write_gguf
 from .merge import merged_model
-from .verify import HF_MAX_ABS, Check, check_prompts, compare, held_out_scores, logits_for, require
+from .verify import Check, check_prompts, compare, held_out_scores, logits_for, quality_warnings, require
 
 
 @dataclass
@@ -86,7 +86,7 @@ def write_hf(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=p
         raise ExportError("The exported tokenizer does not match the run's; nothing was written.")
     exact = config.method.name != "qlora"
     check = compare(reference, logits_for(loaded, prompts), "transformers AutoModelForCausalLM + AutoTokenizer",
-                    _limit_key(config, "hf"), max_abs=HF_MAX_ABS if exact else None)
+                    _limit_key(config, "hf"), allclose=exact)
     require(check, "hf")
     check.held_out = held_out_scores(config, tokenizer, model, loaded, check_items)
     weights = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
@@ -125,6 +125,7 @@ def write_gguf_file(run, tmp: Path, quant="q8_0", merge_into="nf4", check_items=
                      "max_abs_diff_vs_tuned": cost.max_abs_diff}
     notes.append(f"against the tuned model: mean KL {cost.mean_kl:.2e}, top-1 agreement {cost.top1_agreement:.1%}")
     check.held_out = held_out_scores(config, tokenizer, model, loaded, check_items)
+    notes += quality_warnings(check.held_out)
     return Written(_parameters(model), (tmp / name).stat().st_size, check, notes)
 
 
