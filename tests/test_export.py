@@ -187,3 +187,10 @@ def test_registry_reference_exports_and_records(runs, tmp_path, monkeypatch, cap
     assert entry[0]["format"] == "gguf-lora"
     code, _, err = run_cli(monkeypatch, capsys, "export", "spam-bot@staging", "--format", "hf", "--runs-dir", runs_dir)
     assert_user_error(code, err, "no version in staging")
+
+
+def test_qlora_merges_into_the_nf4_weights_it_trained_over(tiny_model_dir, chat_file, tmp_path):
+    run = _train(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.name": "qlora"})
+    record = export(str(run.path), "hf", out=tmp_path / "hf", say=lambda _: None)
+    assert record.check["passed"] and record.check["top1_agreement"] == 1.0
+    assert any("de-quantised NF4" in n for n in record.notes)

@@ -4,19 +4,18 @@ answers to held-out prompts must be the tuned model's."""
 
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
-
-from leantune.evaluation.tasks import held_out_examples  # noqa: E402
-from leantune.export.api import export  # noqa: E402
-from leantune.generate import generate_reply, load_for_inference  # noqa: E402
-from leantune.runs.rundir import open_run_dir  # noqa: E402
-from leantune.training.api import train  # noqa: E402
+from leantune.evaluation.tasks import held_out_examples
+from leantune.export.api import export
+from leantune.generate import generate_reply, load_for_inference
+from leantune.runs.rundir import open_run_dir
+from leantune.training.api import train
 
 pytestmark = [pytest.mark.llama_cpp, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
+    pytest.importorskip("llama_cpp")  # here, not at import: the default suite deselects these tests without a skip
     runs = tmp_path_factory.mktemp("llama-cpp-runs")
     result = train(None, ["model.base=smollm2-135m", "data.train=sms-spam", "data.eval_size=100", "data.max_seq_len=256",
                           "training.max_steps=30", "training.micro_batch_size=8", "training.lr=5e-4",
@@ -50,6 +49,8 @@ def test_llama_cpp_loads_the_merged_gguf(tuned, quant, tmp_path):
     run, prompts, expected = tuned
     record = export(str(run.path), "gguf", quant, out=tmp_path / "g", say=lambda _: None, check_items=8)
     name = next(n for n in record.files if n.endswith(".gguf"))
+    import llama_cpp
+
     llm = llama_cpp.Llama(model_path=str(tmp_path / "g" / name), n_ctx=512, n_threads=2, verbose=False, seed=0)
     if quant != "f16":
         # 8 bits may flip a borderline answer of the tuned model: llama.cpp must answer what the same file
@@ -75,6 +76,8 @@ def test_llama_cpp_applies_the_lora_gguf(tuned, tmp_path):
     run, prompts, expected = tuned
     export(str(run.path), "gguf-lora", out=tmp_path / "l", say=lambda _: None, check_items=8)
     base = (tmp_path / "l" / "Modelfile").read_text().splitlines()[0].removeprefix("FROM ").strip()
+    import llama_cpp
+
     llm = llama_cpp.Llama(model_path=base, lora_path=str(tmp_path / "l" / "adapter.gguf"), n_ctx=512, n_threads=2,
                           verbose=False, seed=0)
     assert _answers(llm, prompts) == expected
