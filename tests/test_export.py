@@ -194,3 +194,13 @@ def test_qlora_merges_into_the_nf4_weights_it_trained_over(tiny_model_dir, chat_
     record = export(str(run.path), "hf", out=tmp_path / "hf", say=lambda _: None)
     assert record.check["passed"] and record.check["top1_agreement"] == 1.0
     assert any("de-quantised NF4" in n for n in record.notes)
+
+
+def test_int8_weight_only_reloads_with_transformers(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    record = export(str(runs["lora"].path), "int8", out=tmp_path / "i8", say=lambda _: None)
+    assert record.check["passed"] and record.check["quality"]["top1_agreement_vs_tuned"] > 0.8
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "i8")
+    assert type(loaded.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert record.bytes_per_parameter < 2.0  # int8 linears; embeddings and norms stay fp32

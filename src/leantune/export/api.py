@@ -20,7 +20,7 @@ from ..runs.registry import resolve as resolve_registry
 from ..runs.rundir import RunDir, open_run_dir
 from .gguf_model import K_QUANTS, QUANTS, ExportError, check_quant
 
-FORMATS = ("hf", "gguf", "gguf-lora")
+FORMATS = ("hf", "gguf", "gguf-lora", "int8")
 
 
 @dataclass

@@ -185,3 +185,45 @@ def write_gguf_lora(run, tmp: Path, quant=None, merge_into="nf4", check_items=64
 
 
 WRITERS = {"hf": write_hf, "gguf": write_gguf_file, "gguf-lora": write_gguf_lora}
+
+
+def write_int8(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=print) -> Written:
+    """int8 weight-only (per-channel scales) by torchao through transformers' TorchAoConfig, saved as safetensors
+    that `AutoModelForCausalLM.from_pretrained` loads back (with torchao installed)."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TorchAoConfig
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError:
+        raise ExportError("--format int8 needs torchao: pip install -c constraints.txt 'leantune[export]'") from None
+    config = run.config()
+    trained, prompts, reference = _loaded(run)
+    tokenizer = trained.tokenizer
+    model, notes = merged_model(run, trained, merge_into)
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".merged-") as merged_dir:
+        model.to(torch.float32).save_pretrained(merged_dir, safe_serialization=True)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            merged_dir, dtype=torch.float32, quantization_config=TorchAoConfig(quant_type=Int8WeightOnlyConfig()))
+    quantised.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    say("  written; loading it back with transformers (torchao) to check it")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp)
+    AutoTokenizer.from_pretrained(tmp)
+    exported = logits_for(loaded, prompts)
+    check = compare(logits_for(quantised, prompts), exported,
+                    "transformers + torchao: the reloaded file against the int8 model it was saved from", "lora")
+    require(check, "int8")
+    cost = compare(reference, exported, "", "f32")
+    check.quality = {"mean_kl_vs_tuned": cost.mean_kl, "top1_agreement_vs_tuned": cost.top1_agreement,
+                     "max_abs_diff_vs_tuned": cost.max_abs_diff}
+    notes.append(f"against the tuned model: mean KL {cost.mean_kl:.2e}, top-1 agreement {cost.top1_agreement:.1%}")
+    check.held_out = held_out_scores(config, tokenizer, model, loaded, check_items)
+    notes += quality_warnings(check.held_out, points=0.5)
+    weights = sum(p.stat().st_size for p in tmp.glob("*.safetensors"))
+    return Written(_parameters(model), weights, check, notes)
+
+
+WRITERS["int8"] = write_int8
