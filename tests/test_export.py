@@ -204,3 +204,11 @@ def test_int8_weight_only_reloads_with_transformers(runs, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "i8")
     assert type(loaded.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
     assert record.bytes_per_parameter < 2.0  # int8 linears; embeddings and norms stay fp32
+
+
+def test_bad_requests_are_refused_before_torch_is_imported(runs):
+    code = ("import sys\nfrom leantune.cli import main\nsys.argv = ['leantune', 'export', sys.argv[1], '--format', 'gguf', "
+            "'--quant', 'q3_x']\ntry:\n    main()\nexcept SystemExit as e:\n    print('RESULT', e.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(runs["lora"].path)], capture_output=True, text=True)
+    assert "RESULT 2 False" in done.stdout, done.stdout + done.stderr
+    assert "Unknown GGUF quant" in " ".join(done.stderr.split())

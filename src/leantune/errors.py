@@ -41,3 +41,7 @@ class BudgetError(UserError):
 
 class RegistryError(UserError):
     """A registry name, version or stage that does not exist or is not valid."""
+
+
+class ExportError(UserError):
+    """An export that cannot be made as asked (format, quant, run state, destination), or one that failed its check."""

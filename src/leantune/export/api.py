@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import atomic
-from ..errors import UserError
+from ..errors import ExportError, UserError
 from ..runs.index import RunIndex
 from ..runs.registry import resolve as resolve_registry
 from ..runs.rundir import RunDir, open_run_dir
-from .gguf_model import K_QUANTS, QUANTS, ExportError, check_quant
+from .quants import K_QUANTS, QUANTS, check_quant
 
 FORMATS = ("hf", "gguf", "gguf-lora", "int8")
 

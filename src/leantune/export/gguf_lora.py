@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gguf_model import ExportError, check_llama, hf_to_gguf_names, permute_rows
+from ..errors import ExportError
+from .gguf_model import check_llama, hf_to_gguf_names, permute_rows
 
 
 @dataclass

@@ -21,27 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-
-QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-K_QUANTS = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
-# llama.cpp's fallback when a row does not fit a 256-wide super-block (tensor_type_fallback in llama-quant.cpp)
-K_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
-
-
-class ExportError(UserError):
-    pass
+from ..errors import ExportError
+from .quants import K_FALLBACK, K_QUANTS, check_quant
 
 
 def qtype(name: str):
     import gguf
 
     return gguf.GGMLQuantizationType[name.upper()]
-
-
-def check_quant(quant: str) -> None:
-    if quant not in QUANTS + K_QUANTS:
-        raise ExportError(f"Unknown GGUF quant {quant!r}. Choose one of: {', '.join(QUANTS + K_QUANTS)}.")
 
 
 def file_type(quant: str):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .gguf_model import ExportError
+from ..errors import ExportError
 
 # mean KL(reference || export) per token, in nats, that each kind of export may cost; a wrong q/k permutation
 # or LoRA scale costs far more (the tests break both on purpose)

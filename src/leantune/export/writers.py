@@ -8,13 +8,22 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ExportError
 from ..models.inference import load_trained
 from ..models.loading import hf_dir_for, load_base
 from ..models.registry import BUNDLED
 from .gguf_lora import apply_lora_gguf, modelfile, write_lora_gguf
-from .gguf_model import ExportError, expected_model, write_gguf
+from .gguf_model import expected_model, write_gguf
 from .merge import merged_model
-from .verify import Check, check_prompts, compare, held_out_scores, logits_for, quality_warnings, require
+from .verify import (
+    Check,
+    check_prompts,
+    compare,
+    held_out_scores,
+    logits_for,
+    quality_warnings,
+    require,
+)
 
 
 @dataclass
