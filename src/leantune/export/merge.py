@@ -17,7 +17,7 @@ from ..models.loading import load_base
 MERGE_TARGETS = ("nf4", "original")
 
 
-def _nf4_round_trip(model, compute_dtype) -> int:
+def _nf4_round_trip(model) -> int:
     """Replace every linear weight bitsandbytes would have quantised (all but the output layer) with its
     NF4 round trip, quantised exactly as training's base was (double quantisation, blocks of 64)."""
     import bitsandbytes.functional as bnbf
@@ -49,7 +49,7 @@ def merged_model(run, trained: TrainedModel | None = None, merge_into: str = "nf
     base = load_base(config.model.base, dtype, "cpu")
     notes = []
     if merge_into == "nf4":
-        n = _nf4_round_trip(base.model, base.model.dtype)
+        n = _nf4_round_trip(base.model)
         notes.append(f"QLoRA: merged into the de-quantised NF4 weights the adapter trained over ({n} layers)")
     else:
         notes.append("QLoRA: merged into the original float weights (not the NF4 base it trained over)")

@@ -17,13 +17,6 @@ from .fingerprint import differing_fields
 from .rundir import RunDir
 
 
-def _billed(path: Path) -> dict:
-    try:
-        return json.loads((path / "run.json").read_text()).get("billed") or {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _info(path: Path) -> dict:
     try:
         return json.loads((path / "run.json").read_text())
@@ -88,7 +81,8 @@ def show_run(console: Console, run: dict) -> None:
     table.add_row("peak memory", f"{plan['total']:.2f} GiB" if "total" in plan else "",
                   f"{peak / 1024:.2f} GiB" if peak else "")
     table.add_row("steps", str(run["total_steps"] or ""), str(run["steps"] or 0))
-    billed = _billed(path)
+    info = _info(path)
+    billed = info.get("billed") or {}
     phases = ", ".join(f"{PHASE_LABELS[k]} {v:.1f}" for k, v in billed.get("phases", {}).items() if v >= 0.05)
     table.add_row("billed time", "", f"{run['wall_s'] or 0:.1f} s on {run['device']}" + (f" ({phases})" if phases else ""))
     price = Price.from_dict(billed["price"]) if billed.get("price") else None
@@ -100,8 +94,7 @@ def show_run(console: Console, run: dict) -> None:
     config = json.loads(run["fields"] or "{}")
     console.print("config (fields that change the result): " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())),
                   highlight=False, soft_wrap=True)
-    exports = _info(path).get("exports", [])
-    for e in exports:
+    for e in info.get("exports", []):
         console.print(f"export {e['format']}{'/' + e['quant'] if e.get('quant') else ''}: {escape(e['path'])}, "
                       f"{e['bytes'] / 1e6:.1f} MB, {e['bytes_per_parameter']:.3f} bytes/parameter, "
                       f"{'checked' if e.get('passed') else 'NOT checked'}", highlight=False)
