@@ -212,3 +212,40 @@ def test_bad_requests_are_refused_before_torch_is_imported(runs):
     done = subprocess.run([sys.executable, "-c", code, str(runs["lora"].path)], capture_output=True, text=True)
     assert "RESULT 2 False" in done.stdout, done.stdout + done.stderr
     assert "Unknown GGUF quant" in " ".join(done.stderr.split())
+
+
+def test_more_refusals_each_with_its_message(runs, tmp_path, monkeypatch, capsys):
+    import shutil as _shutil
+
+    from transformers import GPT2Config
+
+    from leantune.export import api, gguf_model
+
+    run = str(runs["lora"].path)
+    code, _, err = run_cli(monkeypatch, capsys, "export", run, "--format", "hf", "--merge-into", "fp8", "--out", tmp_path / "m")
+    assert_user_error(code, err, "--merge-into 'fp8' is not one of nf4, original")
+    code, _, err = run_cli(monkeypatch, capsys, "export", "no-such-run", "--format", "hf", "--runs-dir", tmp_path / "empty")
+    assert_user_error(code, err, "has no runs index to look it up in")
+    with pytest.raises(UserError, match="writes llama-architecture models"):
+        gguf_model.check_llama(GPT2Config())
+    with pytest.raises(UserError, match="needs a real K-quant encoding"):
+        gguf_model.tensor_type_for("q4_k", 512, 2, set())
+    monkeypatch.setattr(api.shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(UserError, match="Not enough disk space"):
+        export(run, "hf", out=tmp_path / "full", say=lambda _: None)
+    assert not (tmp_path / "full").exists()
+
+
+def test_int8_without_torchao_says_how_to_install(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(UserError, match=r"needs torchao: pip install"):
+        export(str(runs["lora"].path), "int8", out=tmp_path / "i8", say=lambda _: None)
+    assert not (tmp_path / "i8").exists()
+
+
+def test_gguf_of_an_hf_base_without_a_bpe_tokenizer_is_refused(runs, tmp_path):
+    from leantune.export.gguf_model import write_gguf
+
+    trained = load_trained(runs["lora"], "cpu")
+    with pytest.raises(UserError, match="needs a byte-level BPE tokenizer.json"):
+        write_gguf(trained.model.merge_and_unload(), trained.tokenizer, tmp_path / "x.gguf", "f32", "x", hf_dir=tmp_path)

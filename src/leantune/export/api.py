@@ -60,7 +60,12 @@ def resolve_target(target: str, runs_dir: str) -> tuple[RunDir, dict | None]:
     return open_run_dir(index.find(target)["path"]), None
 
 
-def _check_request(run: RunDir, fmt: str, quant: str | None) -> str | None:
+MERGE_TARGETS = ("nf4", "original")  # QLoRA: the NF4 round trip the adapter trained over, or the float weights
+
+
+def _check_request(run: RunDir, fmt: str, quant: str | None, merge_into: str = "nf4") -> str | None:
+    if merge_into not in MERGE_TARGETS:
+        raise ExportError(f"--merge-into {merge_into!r} is not one of {', '.join(MERGE_TARGETS)}.")
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)}.")
     if fmt == "gguf":
@@ -101,7 +106,7 @@ def _base_bytes(config) -> int:
 def export(target: str, fmt: str, quant: str | None = None, out: str | Path | None = None, force: bool = False,
            runs_dir: str = "runs", merge_into: str = "nf4", check_items: int = 64, say=print) -> ExportRecord:
     run, registry_row = resolve_target(str(target), runs_dir)
-    quant = _check_request(run, fmt, quant)
+    quant = _check_request(run, fmt, quant, merge_into)
     config = run.config()
     out = Path(out) if out else run.path / "exports" / (fmt + (f"-{quant}" if quant else ""))
     _check_destination(out, force, int(_base_bytes(config) * 1.1) + (64 << 20))

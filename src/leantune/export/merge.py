@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 from ..models.adapters import load_adapter
 from ..models.inference import TrainedModel, load_trained
 from ..models.loading import load_base
-
-MERGE_TARGETS = ("nf4", "original")
 
 
 def _nf4_round_trip(model) -> int:
@@ -36,8 +33,6 @@ def _nf4_round_trip(model) -> int:
 def merged_model(run, trained: TrainedModel | None = None, merge_into: str = "nf4"):
     """(merged float model, notes). `trained` (from models/inference.load_trained) is reused for plain
     adapter runs; it is merged in place, so callers take reference logits before calling this."""
-    if merge_into not in MERGE_TARGETS:
-        raise UserError(f"--merge-into {merge_into!r} is not one of {', '.join(MERGE_TARGETS)}.")
     config = run.config()
     if run.full_model.is_dir():
         trained = trained or load_trained(run, "cpu")
