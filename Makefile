@@ -30,7 +30,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Opt-in: compiles llama-cpp-python from its sdist (no Linux wheel on PyPI; ~15 min on 2 cores, once), then loads
+# Opt-in: compiles llama-cpp-python from its sdist (no Linux wheel on PyPI; tens of minutes on 2 cores, once), then loads
 # GGUF and LoRA-GGUF exports in llama.cpp itself and checks its greedy answers match the tuned model's.
 test-llama-cpp: $(STAMP)
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF" \
