@@ -81,7 +81,7 @@ def demo(
 def export(
     target: str = typer.Argument(..., help="a run (directory, id or name) or a registry reference: name@production, name@v3"),
     fmt: str = typer.Option(..., "--format", help="hf (merged safetensors), gguf (one file for llama.cpp / Ollama), "
-                            "gguf-lora (adapter-only GGUF + Ollama Modelfile), int8 (weight-only, torchao)"),
+                            "gguf-lora (adapter-only GGUF + Ollama Modelfile), int8 / int4 (weight-only for CPU inference, torchao)"),
     quant: Optional[str] = typer.Option(None, "--quant", help="gguf: f32, f16, bf16, q8_0 (default), q4_0, q4_1, q5_0, q5_1; "
                                         "q2_k..q6_k where llama.cpp's fallback applies"),
     out: Optional[str] = typer.Option(None, "--out", help="destination folder (default: RUN/exports/FORMAT[-QUANT])"),

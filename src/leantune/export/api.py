@@ -20,7 +20,7 @@ from ..runs.registry import resolve as resolve_registry
 from ..runs.rundir import RunDir, open_run_dir
 from .quants import K_QUANTS, QUANTS, check_quant
 
-FORMATS = ("hf", "gguf", "gguf-lora", "int8")
+FORMATS = ("hf", "gguf", "gguf-lora", "int8", "int4")
 
 
 @dataclass

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ExportError
+from ..models.loading import hf_dir_for, load_base, quiet_transformers
+
+quiet_transformers()  # before peft imports bitsandbytes, which warns on import
+
 from ..models.inference import load_trained
-from ..models.loading import hf_dir_for, load_base
 from ..models.registry import BUNDLED
 from .gguf_lora import apply_lora_gguf, modelfile, write_lora_gguf
 from .gguf_model import expected_model, write_gguf
@@ -226,4 +229,83 @@ def write_int8(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say
     return Written(_parameters(model), weights, check, notes)
 
 
-WRITERS = {"hf": write_hf, "gguf": write_gguf_file, "gguf-lora": write_gguf_lora, "int8": write_int8}
+INT4_GROUPS = (32, 64, 128)  # smallest first: finer groups cost 1/8 bit per weight more and keep more of the update
+
+
+def int4_group_size(model) -> int:
+    """The smallest group size that divides every linear layer's input width (the kernel needs whole groups)."""
+    import torch
+
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    for group in INT4_GROUPS:
+        if all(w % group == 0 for w in widths):
+            return group
+    raise ExportError(f"--format int4 needs every linear layer's input width to be a multiple of one of "
+                      f"{INT4_GROUPS}; this model has widths {sorted(widths)}. Export --format int8 or gguf instead.")
+
+
+# Adapters kept beside an int4 base instead of merged into it: merging and then rounding to 4 bits loses an update
+# smaller than half a quantisation step (all of it, measured, when the base was itself a 4-bit GGUF). DoRA's
+# magnitude and AdaLoRA's per-layer ranks need the float weights, so those (and full fine-tunes) are merged.
+KEEPS_ADAPTER = ("lora", "qlora")
+
+
+def write_int4(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=print) -> Written:
+    """int4 weight-only (HQQ-fitted, torchao's CPU kernel, bfloat16 activations); saved by int4_format.py, whose
+    copy `load_int4.py` in the folder loads it without leantune. A LoRA adapter stays a separate bf16/fp32 path
+    over the int4 base (peft applies it), so the fine-tune is kept exactly; other runs are merged first."""
+    import copy
+    import importlib.util
+    import shutil
+
+    import torch
+
+    from . import int4_format
+
+    if importlib.util.find_spec("torchao") is None:
+        raise ExportError("--format int4 needs torchao: pip install -c constraints.txt 'leantune[export]'")
+    config = run.config()
+    trained, prompts, reference = _loaded(run)
+    tokenizer = trained.tokenizer
+    keep_adapter = not run.full_model.is_dir() and config.method.name in KEEPS_ADAPTER
+    if keep_adapter:
+        float_model = trained.model
+        notes = ["the adapter is kept beside the int4 base, not merged into it: peft adds it in bf16/fp32, so the "
+                 "update is not rounded away"]
+        base = load_base(config.model.base, "float32", "cpu").model
+        if config.method.name == "qlora":
+            notes.append("QLoRA: the adapter runs over the int4 base, not the NF4 base it trained over")
+    else:
+        model, notes = merged_model(run, trained, merge_into)
+        base = model.to(torch.float32)
+        float_model = copy.deepcopy(base)  # the held-out reference; quantising works in place
+    group = int4_group_size(base)
+    quantised = int4_format.to_bfloat16(base)
+    count = int4_format.quantise(quantised, group)
+    adapter = None
+    if keep_adapter:
+        from peft import PeftModel
+
+        adapter = "adapter"
+        shutil.copytree(run.adapter, tmp / adapter)
+        quantised = PeftModel.from_pretrained(quantised, str(tmp / adapter))
+    int4_format.save(quantised, tokenizer, tmp, group, {"run": run.id}, adapter=adapter)
+    shutil.copyfile(int4_format.__file__, tmp / "load_int4.py")
+    notes.append(f"{count} linear layers in int4 (groups of {group}, HQQ), embeddings and norms in bfloat16; "
+                 "load with load_int4.py in the folder (torchao's CPU int4 layout has no transformers serialisation)")
+    say("  written; loading it back with load_int4.py to check it")
+    loaded, _ = int4_format.load(tmp)
+    exported = logits_for(loaded, prompts)
+    check = compare(logits_for(quantised, prompts), exported,
+                    "load_int4.py (transformers + torchao" + (" + peft" if adapter else "") + "): the reloaded "
+                    "folder against the int4 model it was saved from", "exact")
+    require(check, "int4")
+    measure_cost(reference, exported, check, notes)
+    check.held_out = held_out_scores(config, tokenizer, float_model, loaded, check_items)
+    notes += quality_warnings(check.held_out)
+    weights = sum(p.stat().st_size for p in tmp.rglob("*.safetensors"))
+    return Written(_parameters(float_model), weights, check, notes)
+
+
+WRITERS = {"hf": write_hf, "gguf": write_gguf_file, "gguf-lora": write_gguf_lora, "int8": write_int8,
+           "int4": write_int4}

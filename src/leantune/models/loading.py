@@ -133,9 +133,11 @@ def hf_dir_for(spec: str) -> Path:
 
 def quiet_transformers() -> None:
     """transformers draws a progress bar per load and save; leantune reports loads itself. bitsandbytes warns
-    on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own)."""
+    on import that it cannot fetch an optional CPU kernel from the Hub (it falls back to its own); torchao on
+    import that its CUDA-only libraries do not load, and torch that torchao registers enums the old way."""
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
