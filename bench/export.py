@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import job_key, load_results, work_dir, write_results  # noqa: E402
+from common import job_key, load_results, work_dir, write_results
 
 RESULTS = HERE / "results" / "export.json"
 WORK = work_dir("export")
@@ -126,8 +126,8 @@ def speed_worker(run_dir: str, row: str, folder: str) -> dict:
     out = {"load_seconds": round(load_seconds, 2)}
     for batch in (1, 8):
         enc = tokenizer(prompts[:batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                      pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False,
+                  "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
         with torch.no_grad():
             model.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=kwargs["pad_token_id"])
             t = time.perf_counter()
@@ -164,11 +164,12 @@ def _gguf_speed(run_dir: str, row: str, folder: Path, started: float) -> dict:
 
 # ---- driver -----------------------------------------------------------------------------------------------------
 
-def cached(key: dict, compute) -> dict:
+def cached(key: dict, *worker_args: str) -> dict:
+    """run_worker(*worker_args), or what it returned when this commit ran the same job before."""
     path = WORK / "jobs" / (job_key(key) + ".json")
     if path.is_file():
         return json.loads(path.read_text())
-    value = compute()
+    value = run_worker(*worker_args)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value))
     return value
@@ -195,13 +196,13 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
         log(f"{task}: training a LoRA run")
-        run = cached({"id": "train", "task": task, **TRAIN}, lambda: run_worker("train", task, "lora"))
+        run = cached({"id": "train", "task": task, **TRAIN}, "train", task, "lora")
         rows = {}
         for row, (fmt, quant) in FORMATS.items():
             folder = WORK / "exports" / task / row
             log(f"{task}: export {row}")
             rows[row] = cached({"id": "export", "task": task, "row": row, **TRAIN},
-                               lambda: run_worker("export", run["run_dir"], fmt, quant or "", str(folder), "nf4"))
+                               "export", run["run_dir"], fmt, quant or "", str(folder), "nf4")
             rows[row]["folder"] = folder
         speeds: dict[str, list[dict]] = {row: [] for row in FORMATS}
         for r in range(args.rounds):
@@ -216,13 +217,12 @@ def main() -> None:
     if "qlora-merge" not in results:
         task = tasks[0]
         log(f"{task}: training a QLoRA run")
-        run = cached({"id": "train-qlora", "task": task, **TRAIN}, lambda: run_worker("train", task, "qlora"))
+        run = cached({"id": "train-qlora", "task": task, **TRAIN}, "train", task, "qlora")
         merges = {}
         for target in ("nf4", "original"):
             log(f"{task}: QLoRA export hf merged into {target}")
             merges[target] = cached({"id": "qlora-merge", "task": task, "into": target, **TRAIN},
-                                    lambda: run_worker("export", run["run_dir"], "hf", "", str(WORK / "qlora" / target),
-                                                       target))
+                                    "export", run["run_dir"], "hf", "", str(WORK / "qlora" / target), target)
         results["qlora-merge"] = {"task": task, "merged_into": {k: {"held_out": v["held_out"], "check": v["check"]}
                                                                 for k, v in merges.items()}}
         write_results(RESULTS, results)
