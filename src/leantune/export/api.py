@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import atomic
-from ..errors import ExportError, UserError
-from ..runs.index import RunIndex
-from ..runs.registry import resolve as resolve_registry
-from ..runs.rundir import RunDir, open_run_dir
+from ..errors import ExportError
+from ..runs.lookup import find_run
+from ..runs.rundir import RunDir
 from .quants import K_QUANTS, QUANTS, check_quant
 
 FORMATS = ("hf", "gguf", "gguf-lora", "int8", "int4")
@@ -43,21 +42,6 @@ class ExportRecord:
     def summary(self) -> str:
         return (f"{self.format}{'/' + self.quant if self.quant else ''} -> {self.path}: {self.size / 1e6:.1f} MB, "
                 f"{self.bytes_per_parameter:.3f} bytes/parameter, {self.seconds:.1f} s")
-
-
-def resolve_target(target: str, runs_dir: str) -> tuple[RunDir, dict | None]:
-    """(run, registry row or None) for a run directory, a run id/prefix/name, or name@stage / name@vN."""
-    path = Path(target)
-    if path.is_dir():
-        return open_run_dir(path), None
-    index = RunIndex(runs_dir)
-    if not index.path.exists():
-        raise UserError(f"'{target}' is not a run directory, and {runs_dir} has no runs index to look it up in. "
-                        "Pass the folder `leantune train` created (or --runs-dir).")
-    row = resolve_registry(index, target)
-    if row is not None:
-        return open_run_dir(index.find(row["run_id"])["path"]), row
-    return open_run_dir(index.find(target)["path"]), None
 
 
 MERGE_TARGETS = ("nf4", "original")  # QLoRA: the NF4 round trip the adapter trained over, or the float weights
@@ -105,7 +89,8 @@ def _base_bytes(config) -> int:
 
 def export(target: str, fmt: str, quant: str | None = None, out: str | Path | None = None, force: bool = False,
            runs_dir: str = "runs", merge_into: str = "nf4", check_items: int = 64, say=print) -> ExportRecord:
-    run, registry_row = resolve_target(str(target), runs_dir)
+    found = find_run(str(target), runs_dir)
+    run, registry_row = found.run, found.registry
     quant = _check_request(run, fmt, quant, merge_into)
     config = run.config()
     out = Path(out) if out else run.path / "exports" / (fmt + (f"-{quant}" if quant else ""))
