@@ -9,6 +9,7 @@ absolute path of the machine is written: paths inside the repository are stored 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,8 +27,10 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
 
 
+@functools.cache
 def code_version() -> str:
-    """The commit, plus `-dirty-<hash of the diff>` when src/ or the bench scripts have uncommitted changes."""
+    """Computed once per process, at its start: a long benchmark records the code it ran, not what the tree
+    held when it finished. The commit, plus `-dirty-<hash of the diff>` when src/ or the bench scripts have uncommitted changes."""
     commit = _git("rev-parse", "HEAD").strip()
     code = ["src", ":(glob)bench/*.py"]  # not bench/results: the file being written is no change of code
     diff = _git("diff", "HEAD", "--", *code)
