@@ -21,7 +21,7 @@ LAYERS = [
     {"runs"},
     {"evaluation"},
     {"training"},
-    {"generate", "demo", "export"},
+    {"generate", "demo", "export", "serve"},
     {"cli", "(root)"},
 ]
 SIBLINGS = {("plan", "models"), ("models", "plan")}

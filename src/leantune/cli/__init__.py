@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import UserError
 from ..training.signals import TrainingStopped
@@ -23,6 +24,7 @@ app.command()(model_verbs.generate)
 app.command()(plan.plan)
 app.command()(model_verbs.demo)
 app.command()(model_verbs.export)
+app.command()(model_verbs.serve)
 app.add_typer(data.app, name="data")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(runs.budget_app, name="budget")
@@ -33,10 +35,10 @@ def main() -> None:
     try:
         app(prog_name="leantune")  # standalone: typer reports usage errors itself and exits
     except UserError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # 'leantune[serve]' is not markup
         sys.exit(e.exit_code)
     except TrainingStopped as e:
-        err.print(f"[yellow]{e}[/]", highlight=False)
+        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

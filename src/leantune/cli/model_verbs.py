@@ -106,3 +106,31 @@ def export(
                                            for m, v in record.check["held_out"].items()), highlight=False)
     for note in record.notes:
         err.print(f"  {note}", highlight=False)
+
+
+def serve(
+    adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=RUN or a reference served under its own "
+                                                "text; RUN: a run directory or id, name@production, name@v3, name:v3"),
+    base: Optional[str] = typer.Option(None, "--base", help="the base model (default: the first adapter's base)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (loopback unless you mean otherwise)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY' on /v1/"),
+    max_loaded: int = typer.Option(8, "--max-loaded", min=1, help="adapters kept in memory (least recently used out)"),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="requests decoded together in one pass"),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="waiting requests before answering 429"),
+    log_requests: Optional[str] = typer.Option(None, "--log-requests", help="write each request and answer to "
+                                               "DIR/<model>.jsonl (rotated at 10 MB, 5 kept)"),
+    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="chat answers' length limit when "
+                                           "a request sets none"),
+    runs_dir: str = RUNS_DIR,
+):
+    """Serve a base model and many adapters behind an OpenAI-compatible API (/v1/chat/completions, ...)."""
+    from ..serve import check_installed
+
+    check_installed()
+    from ..serve.api import build
+    from ..serve.api import serve as run_server
+
+    server = build(adapter or [], base, runs_dir, max_loaded, max_batch, max_queue, api_key, log_requests,
+                   default_max_tokens, say=lambda m: err.print(m, highlight=False))
+    run_server(server, host, port)
