@@ -207,8 +207,8 @@ def test_mixed_batches_answer_as_each_adapter_alone(server, solo):
     assert built.engine.batches - batches_before < len(jobs)  # requests really shared forward passes
 
 
-def test_promote_and_rollback_while_serving(server, runs, solo, monkeypatch, capsys):
-    url, built, _ = server
+def test_promote_and_rollback_while_serving(server, runs, solo):
+    url, _, _ = server
     runs_dir = str(runs["spam"].path.parent)
     cli = CliRunner()
     for name in ("spam", "yesno"):  # v1 answers like spam, v2 like yesno

@@ -299,9 +299,7 @@ class Engine:
                         request.send("delta", delta)
                     if row.stream.stopped:
                         finish = "stop"
-                    elif request.completion_tokens >= request.sampling.max_tokens:
-                        finish = "length"
-                    elif row.last_position + 2 >= self.context:
+                    elif request.completion_tokens >= request.sampling.max_tokens or row.last_position + 2 >= self.context:
                         finish = "length"
                 if finish:
                     tail = row.stream.finish()

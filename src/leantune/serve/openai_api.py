@@ -10,18 +10,25 @@ Unknown request fields are ignored (SDKs send many)."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, Field
 
 from ..errors import UserError
 from .adapters import BASE_KEY, AdapterNames, ModelNotFound, Resolved
-from .engine import Engine, QueueFull, Request as EngineRequest, Sampling, next_id
+from .engine import Engine, QueueFull, Sampling, next_id
+from .engine import Request as EngineRequest
 from .observe import Metrics, RequestLog
 from .text_stream import MAX_STOPS
 
@@ -124,10 +131,11 @@ def create_app(server: Server) -> FastAPI:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if server.api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {server.api_key}":
-                return APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                                "authentication_error", code="invalid_api_key").response()
+        expected = f"Bearer {server.api_key}"
+        if server.api_key and request.url.path.startswith("/v1/") and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), expected.encode()):
+            return APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                            "authentication_error", code="invalid_api_key").response()
         return await call_next(request)
 
     @app.get("/health")
