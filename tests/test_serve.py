@@ -343,3 +343,22 @@ def test_serve_without_its_extra_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     code, _, err = run_cli(monkeypatch, capsys, "serve", "--adapter", "x=y")
     assert_user_error(code, err, "pip install -c constraints.txt 'leantune[serve]'")
+
+
+def test_an_int4_base_serves_adapters_beside_it(runs, solo):
+    """--quantize int4: the export's int4 format under the adapters; answers are close to, not equal to, the float
+    model's (bf16 activations), and a mixed batch still routes each row to its own adapter."""
+    built = build([f"spam={runs['spam'].path}", f"yesno={runs['yesno'].path}"], runs_dir=str(runs["spam"].path.parent),
+                  quantize="int4", say=lambda _: None)
+    layer = built.engine.base.model.layers[0].mlp.up_proj
+    assert type(layer.weight).__name__ == "Int4OpaqueTensor"
+    with running(built) as url:
+        client = _client(url)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda m: _chat(client, m, PROMPTS[0]).choices[0].message.content,
+                                    ["spam", "yesno"] * 4))
+    assert len(set(answers[0::2])) == 1 and len(set(answers[1::2])) == 1  # the same adapter answers alike
+    assert answers[0] != answers[1]  # and each row got its own adapter
+    with pytest.raises(Exception, match="only int4 is offered"):
+        build([f"spam={runs['spam'].path}"], runs_dir=str(runs["spam"].path.parent), quantize="int8",
+              say=lambda _: None)

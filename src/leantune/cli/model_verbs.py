@@ -122,6 +122,8 @@ def serve(
                                                "DIR/<model>.jsonl (rotated at 10 MB, 5 kept)"),
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="chat answers' length limit when "
                                            "a request sets none"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int4: the base's linear layers in int4 "
+                                           "(torchao, as `export --format int4`); adapters stay beside them"),
     runs_dir: str = RUNS_DIR,
 ):
     """Serve a base model and many adapters behind an OpenAI-compatible API (/v1/chat/completions, ...)."""
@@ -132,5 +134,5 @@ def serve(
     from ..serve.api import serve as run_server
 
     server = build(adapter or [], base, runs_dir, max_loaded, max_batch, max_queue, api_key, log_requests,
-                   default_max_tokens, say=lambda m: err.print(m, highlight=False))
+                   default_max_tokens, quantize=quantize, say=lambda m: err.print(m, highlight=False))
     run_server(server, host, port)

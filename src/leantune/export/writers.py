@@ -229,19 +229,18 @@ def write_int8(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say
     return Written(_parameters(model), weights, check, notes)
 
 
-INT4_GROUPS = (32, 64, 128)  # smallest first: finer groups cost 1/8 bit per weight more and keep more of the update
-
-
 def int4_group_size(model) -> int:
-    """The smallest group size that divides every linear layer's input width (the kernel needs whole groups)."""
+    """int4_format.group_size_for, or the reason there is none."""
     import torch
 
-    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    for group in INT4_GROUPS:
-        if all(w % group == 0 for w in widths):
-            return group
-    raise ExportError(f"--format int4 needs every linear layer's input width to be a multiple of one of "
-                      f"{INT4_GROUPS}; this model has widths {sorted(widths)}. Export --format int8 or gguf instead.")
+    from .int4_format import GROUP_SIZES, group_size_for
+
+    group = group_size_for(model)
+    if group is None:
+        widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+        raise ExportError(f"--format int4 needs every linear layer's input width to be a multiple of one of "
+                          f"{GROUP_SIZES}; this model has widths {widths}. Export --format int8 or gguf instead.")
+    return group
 
 
 # Adapters kept beside an int4 base instead of merged into it: merging and then rounding to 4 bits loses an update

@@ -25,19 +25,23 @@ def parse_adapter(text: str) -> tuple[str, str]:
 
 def build(adapters: list[str], base: str | None = None, runs_dir: str = "runs", max_loaded: int = 8,
           max_batch: int = 16, max_queue: int = 64, api_key: str | None = None, log_requests: str | None = None,
-          default_max_tokens: int = 256, device: str | None = None, say=print) -> Server:
+          default_max_tokens: int = 256, device: str | None = None, quantize: str | None = None,
+          say=print) -> Server:
     pairs = [parse_adapter(a) for a in adapters]
     if base is None:
         base = _base_of(pairs, runs_dir)
     if max_loaded < 1 or max_batch < 1 or max_queue < 1:
         raise UserError("--max-loaded, --max-batch and --max-queue must each be at least 1.")
+    if quantize not in (None, "int4"):
+        raise UserError(f"--quantize {quantize!r}: only int4 is offered (torchao's int8 weight-only kernel measured "
+                        "slower than float32 on CPU, bench/results/export.json).")
     names = AdapterNames(Path(base).name if Path(base).exists() else base, base, runs_dir)
     resolved = []
     for name, reference in pairs:  # every reference checked before the model loads
         resolved.append(names.add(name, reference))
     device = device or detected_device()[0]
     say(f"loading {base} on {device}")
-    engine = Engine(base, "auto", device, max_loaded, max_batch, max_queue, say=say)
+    engine = Engine(base, "auto", device, max_loaded, max_batch, max_queue, quantize=quantize, say=say)
     for target in resolved[:max_loaded]:
         engine.ensure_loaded(target)
     log = RequestLog(log_requests) if log_requests else None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.tokenize import end_of_turn_ids
+from ..errors import UserError
 from ..models.loading import load_base
 from .adapters import BASE_KEY, Resolved
 from .text_stream import TextStream
@@ -69,10 +70,11 @@ class _Row:
 
 class Engine:
     def __init__(self, base_spec: str, dtype: str = "auto", device: str = "cpu", max_loaded: int = 8,
-                 max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01, say=print):
+                 max_batch: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01, quantize: str | None = None,
+                 say=print):
+        self.base_spec, self.dtype, self.device, self.quantize = base_spec, dtype, device, quantize
         loaded = load_base(base_spec, dtype, device)
-        self.base_spec, self.dtype, self.device = base_spec, dtype, device
-        self.base, self.tokenizer = loaded.model.eval(), loaded.tokenizer
+        self.base, self.tokenizer = self._quantised(loaded.model).eval(), loaded.tokenizer
         self.peft = None  # a PeftModel over self.base once the first LoRA/DoRA adapter is loaded
         self.merged: dict[str, torch.nn.Module] = {}  # AdaLoRA: key -> its own merged model
         self.loaded: collections.OrderedDict[str, Resolved] = collections.OrderedDict()  # LRU order
@@ -90,6 +92,19 @@ class Engine:
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="leantune-engine", daemon=True)
         self.notes: list[str] = []
+
+    def _quantised(self, model):
+        """--quantize int4: the base's linear layers in int4 (the export's format and kernel, bf16 activations);
+        adapters stay in their own precision beside them (peft's torchao LoRA layer)."""
+        if self.quantize != "int4":
+            return model
+        from ..export import int4_format
+
+        group = int4_format.group_size_for(model)
+        if group is None:
+            raise UserError("--quantize int4 needs every linear layer's input width to be a multiple of 32, 64 or 128.")
+        int4_format.quantise(int4_format.to_bfloat16(model), group)
+        return model
 
     # ---- called from the server's event loop --------------------------------------------------------------
     def start(self) -> None:
@@ -196,7 +211,8 @@ class Engine:
             from peft import PeftModel
 
             copy = load_base(self.base_spec, self.dtype, self.device).model
-            self.merged[target.key] = PeftModel.from_pretrained(copy, target.path).merge_and_unload().eval()
+            merged = PeftModel.from_pretrained(copy, target.path).merge_and_unload()
+            self.merged[target.key] = self._quantised(merged).eval()  # merged in float, then quantised
             how = "AdaLoRA: merged into its own copy of the base (PEFT cannot mix it with LoRA), served unbatched"
         elif self.peft is None:
             from peft import PeftModel
