@@ -362,3 +362,37 @@ def test_an_int4_base_serves_adapters_beside_it(runs, solo):
     with pytest.raises(Exception, match="only int4 is offered"):
         build([f"spam={runs['spam'].path}"], runs_dir=str(runs["spam"].path.parent), quantize="int8",
               say=lambda _: None)
+
+
+def test_text_stream_holds_back_what_could_become_a_stop_string(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from leantune.serve.text_stream import TextStream
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tokenizer("the quick brown fox jumps", add_special_tokens=False)["input_ids"]
+    full = tokenizer.decode(ids)
+    for stop in ("brown f", "k b", "jumps", "zzz"):
+        stream = TextStream(tokenizer, (stop, "never-seen"))
+        sent = "".join(stream.push(i) for i in ids) + stream.finish()
+        assert sent == (full[:full.index(stop)] if stop in full else full), stop
+        assert stream.stopped == (stop in full)
+    # a multi-byte character split across byte tokens is never sent half-made
+    snowman = tokenizer("\u2603", add_special_tokens=False)["input_ids"]
+    assert len(snowman) > 1  # three byte tokens in this small vocabulary
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in snowman] + [stream.finish()]
+    assert "".join(pieces) == "\u2603" and all("\ufffd" not in p for p in pieces)
+
+
+def test_request_log_rotates(tmp_path):
+    from leantune.serve.observe import RequestLog
+
+    log = RequestLog(tmp_path, max_bytes=400, backups=2)
+    for i in range(20):
+        log.write("support-bot@production", {"prompt": "x" * 50, "answer": str(i)})
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["support-bot_production.jsonl", "support-bot_production.jsonl.1", "support-bot_production.jsonl.2"]
+    last = [json.loads(line) for line in (tmp_path / files[0]).read_text().splitlines()]
+    assert last[-1]["answer"] == "19" and last[-1]["model"] == "support-bot@production"
