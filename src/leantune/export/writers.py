@@ -246,7 +246,7 @@ def int4_group_size(model) -> int:
 # Adapters kept beside an int4 base instead of merged into it: merging and then rounding to 4 bits loses an update
 # smaller than half a quantisation step (all of it, measured, when the base was itself a 4-bit GGUF). DoRA's
 # magnitude and AdaLoRA's per-layer ranks need the float weights, so those (and full fine-tunes) are merged.
-KEEPS_ADAPTER = ("lora", "qlora")
+KEEPS_ADAPTER = ("lora", "qlora", "qlora-gguf")
 
 
 def write_int4(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say=print) -> Written:

@@ -28,8 +28,17 @@ def enable_activation_checkpointing(model) -> None:
 
 
 def trainable_parameter_count(model) -> tuple[int, int]:
+    """(trainable, total) parameters; a packed quantised weight (NF4, GGUF blocks) counts the weights it stands
+    for, not its bytes, and a tied weight counts once."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    seen, total = set(), 0
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            packed = name == "weight" and not p.is_floating_point() and hasattr(module, "in_features")
+            total += module.in_features * module.out_features if packed else p.numel()
     return trainable, total
 
 

@@ -63,7 +63,8 @@ def setup_from_run_config(run, **changes) -> Setup:
     `leantune plan RUN.yaml` and the trainer's own pre-flight check both start here."""
     targets = run.method.target_modules
     setup = Setup(
-        method="lora" if run.method.name == "adalora" else run.method.name,  # AdaLoRA: LoRA of its initial rank
+        # AdaLoRA: LoRA of its initial rank; QLoRA over GGUF blocks: a 4-bit base like NF4's (Q4_1 is 5 bits a weight)
+        method={"adalora": "lora", "qlora-gguf": "qlora"}.get(run.method.name, run.method.name),
         optimizer=run.method.optimizer,
         objective=run.objective.name,
         seq_len=run.data.max_seq_len,

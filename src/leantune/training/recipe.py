@@ -137,9 +137,10 @@ class FineTuneRecipe:
         self.note(f"{self.method.describe()}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
         notes = self.method.notes(self.model)
         if "quantized_bytes_per_param" in notes:
-            self.note(f"4-bit NF4 base: {notes['quantized_mib']:.1f} MiB for {notes['quantized_params']:,} parameters "
-                      f"of the quantised layers ({notes['quantized_bytes_per_param']:.3f} bytes/parameter)")
-            self.run.update_info(quantized_bytes_per_param=notes["quantized_bytes_per_param"])
+            self.note(f"{notes.get('base', '4-bit NF4 base')}: {notes['quantized_mib']:.1f} MiB for "
+                      f"{notes['quantized_params']:,} parameters of the quantised layers "
+                      f"({notes['quantized_bytes_per_param']:.3f} bytes/parameter)")
+            self.run.update_info(quantized_bytes_per_param=notes["quantized_bytes_per_param"], **notes.get("record", {}))
 
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)

@@ -6,6 +6,7 @@
 | dora | LoRA + a magnitude vector per layer | as loaded | PEFT `use_dora` |
 | adalora | SVD-shaped P, E, Q whose rank budget shrinks during training | as loaded | PEFT + our hooks |
 | qlora | LoRA | 4-bit NF4, double quantisation | bitsandbytes, PEFT |
+| qlora-gguf | LoRA | the GGUF file's own blocks (Q4_0 / Q4_1 / Q8_0), de-quantised per layer | ours (models/gguf_linear.py), PEFT |
 | full | every weight | nothing | torch |
 
 Adding a method: a subclass of `base.Method` in a new file, and one line in METHODS."""
@@ -19,8 +20,9 @@ from .dora import DoRA
 from .full import Full
 from .lora import LoRA
 from .qlora import QLoRA
+from .qlora_gguf import GGUFQLoRA
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (LoRA, DoRA, QLoRA, AdaLoRA, Full)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (LoRA, DoRA, QLoRA, GGUFQLoRA, AdaLoRA, Full)}
 
 
 def make_method(config: MethodConfig) -> Method:
