@@ -95,6 +95,22 @@ def test_replay_mixes_the_stated_share():
     assert replay_rows([1, 2], ["g"], 0.0, 0) == [1, 2]
 
 
+def test_replay_balanced_by_trained_tokens_keeps_the_task_share_of_the_loss():
+    """Task rows train 1 token each (a label), general rows 9: 10% of the rows would be 53% of the loss."""
+    from leantune.data.tokenize import IGNORE, TokenizedExample
+
+    def row(trained, source):
+        return TokenizedExample([1] * 12, [IGNORE] * (12 - trained) + [5] * trained, source)
+
+    task, general = [row(1, "task") for _ in range(90)], [row(9, "general") for _ in range(5)]
+    by_rows = replay_rows(task, general, 0.1, seed=0, by="examples")
+    assert sum(r.source == "general" for r in by_rows) == 10
+    by_tokens = replay_rows(task, general, 0.1, seed=0)  # the default
+    replay = [r for r in by_tokens if r.source == "general"]
+    share = sum(r.n_label_tokens for r in replay) / sum(r.n_label_tokens for r in by_tokens)
+    assert len(replay) == 1 and share == pytest.approx(0.1, abs=0.02)
+
+
 def test_replay_in_training(tiny_model_dir, chat_file, tmp_path):
     from io import StringIO
 
@@ -102,9 +118,19 @@ def test_replay_in_training(tiny_model_dir, chat_file, tmp_path):
 
     log = StringIO()
     train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path, **{"forgetting.replay_fraction": 0.2,
+                                                                       "forgetting.replay_balance": "examples",
                                                                        "training.max_steps": 2}),
           console=Console(file=log, width=200))
-    assert "replay: 10 rows from trivia mixed into 40 training rows (20% of the total)" in log.getvalue()
+    assert "replay: 10 rows from trivia mixed into 40 training rows, 20% of the examples asked; they are 20% of " \
+           "the rows and" in log.getvalue()
+    log = StringIO()
+    train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "t", **{"forgetting.replay_fraction": 0.2,
+                                                                             "training.max_steps": 2}),
+          console=Console(file=log, width=200))
+    line = next(x for x in log.getvalue().splitlines() if x.startswith("replay:"))
+    assert "20% of the tokens asked" in line and line.endswith("of the trained tokens")
+    tokens_share = int(line.rsplit(" and ", 1)[1].split("%")[0])
+    assert 15 <= tokens_share <= 25, line
 
 
 def test_ewc_through_a_4bit_base_is_refused(tiny_model_dir, chat_file, tmp_path):

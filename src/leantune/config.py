@@ -107,7 +107,10 @@ class ForgettingConfig(_Section):
     ewc_lambda: float = Field(0.0, ge=0, description="EWC strength; 0: off. Penalty: lambda * sum F * (weight change)^2")
     ewc_data: str = Field("trivia", description="general text the Fisher information is estimated on")
     ewc_examples: int = Field(64, ge=1, description="examples for the Fisher estimate (computed once, cached)")
-    replay_fraction: float = Field(0.0, ge=0, lt=1, description="share of training rows drawn from replay_data")
+    replay_fraction: float = Field(0.0, ge=0, lt=1, description="share of training drawn from replay_data, counted "
+                                   "as replay_balance says")
+    replay_balance: Literal["tokens", "examples"] = Field(
+        "tokens", description="tokens: replay_fraction of the trained tokens (of the loss); examples: of the rows")
     replay_data: str = Field("trivia", description="general-domain examples mixed into training")
 
 
