@@ -21,7 +21,7 @@ LAYERS = [
     {"runs"},
     {"evaluation"},
     {"training"},
-    {"generate", "demo", "export", "serve"},
+    {"generate", "demo", "export", "serve", "drift"},
     {"cli", "(root)"},
 ]
 SIBLINGS = {("plan", "models"), ("models", "plan")}

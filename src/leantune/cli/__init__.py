@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..training.signals import TrainingStopped
-from . import data, model_verbs, plan, runs
+from . import data, drift, model_verbs, plan, runs
 from .common import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -29,6 +29,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(runs.budget_app, name="budget")
 app.add_typer(runs.registry_app, name="registry")
+app.add_typer(drift.app, name="drift")
 
 
 def main() -> None:
