@@ -107,6 +107,8 @@ def test_drift_check_end_to_end(drift_run, monkeypatch, capsys):
     assert names == {"length", "oov", "classifier", "mmd", "loss", "task"} - {"task"}
     info = json.loads((run_dir / "run.json").read_text())
     assert info["drift"]["verdict"] == "drift"
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "show", str(run_dir), "--runs-dir", str(root / "runs"))
+    assert code == 0 and "drift: drift (" in out and "flagged by" in out
     assert "## Drift" in (run_dir / "report.md").read_text() and (run_dir / "drift_lengths.png").is_file()
     code, out, _ = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", str(same),
                            "--permutations", "50", "--json")

@@ -98,6 +98,10 @@ def show_run(console: Console, run: dict) -> None:
         console.print(f"export {e['format']}{'/' + e['quant'] if e.get('quant') else ''}: {escape(e['path'])}, "
                       f"{e['bytes'] / 1e6:.1f} MB, {e['bytes_per_parameter']:.3f} bytes/parameter, "
                       f"{'checked' if e.get('passed') else 'NOT checked'}", highlight=False)
+    drift = info.get("drift")
+    if drift:
+        console.print(f"drift: {drift['verdict']} ({escape(str(drift['current']))}, {drift['rows']} prompts"
+                      + (f"; flagged by {', '.join(drift['flagged'])}" if drift["flagged"] else "") + ")", highlight=False)
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 
