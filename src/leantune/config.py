@@ -47,9 +47,9 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["lora", "qlora", "qlora-gguf", "dora", "adalora", "full"] = Field(
+    name: Literal["lora", "qlora", "qlora-gguf", "dora", "adalora", "ia3", "full"] = Field(
         "lora", description="lora; qlora: 4-bit NF4 frozen base + LoRA; qlora-gguf: LoRA over a GGUF base's own "
-        "quantised blocks (no second quantisation); dora: weight-decomposed LoRA; adalora: "
+        "quantised blocks (no second quantisation); dora: weight-decomposed LoRA; ia3: learned rescaling vectors; adalora: "
         "rank budget pruned during training; full: every weight trained")
     r: int = Field(8, ge=1, description="LoRA rank (AdaLoRA: the initial rank of every layer)")
     alpha: float = Field(16.0, gt=0)

@@ -31,7 +31,7 @@ def lora_scaling(config_dict: dict) -> tuple[int, float]:
 def write_lora_gguf(peft_model, method: str, target: Path, name: str) -> LoraWritten:
     import gguf
 
-    if method in ("dora", "adalora") or method == "full":
+    if method in ("dora", "adalora", "ia3") or method == "full":
         raise ExportError(f"A {method} {'fine-tune' if method == 'full' else 'adapter'} has no LoRA-GGUF form "
                           "(llama.cpp applies only W + alpha/r * B A). Export merged instead: --format gguf.")
     adapter_config = peft_model.peft_config["default"].to_dict()

@@ -64,7 +64,7 @@ def setup_from_run_config(run, **changes) -> Setup:
     targets = run.method.target_modules
     setup = Setup(
         # AdaLoRA: LoRA of its initial rank; QLoRA over GGUF blocks: a 4-bit base like NF4's (Q4_1 is 5 bits a weight)
-        method={"adalora": "lora", "qlora-gguf": "qlora"}.get(run.method.name, run.method.name),
+        method={"adalora": "lora", "qlora-gguf": "qlora", "ia3": "lora"}.get(run.method.name, run.method.name),
         optimizer=run.method.optimizer,
         objective=run.objective.name,
         seq_len=run.data.max_seq_len,

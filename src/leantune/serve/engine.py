@@ -28,6 +28,9 @@ from .adapters import BASE_KEY, Resolved
 from .text_stream import TextStream
 
 
+MERGED_METHODS = ("adalora", "ia3")  # other PEFT tuners than LoRA: one PeftModel holds one tuner type
+
+
 class QueueFull(Exception):
     pass
 
@@ -207,13 +210,14 @@ class Engine:
                 break  # every loaded adapter is in use: go over the limit until one is free
             self.evict(victim)
         started = time.perf_counter()
-        if target.method == "adalora":
+        if target.method in MERGED_METHODS:
             from peft import PeftModel
 
             copy = load_base(self.base_spec, self.dtype, self.device).model
             merged = PeftModel.from_pretrained(copy, target.path).merge_and_unload()
             self.merged[target.key] = self._quantised(merged).eval()  # merged in float, then quantised
-            how = "AdaLoRA: merged into its own copy of the base (PEFT cannot mix it with LoRA), served unbatched"
+            how = (f"{target.method}: merged into its own copy of the base (a different PEFT tuner from LoRA), "
+                   "served unbatched")
         elif self.peft is None:
             from peft import PeftModel
 
