@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import threading
 import time
@@ -264,19 +265,29 @@ class Engine:
                 self.running = 0
 
     def _model_and_names(self, batch: list[Request]):
+        """(model, per-row adapter names or None, context to run in). One adapter for the whole batch takes PEFT's
+        plain path (the active adapter, or adapters off for the base): its mixed-batch path splits every LoRA
+        layer's input by adapter, which costs more per step than one adapter needs."""
         target = batch[0].target
         if target.key in self.merged:
-            return self.merged[target.key], None
+            return self.merged[target.key], None, contextlib.nullcontext()
         if self.peft is None:
-            return self.base, None
-        if not target.batched:  # DoRA: alone, as the active adapter
-            self.peft.set_adapter(target.key)
-            return self.peft, None
-        return self.peft, [r.target.key for r in batch]
+            return self.base, None, contextlib.nullcontext()
+        keys = {r.target.key for r in batch}
+        if len(keys) == 1:
+            if target.key == BASE_KEY:
+                return self.peft, None, self.peft.disable_adapter()
+            self.peft.set_adapter(target.key)  # DoRA always comes here: PEFT cannot mix it
+            return self.peft, None, contextlib.nullcontext()
+        return self.peft, [r.target.key for r in batch], contextlib.nullcontext()
 
     @torch.no_grad()
     def _decode(self, batch: list[Request]) -> None:
-        model, names = self._model_and_names(batch)
+        model, names, context = self._model_and_names(batch)
+        with context:
+            self._decode_rows(model, names, batch)
+
+    def _decode_rows(self, model, names, batch: list[Request]) -> None:
         rows = []
         for request in batch:
             s = request.sampling
