@@ -396,3 +396,30 @@ def test_request_log_rotates(tmp_path):
     assert files == ["support-bot_production.jsonl", "support-bot_production.jsonl.1", "support-bot_production.jsonl.2"]
     last = [json.loads(line) for line in (tmp_path / files[0]).read_text().splitlines()]
     assert last[-1]["answer"] == "19" and last[-1]["model"] == "support-bot@production"
+
+
+def test_stacked_lora_computes_what_peft_mixed_batches_compute(runs, tiny_model_dir):
+    from peft import PeftModel
+
+    from leantune.models.loading import load_base
+    from leantune.serve.stacked_lora import StackedLoRA
+
+    base = load_base(str(tiny_model_dir), "float32", "cpu").model
+    model = PeftModel.from_pretrained(base, runs["spam"].adapter, adapter_name="spam").eval()
+    for name in ("yesno", "greek"):
+        model.load_adapter(runs[name].adapter, adapter_name=name)
+    names = ["greek", "__base__", "spam", "yesno", "spam"]
+    ids = torch.randint(5, 300, (len(names), 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids, adapter_names=names).logits
+        stacked = StackedLoRA(model)
+        stacked.rebuild(["spam", "yesno", "greek"])
+        with stacked.batch(names, "cpu"):
+            got = model(ids).logits
+        model.set_adapter("yesno")  # PEFT's own path still works on the re-pointed weights
+        alone = model(ids[3:4]).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, expected[3:4], atol=1e-5, rtol=1e-5)
+    layer = next(m for m in model.modules() if hasattr(m, "_stack_a"))
+    storage = layer._stack_a.untyped_storage().data_ptr()
+    assert layer.lora_A["greek"].weight.untyped_storage().data_ptr() == storage  # no second copy of an adapter

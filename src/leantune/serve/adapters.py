@@ -22,7 +22,7 @@ from ..runs.lookup import find_run
 from ..runs.registry import versions
 
 BASE_KEY = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-BATCHED = ("lora", "qlora", "qlora-gguf")  # adapters PEFT can mix in one forward pass (per-row adapter_names)
+BATCHED = ("lora", "qlora", "qlora-gguf")  # plain LoRA: mixed in one forward pass (stacked_lora.py)
 
 
 class ModelNotFound(UserError):

@@ -1,7 +1,8 @@
 """One base model, many adapters, one thread that owns them.
 
 Requests wait in a bounded queue. The engine thread takes the oldest and, with it, every waiting request that can
-share its forward pass - LoRA adapters and the bare base mix in one batch through PEFT's per-row `adapter_names`;
+share its forward pass - LoRA adapters and the bare base mix in one batch, each row through its own adapter
+(stacked_lora.py: two batched products per layer, whatever the number of adapters);
 a DoRA adapter runs alone (PEFT cannot mix it), an AdaLoRA adapter as its own merged copy (a different PEFT
 tuner) - and decodes them together with one KV cache, streaming each row's tokens as they come. A finished or
 abandoned row leaves the batch (its cache rows are dropped), so the rest run on at the smaller size.
@@ -80,6 +81,7 @@ class Engine:
         loaded = load_base(base_spec, dtype, device)
         self.base, self.tokenizer = self._quantised(loaded.model).eval(), loaded.tokenizer
         self.peft = None  # a PeftModel over self.base once the first LoRA/DoRA adapter is loaded
+        self.stacked = None  # the batched adapters stacked per layer, for mixed batches
         self.merged: dict[str, torch.nn.Module] = {}  # AdaLoRA: key -> its own merged model
         self.loaded: collections.OrderedDict[str, Resolved] = collections.OrderedDict()  # LRU order
         self.pins: collections.Counter[str] = collections.Counter()
@@ -231,6 +233,7 @@ class Engine:
         if target.method == "qlora":
             how += "; QLoRA: applied over the float base (it trained over the NF4-rounded one)"
         self.loaded[target.key] = target
+        self._restack()
         self.say(f"loaded {target.label} [{target.key}] in {time.perf_counter() - started:.1f}s: {how}")
 
     def evict(self, key: str) -> None:
@@ -241,7 +244,18 @@ class Engine:
             del self.merged[key]
         elif self.peft is not None:
             self.peft.delete_adapter(key)
+            self._restack()
         self.say(f"unloaded {target.label} [{key}]")
+
+    def _restack(self) -> None:
+        """The batched adapters' weights into one stack per layer (serve/stacked_lora.py)."""
+        if self.peft is None:
+            return
+        from .stacked_lora import StackedLoRA
+
+        if self.stacked is None:
+            self.stacked = StackedLoRA(self.peft)
+        self.stacked.rebuild([k for k, t in self.loaded.items() if t.batched and k not in self.merged])
 
     def unload_unpinned(self, keys: set[str]) -> None:
         for key in keys:
@@ -307,10 +321,10 @@ class Engine:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        kwargs = {"adapter_names": names} if names else {}
-        logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                       position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1, **kwargs).logits[:, -1].float().cpu()
+        with self._rows(names):
+            logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                           position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1].float().cpu()
         while rows:
             tokens, keep = [], []
             for i, row in enumerate(rows):
@@ -349,14 +363,18 @@ class Engine:
                 rows = [rows[i] for i in keep]
                 if names:
                     names = [names[i] for i in keep]
-                    kwargs = {"adapter_names": names}
             for row in rows:
                 row.last_position += 1
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             positions = torch.tensor([[r.last_position] for r in rows])
-            logits = model(input_ids=torch.tensor([[t] for t in tokens], device=self.device),
-                           attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-                           past_key_values=cache, use_cache=True, **kwargs).logits[:, -1].float().cpu()
+            with self._rows(names):
+                logits = model(input_ids=torch.tensor([[t] for t in tokens], device=self.device),
+                               attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                               past_key_values=cache, use_cache=True).logits[:, -1].float().cpu()
+
+    def _rows(self, names):
+        """A mixed batch: each row through its own adapter (stacked_lora.py); otherwise nothing to set."""
+        return self.stacked.batch(names, self.device) if names else contextlib.nullcontext()
 
     @staticmethod
     def _pick(logits: torch.Tensor, s: Sampling, generator) -> int:
