@@ -28,6 +28,7 @@ class StackedLoRA:
         self.model = peft_model
         self.index: dict[str, int] = {}  # adapter name -> row of the stacks (0: none)
         self.rows: torch.Tensor | None = None  # per batch row: its adapter's index, during a mixed forward
+        self._last = None  # (indices, tensor) of the previous batch: the gathered matrices are kept for it
         self.layers = _lora_layers(peft_model)
         for layer in self.layers:
             self._wrap(layer)
@@ -40,10 +41,14 @@ class StackedLoRA:
             if owner.rows is None:
                 return original(x, *args, **kwargs)
             result = self_layer.base_layer(x, *args, **kwargs)
-            a = self_layer._stack_a[owner.rows]  # [batch, r, in]
-            b = self_layer._stack_b[owner.rows]  # [batch, out, r]
-            update = torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
-            return result + (update * self_layer._stack_scale[owner.rows].view(-1, 1, 1)).to(result.dtype)
+            cached = getattr(self_layer, "_gathered", None)
+            if cached is None or cached[0] is not owner.rows:
+                # each row's A^T and (scaled) B^T, gathered once per batch composition, not once per token
+                a_t = self_layer._stack_a[owner.rows].transpose(1, 2)  # [batch, in, r]
+                b_t = (self_layer._stack_b[owner.rows] * self_layer._stack_scale[owner.rows].view(-1, 1, 1)).transpose(1, 2)
+                cached = self_layer._gathered = (owner.rows, a_t, b_t)
+            _, a_t, b_t = cached
+            return result + torch.bmm(torch.bmm(x.to(a_t.dtype), a_t), b_t).to(result.dtype)
 
         layer.forward = types.MethodType(forward, layer)
 
@@ -74,11 +79,18 @@ class StackedLoRA:
                 layer.lora_B[name].weight.data = stack_b[i, :, :r]
             layer._stack_a, layer._stack_b, layer._stack_scale = stack_a, stack_b, scale
         self.index = {name: i for i, name in enumerate(names, start=1)}
+        self._last = None  # indices changed meaning: gather again
+        for layer in self.layers:
+            layer._gathered = None
 
     @contextlib.contextmanager
     def batch(self, names: list[str], device):
-        """Run a forward pass with row i using adapter names[i] ('__base__': none)."""
-        self.rows = torch.tensor([self.index.get(n, 0) for n in names], device=device)
+        """Run a forward pass with row i using adapter names[i] ('__base__': none). The same composition as the
+        previous pass reuses its gathered matrices (a decode step after a decode step)."""
+        wanted = [self.index.get(n, 0) for n in names]
+        if self._last is None or self._last[0] != wanted:
+            self._last = (wanted, torch.tensor(wanted, device=device))
+        self.rows = self._last[1]
         try:
             yield
         finally:
