@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from common import load_results, work_dir, write_results
 
 RESULTS = HERE / "results" / "serve.json"
+MEMORY_RESULTS = HERE / "results" / "serve_memory.json"
 WORK = work_dir("serve")
 MAX_TOKENS = 32
 PROMPTS = ["Write a short note to a friend about the weekend.", "Explain what a spam message is.",
@@ -141,33 +142,43 @@ def summary(done, wall: float) -> dict:
 
 
 def memory_worker(kind: str, count: int) -> dict:
-    """Resident memory of a fresh process holding the base (+ `count` adapters), or `count` merged copies."""
+    """Resident memory of a fresh process holding the served base (+ `count` adapters loaded the way the server
+    loads them), or `count` merged copies. A forward pass first: safetensors maps weights lazily, and pages
+    never touched are not resident yet. Also the exact bytes of the tensors."""
     import torch
 
     torch.set_num_threads(2)
     from leantune.models.loading import load_base
 
     paths = adapters(16)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     before = rss_bytes()
     if kind == "adapters":
-        from peft import PeftModel
+        from leantune.serve.adapters import AdapterNames
+        from leantune.serve.engine import Engine
 
-        base = load_base("smollm2-135m", "auto", "cpu").model
+        engine = Engine("smollm2-135m", "auto", "cpu", max_loaded=16, say=lambda _: None)
+        with torch.no_grad():
+            engine.base(ids)
         one_base = rss_bytes() - before
-        model = None
-        for i in range(count):
-            if model is None:
-                model = PeftModel.from_pretrained(base, paths[i] / "adapter", adapter_name=f"a{i}")
-            else:
-                model.load_adapter(paths[i] / "adapter", adapter_name=f"a{i}")
-        return {"base_bytes": one_base, "total_bytes": rss_bytes() - before}
+        base_bytes = sum(p.numel() * p.element_size() for p in engine.base.parameters())
+        names = AdapterNames("smollm2-135m", "smollm2-135m", str(WORK / "runs"))
+        for path in paths[:count]:
+            engine.ensure_loaded(names.resolve_reference(str(path)))
+        with torch.no_grad():
+            engine.peft(ids)
+        adapter_bytes = sum(p.numel() * p.element_size() for n, p in engine.peft.named_parameters() if "lora_" in n)
+        return {"base_rss": one_base, "total_rss": rss_bytes() - before, "base_tensor_bytes": base_bytes,
+                "adapter_tensor_bytes": adapter_bytes}
     from peft import PeftModel
 
     copies = []
     for i in range(count):
         base = load_base("smollm2-135m", "auto", "cpu").model
         copies.append(PeftModel.from_pretrained(base, paths[i] / "adapter").merge_and_unload())
-    return {"total_bytes": rss_bytes() - before}
+        with torch.no_grad():
+            copies[-1](ids)
+    return {"total_rss": rss_bytes() - before}
 
 
 def measure_memory() -> dict:
@@ -180,14 +191,16 @@ def measure_memory() -> dict:
         if proc.returncode or not lines:
             raise RuntimeError(proc.stderr[-3000:])
         out[f"{kind}-{count}"] = json.loads(lines[-1][7:])
-    base = out["adapters-1"]["base_bytes"]
-    per_copy = (out["merged-4"]["total_bytes"] - out["merged-1"]["total_bytes"]) / 3
+    ours = out["adapters-16"]
+    per_copy = (out["merged-4"]["total_rss"] - out["merged-1"]["total_rss"]) / 3
     out["summary"] = {
-        "one_base_mb": round(base / 1e6, 1),
-        "ours_16_adapters_mb": round(out["adapters-16"]["total_bytes"] / 1e6, 1),
-        "ours_16_vs_one_base": round(out["adapters-16"]["total_bytes"] / base, 3),
-        "merged_per_copy_mb": round(per_copy / 1e6, 1),
-        "merged_16_copies_mb_extrapolated": round((out["merged-1"]["total_bytes"] + 15 * per_copy) / 1e6, 1),
+        "one_base_rss_mb": round(ours["base_rss"] / 1e6, 1),
+        "ours_16_adapters_rss_mb": round(ours["total_rss"] / 1e6, 1),
+        "ours_16_vs_one_base_rss": round(ours["total_rss"] / ours["base_rss"], 3),
+        "base_tensor_mb": round(ours["base_tensor_bytes"] / 1e6, 1),
+        "adapters_16_tensor_mb": round(ours["adapter_tensor_bytes"] / 1e6, 1),
+        "merged_per_copy_rss_mb": round(per_copy / 1e6, 1),
+        "merged_16_copies_rss_mb_extrapolated": round((out["merged-1"]["total_rss"] + 15 * per_copy) / 1e6, 1),
     }
     return out
 
@@ -198,9 +211,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--adapters", default="1,4,16")
+    parser.add_argument("--only", choices=("grid", "memory"), help="one part (memory goes to serve_memory.json)")
     args = parser.parse_args()
     if args.memory:
         print("RESULT " + json.dumps(memory_worker(args.memory[0], int(args.memory[1]))), flush=True)
+        return
+    if args.only == "memory":
+        adapters(16)
+        write_results(MEMORY_RESULTS, {"memory": measure_memory()})
+        print(json.dumps(load_results(MEMORY_RESULTS)["memory"]["summary"], indent=2))
         return
     import torch
 
@@ -249,7 +268,8 @@ def main() -> None:
                              "naive_p95_s": statistics.median(r["naive"]["p95_s"] for r in rounds)}
                 results["grid"] = grid
                 write_results(RESULTS, results)
-    results["memory"] = measure_memory()
+    if args.only != "grid":
+        write_results(MEMORY_RESULTS, {"memory": measure_memory()})
     results["settings"] = {"max_tokens": MAX_TOKENS, "requests_per_client": 3, "rounds": args.rounds,
                            "adapter": "LoRA r=8 on every linear layer (4.9M parameters, fp32)"}
     write_results(RESULTS, results)
@@ -269,11 +289,9 @@ def print_table(results: dict) -> None:
         print(f"| {row['clients']} | {row['adapters']} | {row['ours_tokens_per_s']:.1f} | {row['naive_tokens_per_s']:.1f} | "
               f"{row['median_ratio']:.2f}x | {row['ours_p50_s']:.2f} / {row['ours_p95_s']:.2f} | "
               f"{row['naive_p50_s']:.2f} / {row['naive_p95_s']:.2f} |")
-    memory = results.get("memory", {}).get("summary")
+    memory = load_results(MEMORY_RESULTS).get("memory", {}).get("summary")
     if memory:
-        print(f"\nmemory: one base {memory['one_base_mb']} MB; ours with 16 adapters {memory['ours_16_adapters_mb']} MB "
-              f"({memory['ours_16_vs_one_base']}x); merged copies {memory['merged_per_copy_mb']} MB each, 16 copies "
-              f"~{memory['merged_16_copies_mb_extrapolated']} MB (extrapolated from 1 and 4)")
+        print("\nmemory: " + json.dumps(memory))
 
 
 if __name__ == "__main__":
