@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 from common import job_key, load_results, work_dir, write_results
 
 RESULTS = HERE / "results" / "export.json"
+QLORA_RESULTS = HERE / "results" / "export_qlora.json"
 WORK = work_dir("export")
 TRAIN = {
     "model.base": "smollm2-135m",
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--only", choices=("formats", "qlora"), help="one part; qlora goes to export_qlora.json")
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -191,9 +193,13 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(WORK / "jobs", ignore_errors=True)
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.only == "qlora":
+        write_results(QLORA_RESULTS, {"qlora-merge": qlora_merges(tasks[0])})
+        print_table(load_results(QLORA_RESULTS))
+        return
     results = load_results(RESULTS)
     results.pop("_provenance", None)
-    tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
         log(f"{task}: training a LoRA run")
         run = cached({"id": "train", "task": task, **TRAIN}, "train", task, "lora")
@@ -214,19 +220,22 @@ def main() -> None:
                          "rows": {row: summarise(rows[row], speeds[row]) for row in FORMATS}}
         ratios(results[task]["rows"])
         write_results(RESULTS, results)
-    if "qlora-merge" not in results:
-        task = tasks[0]
-        log(f"{task}: training a QLoRA run")
-        run = cached({"id": "train-qlora", "task": task, **TRAIN}, "train", task, "qlora")
-        merges = {}
-        for target in ("nf4", "original"):
-            log(f"{task}: QLoRA export hf merged into {target}")
-            merges[target] = cached({"id": "qlora-merge", "task": task, "into": target, **TRAIN},
-                                    "export", run["run_dir"], "hf", "", str(WORK / "qlora" / target), target)
-        results["qlora-merge"] = {"task": task, "merged_into": {k: {"held_out": v["held_out"], "check": v["check"]}
-                                                                for k, v in merges.items()}}
+    if args.only != "formats" and "qlora-merge" not in results:
+        results["qlora-merge"] = qlora_merges(tasks[0])
         write_results(RESULTS, results)
     print_table(results)
+
+
+def qlora_merges(task: str) -> dict:
+    log(f"{task}: training a QLoRA run")
+    run = cached({"id": "train-qlora", "task": task, **TRAIN}, "train", task, "qlora")
+    merges = {}
+    for target in ("nf4", "original"):
+        log(f"{task}: QLoRA export hf merged into {target}")
+        merges[target] = cached({"id": "qlora-merge", "task": task, "into": target, **TRAIN},
+                                "export", run["run_dir"], "hf", "", str(WORK / "qlora" / target), target)
+    return {"task": task, "merged_into": {k: {"held_out": v["held_out"], "check": v["check"],
+                                              "quality": v.get("quality")} for k, v in merges.items()}}
 
 
 def summarise(export: dict, speeds: list[dict]) -> dict:

@@ -222,6 +222,12 @@ def test_qlora_merges_into_the_nf4_weights_it_trained_over(tiny_model_dir, chat_
     record = export(str(run.path), "hf", out=tmp_path / "hf", say=lambda _: None)
     assert record.check["passed"] and record.check["top1_agreement"] == 1.0
     assert any("de-quantised NF4" in n for n in record.notes)
+    # merged into the original float weights: a different model by choice, checked against what was merged and
+    # its cost against the 4-bit model measured (it used to be refused as "did not load back", bench/export.py)
+    original = export(str(run.path), "hf", out=tmp_path / "orig", merge_into="original", say=lambda _: None)
+    assert original.check["passed"] and original.check["max_abs_diff"] <= 1e-4
+    assert original.check["quality"]["mean_kl_vs_tuned"] > record.check["mean_kl"]
+    assert any("original float weights" in n for n in original.notes)
 
 
 def test_int8_weight_only_reloads_with_transformers(runs, tmp_path):
