@@ -23,13 +23,16 @@ def chat_row(user: str, reply: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
 
 
+def write_spam_chat(path, rows: int = 48):
+    """A small, learnable chat dataset: the reply is a fixed function of the prompt."""
+    path.write_text("".join(json.dumps(chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham")) + "\n"
+                            for i in range(rows)))
+    return path
+
+
 @pytest.fixture
 def chat_file(tmp_path):
-    """A small, learnable chat dataset: the reply is a fixed function of the prompt."""
-    path = tmp_path / "chat.jsonl"
-    rows = [chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham") for i in range(48)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_spam_chat(tmp_path / "chat.jsonl")
 
 
 def tiny_overrides(model_dir, data, runs_dir, **extra) -> list[str]:

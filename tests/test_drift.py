@@ -77,10 +77,10 @@ def test_holm_and_minimum_effect():
 
 @pytest.fixture(scope="module")
 def drift_run(tiny_model_dir, tmp_path_factory):
+    from conftest import write_spam_chat
+
     root = tmp_path_factory.mktemp("drift")
-    data = root / "train.jsonl"
-    data.write_text("".join(json.dumps(chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham")) + "\n"
-                            for i in range(120)))
+    data = write_spam_chat(root / "train.jsonl", rows=120)
     result = train(None, tiny_overrides(tiny_model_dir, data, root / "runs", **{"data.eval_size": 40,
                                                                                 "training.max_steps": 4}))
     return result.run_dir, root

@@ -29,14 +29,10 @@ def _train(tiny_model_dir, chat_file, runs_dir, **extra):
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
     """One finished run per method, trained once for the module."""
-    import json as _json
-
-    from conftest import chat_row
+    from conftest import write_spam_chat
 
     root = tmp_path_factory.mktemp("export")
-    data = root / "chat.jsonl"
-    data.write_text("".join(_json.dumps(chat_row(f"Is message {i} spam?", "spam" if i % 3 == 0 else "ham")) + "\n"
-                            for i in range(48)))
+    data = write_spam_chat(root / "chat.jsonl")
     made = {}
     for name, extra in {"lora": {}, "rslora": {"method.rslora": True}, "dora": {"method.name": "dora"},
                         "adalora": {"method.name": "adalora"}, "full": {"method.name": "full"}}.items():
