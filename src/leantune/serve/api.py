@@ -33,8 +33,8 @@ def build(adapters: list[str], base: str | None = None, runs_dir: str = "runs", 
     if max_loaded < 1 or max_batch < 1 or max_queue < 1:
         raise UserError("--max-loaded, --max-batch and --max-queue must each be at least 1.")
     if quantize not in (None, "int4"):
-        raise UserError(f"--quantize {quantize!r}: only int4 is offered (torchao's int8 weight-only kernel measured "
-                        "slower than float32 on CPU, bench/results/export.json).")
+        raise UserError(f"--quantize {quantize!r}: only int4 is offered (int8 under the server is not built or "
+                        "measured yet; `leantune export --format int8` makes an int8 model for transformers).")
     names = AdapterNames(Path(base).name if Path(base).exists() else base, base, runs_dir)
     resolved = []
     for name, reference in pairs:  # every reference checked before the model loads
