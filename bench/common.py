@@ -82,6 +82,9 @@ def portable(value):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v) for v in value]
+    if isinstance(value, str) and not value.startswith("/"):
+        # a path inside a message (an export's notes): the environment's and the repository's prefixes go
+        return value.replace(sys.prefix, "<venv>").replace(str(REPO), ".")
     if isinstance(value, str) and value.startswith("/") and len(Path(value).parts) > 2:
         path = Path(value)
         if path.is_relative_to(REPO):
