@@ -4,12 +4,11 @@ only after the writer returned."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ExportError
-from ..models.loading import hf_dir_for, load_base, quiet_transformers
+from ..models.loading import gguf_behind, hf_dir_for, load_base, quiet_transformers
 
 quiet_transformers()  # before peft imports bitsandbytes, which warns on import
 
@@ -49,10 +48,8 @@ def _parameters(model) -> int:
 
 def source_gguf(config) -> Path | None:
     """The GGUF file the base was converted from, if it was one."""
-    hf_dir = hf_dir_for(config.model.base)
-    marker = hf_dir / "leantune_source.json"
-    if marker.is_file():
-        path = Path(json.loads(marker.read_text())["gguf"])
+    path = gguf_behind(hf_dir_for(config.model.base))
+    if path is not None:
         if path.is_file():
             return path
         raise ExportError(f"The base was converted from {path}, which is gone; reinstall it "

@@ -13,29 +13,14 @@ stay as the de-quantised float weights, counted and reported."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError
-from .loading import hf_dir_for
 
 BLOCK = 32
 BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
-
-
-def source_gguf(spec: str) -> Path | None:
-    """The GGUF file a model spec was converted from (None for a base that was an HF directory)."""
-    return gguf_behind(hf_dir_for(spec))
-
-
-def gguf_behind(hf_dir: str | Path) -> Path | None:
-    """The GGUF file a converted model directory came from, if it did (loading.convert_gguf's marker)."""
-    marker = Path(hf_dir) / "leantune_source.json"
-    if not marker.is_file():
-        return None
-    return Path(json.loads(marker.read_text())["gguf"])
 
 
 def dequantize(blocks: torch.Tensor, kind: str, dtype=torch.float32) -> torch.Tensor:

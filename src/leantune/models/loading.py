@@ -99,8 +99,19 @@ def convert_gguf(gguf_path: Path, target: Path) -> torch.nn.Module:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "leantune_source.json").write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
+        (tmp / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "converted_at": time.time()}, indent=2))
     return model
+
+
+SOURCE_MARKER = "leantune_source.json"  # in a converted model's folder: the GGUF file it came from
+
+
+def gguf_behind(hf_dir: str | Path) -> Path | None:
+    """The GGUF file a converted model directory came from (convert_gguf's marker), None for a plain HF folder."""
+    marker = Path(hf_dir) / SOURCE_MARKER
+    if not marker.is_file():
+        return None
+    return Path(json.loads(marker.read_text())["gguf"])
 
 
 def hf_dir_for(spec: str) -> Path:

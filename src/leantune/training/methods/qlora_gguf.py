@@ -6,7 +6,8 @@ exactly the weights llama.cpp will serve, and the frozen weights take the file's
 from __future__ import annotations
 
 from ...errors import ConfigError
-from ...models.gguf_linear import GGUFLinear, gguf_behind, swap_in_blocks
+from ...models.gguf_linear import GGUFLinear, swap_in_blocks
+from ...models.loading import gguf_behind
 from .lora import LoRA
 
 
