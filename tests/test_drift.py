@@ -128,3 +128,10 @@ def test_drift_refusals(drift_run, tiny_model_dir, tmp_path, monkeypatch, capsys
     assert_user_error(code, err, "No request log for 'bot'")
     code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", str(tiny), "--alpha", "2")
     assert_user_error(code, err, "--alpha 2.0 must be between 0 and 1")
+    from conftest import write_spam_chat
+
+    no_eval = train(None, tiny_overrides(tiny_model_dir, write_spam_chat(tmp_path / "d.jsonl"), tmp_path / "runs",
+                                         **{"data.eval_size": 0, "training.max_steps": 2}))
+    current = write_spam_chat(tmp_path / "current.jsonl", rows=40)
+    code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(no_eval.run_dir), "--current", str(current))
+    assert_user_error(code, err, "held out no examples")

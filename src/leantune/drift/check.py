@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
-from ..errors import DataError, UserError
+from ..errors import UserError
 from ..runs.lookup import find_run
 from ..runs.report import replace_report_section
 from . import stats
@@ -96,18 +96,6 @@ def _prompt_of(messages: list[dict]) -> Prompt:
     return Prompt(messages)
 
 
-def _held_out(config) -> list[Prompt]:
-    from ..evaluation.tasks import held_out_examples
-
-    try:
-        examples = held_out_examples(config)
-    except DataError as e:
-        raise UserError(f"Drift is measured against the run's held-out prompts, and {e}") from None
-    return [Prompt([m for m in e.messages if m["role"] != "assistant"],
-                   next((m["content"] for m in reversed(e.messages) if m["role"] == "assistant"), None))
-            for e in examples]
-
-
 def _render(tokenizer, prompts: list[Prompt]) -> list[str]:
     return [tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in prompts]
 
@@ -151,12 +139,21 @@ def check(target: str, current: str, runs_dir: str = "runs", alpha: float = 0.05
     if len(new) < min_rows:
         raise UserError(f"{current} has {len(new)} prompts; a drift check needs at least {min_rows} (--min-rows) for "
                         "its tests to mean anything. Collect more and check again.")
-    reference = _held_out(config)
+    from ..data import load_splits
+
+    d = config.data
+    # one read and split of the run's data: the held-out rows are the reference, the training rows the vocabulary
+    splits = load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format,
+                         d.columns, objective=config.objective.name)
+    if not splits.eval:
+        raise UserError(f"Run {run.id} held out no examples (data.eval_size=0 and no data.eval), and drift is measured "
+                        "against the run's held-out prompts. Train with data.eval_size of at least "
+                        f"{min_rows}.")
+    reference = [_prompt_of(list(e.messages)) for e in splits.eval]  # split the way the current rows are
     if len(reference) < min_rows:
         raise UserError(f"The run held out {len(reference)} examples; a drift check needs at least {min_rows}. "
                         "Train with a larger data.eval_size.")
 
-    from ..data import load_splits
     from ..models.inference import load_trained
     from ..models.loading import load_base, load_tokenizer
 
@@ -168,10 +165,7 @@ def check(target: str, current: str, runs_dir: str = "runs", alpha: float = 0.05
     say(f"drift check: {len(new)} current prompts against {len(reference)} held-out prompts of {run.id}")
     ref_len = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ref_text]
     new_len = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in new_text]
-    d = config.data
-    train_rows = load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format,
-                             d.columns, objective=config.objective.name).train
-    vocabulary = {w for e in train_rows for m in e.messages if m["role"] != "assistant" for w in stats.words(m["content"])}
+    vocabulary = {w for e in splits.train for m in e.messages if m["role"] != "assistant" for w in stats.words(m["content"])}
     signals = [stats.length(ref_len, new_len),
                stats.oov(vocabulary, _user_text(reference), _user_text(new)),
                stats.classifier(ref_text, new_text, permutations=min(permutations, 100))]
