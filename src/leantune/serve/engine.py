@@ -29,7 +29,6 @@ from ..models.loading import load_base
 from .adapters import BASE_KEY, Resolved
 from .text_stream import TextStream
 
-
 MERGED_METHODS = ("adalora", "ia3")  # other PEFT tuners than LoRA: one PeftModel holds one tuner type
 
 

@@ -222,6 +222,7 @@ def create_app(server: Server) -> FastAPI:
         created = int(time.time())
         usage_chunk = bool((body.stream_options or {}).get("include_usage"))
         obj = "chat.completion" if chat else "text_completion"
+        chunk_obj = "chat.completion.chunk" if chat else "text_completion"  # what OpenAI calls a streamed piece
 
         def finished(answer: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
             latency = time.perf_counter() - request.submitted
@@ -242,7 +243,7 @@ def create_app(server: Server) -> FastAPI:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": finish}
-            body_ = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created, "model": body.model,
+            body_ = {"id": rid, "object": chunk_obj, "created": created, "model": body.model,
                      "choices": [choice]}
             if usage_chunk:
                 body_["usage"] = None
@@ -269,7 +270,7 @@ def create_app(server: Server) -> FastAPI:
                             usage = finished("".join(parts), finish, prompt_tokens, completion_tokens)
                             yield chunk(None if chat else "", finish)
                             if usage_chunk:
-                                yield f"data: {json.dumps({'id': rid, 'object': obj + '.chunk' if chat else obj, 'created': created, 'model': body.model, 'choices': [], 'usage': usage})}\n\n"
+                                yield f"data: {json.dumps({'id': rid, 'object': chunk_obj, 'created': created, 'model': body.model, 'choices': [], 'usage': usage})}\n\n"
                             break
                     yield "data: [DONE]\n\n"
                 finally:
