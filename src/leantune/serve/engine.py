@@ -211,28 +211,27 @@ class Engine:
             if victim is None:
                 break  # every loaded adapter is in use: go over the limit until one is free
             self.evict(victim)
+        from peft import PeftModel
+
         started = time.perf_counter()
         if target.method in MERGED_METHODS:
-            from peft import PeftModel
-
             copy = load_base(self.base_spec, self.dtype, self.device).model
             merged = PeftModel.from_pretrained(copy, target.path).merge_and_unload()
             self.merged[target.key] = self._quantised(merged).eval()  # merged in float, then quantised
             how = (f"{target.method}: merged into its own copy of the base (a different PEFT tuner from LoRA), "
                    "served unbatched")
-        elif self.peft is None:
-            from peft import PeftModel
-
-            self.peft = PeftModel.from_pretrained(self.base, target.path, adapter_name=target.key).eval()
-            how = "batched with the others" if target.batched else "DoRA: served unbatched (PEFT cannot mix it)"
         else:
-            self.peft.load_adapter(target.path, adapter_name=target.key)
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, target.path, adapter_name=target.key)
+            else:
+                self.peft.load_adapter(target.path, adapter_name=target.key)
             self.peft.eval()
             how = "batched with the others" if target.batched else "DoRA: served unbatched (PEFT cannot mix it)"
         if target.method == "qlora":
             how += "; QLoRA: applied over the float base (it trained over the NF4-rounded one)"
         self.loaded[target.key] = target
-        self._restack()
+        if target.key not in self.merged:
+            self._restack()  # a merged copy has no place in the stacks
         self.say(f"loaded {target.label} [{target.key}] in {time.perf_counter() - started:.1f}s: {how}")
 
     def evict(self, key: str) -> None:
