@@ -41,7 +41,7 @@ def group_size_for(model) -> int | None:
     return next((g for g in GROUP_SIZES if all(w % g == 0 for w in widths)), None)
 
 
-def to_bfloat16(model):
+def _to_bfloat16(model):
     """Cast the parameters only: `model.to(torch.bfloat16)` would also round the rotary inverse frequencies,
     which transformers keeps in float32 (and so does `load`), and the two would no longer agree."""
     for p in model.parameters():
@@ -51,13 +51,15 @@ def to_bfloat16(model):
 
 
 def quantise(model, group_size: int) -> int:
-    """Quantise every linear layer of a bfloat16 model (see to_bfloat16) in place; returns how many. A tied output layer gets its
-    own int4 copy (the input embedding stays bfloat16: it is a lookup, not a matmul)."""
+    """The model in bfloat16 (the kernel is fast only with bf16 activations) with every linear layer in int4, in
+    place; returns how many layers. A tied output layer gets its own int4 copy (the input embedding stays
+    bfloat16: it is a lookup, not a matmul)."""
     from torchao.prototype.quantization.int4.inference_workflow import (
         PrototypeInt4WeightOnlyConfig,
     )
     from torchao.quantization import quantize_
 
+    _to_bfloat16(model)
     output = model.get_output_embeddings()
     if output is not None and output.weight is model.get_input_embeddings().weight:
         output.weight = torch.nn.Parameter(output.weight.detach().clone(), requires_grad=False)

@@ -286,8 +286,8 @@ def write_int4(run, tmp: Path, quant=None, merge_into="nf4", check_items=64, say
         base = model.to(torch.float32)
         float_model = copy.deepcopy(base)  # the held-out reference; quantising works in place
     group = int4_group_size(base)
-    quantised = int4_format.to_bfloat16(base)
-    count = int4_format.quantise(quantised, group)
+    count = int4_format.quantise(base, group)  # in place: bf16, int4 linears
+    quantised = base
     adapter = None
     if keep_adapter:
         from peft import PeftModel

@@ -108,7 +108,7 @@ class Engine:
         group = int4_format.group_size_for(model)
         if group is None:
             raise UserError("--quantize int4 needs every linear layer's input width to be a multiple of 32, 64 or 128.")
-        int4_format.quantise(int4_format.to_bfloat16(model), group)
+        int4_format.quantise(model, group)
         return model
 
     # ---- called from the server's event loop --------------------------------------------------------------
