@@ -135,3 +135,7 @@ def test_drift_refusals(drift_run, tiny_model_dir, tmp_path, monkeypatch, capsys
     current = write_spam_chat(tmp_path / "current.jsonl", rows=40)
     code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(no_eval.run_dir), "--current", str(current))
     assert_user_error(code, err, "held out no examples")
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("".join(json.dumps({"id": i, "score": 3}) + "\n" for i in range(40)))
+    code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", str(odd))
+    assert_user_error(code, err, "odd.jsonl:1: no prompt found; give 'messages', 'prompt', 'instruction' or 'text'")

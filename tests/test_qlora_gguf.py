@@ -62,3 +62,14 @@ def test_qlora_gguf_on_an_hf_base_is_refused(tiny_model_dir, chat_file, tmp_path
     args = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.name": "qlora-gguf"})
     code, _, err = run_cli(monkeypatch, capsys, "train", *args)
     assert_user_error(code, err, "did not come from one")
+
+
+def test_qlora_gguf_refuses_a_non_llama_gguf(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from leantune.errors import UserError
+    from leantune.models.gguf_linear import swap_in_blocks
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(UserError, match="reads llama-architecture GGUF files; this base is gpt2"):
+        swap_in_blocks(model, tmp_path / "never-read.gguf")

@@ -332,6 +332,12 @@ def test_serve_refusals(runs, tiny_model_dir, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "serve", "--base", "smollm2-135m", "--adapter",
                            f"spam={runs['spam'].path}")
     assert_user_error(code, err, "this server's base is smollm2-135m")
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--adapter", f"{tiny_model_dir.name}={runs['spam'].path}")
+    assert_user_error(code, err, "is the base model's name; give the adapter another name")
+    full = train(None, tiny_overrides(tiny_model_dir, runs["spam"].config().data.train, tmp_path / "runs", **{"method.name": "full", "training.max_steps": 2}))
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--base", str(tiny_model_dir), "--adapter",
+                           f"full={full.run_dir}")
+    assert_user_error(code, err, "is a full fine-tune, not an adapter")
 
 
 def test_serve_without_its_extra_says_how_to_install(monkeypatch, capsys):
