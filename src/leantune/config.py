@@ -25,6 +25,8 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: fp32 on CPUs without native bf16 (bf16 is ~6x slower there), bf16 on GPUs that have it"
     )
+    parent: str | None = Field(None, description="the run this one continues (set by `train --from RUN`): training starts "
+                               "from its adapter, and forgetting.*_data 'parent' means its training split")
 
 
 class DataConfig(_Section):
@@ -105,13 +107,15 @@ class ForgettingConfig(_Section):
     """Protection of what the base model already knows (second seed: catastrophic forgetting)."""
 
     ewc_lambda: float = Field(0.0, ge=0, description="EWC strength; 0: off. Penalty: lambda * sum F * (weight change)^2")
-    ewc_data: str = Field("trivia", description="general text the Fisher information is estimated on")
+    ewc_data: str = Field("trivia", description="general text the Fisher information is estimated on; 'parent': "
+                          "model.parent's training split, with its adapter active, anchoring the update to that adapter")
     ewc_examples: int = Field(64, ge=1, description="examples for the Fisher estimate (computed once, cached)")
     replay_fraction: float = Field(0.0, ge=0, lt=1, description="share of training drawn from replay_data, counted "
                                    "as replay_balance says")
     replay_balance: Literal["tokens", "examples"] = Field(
         "tokens", description="tokens: replay_fraction of the trained tokens (of the loss); examples: of the rows")
-    replay_data: str = Field("trivia", description="general-domain examples mixed into training")
+    replay_data: str = Field("trivia", description="general-domain examples mixed into training; 'parent': the "
+                             "training split of model.parent's run (an incremental update rehearsing its old task)")
 
 
 class CostConfig(_Section):
@@ -176,6 +180,16 @@ class RunConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="after")
+    def _parent_rule(self):
+        f = self.forgetting
+        used = [k for k, spec, on in (("forgetting.replay_data", f.replay_data, f.replay_fraction),
+                                       ("forgetting.ewc_data", f.ewc_data, f.ewc_lambda)) if on and spec == "parent"]
+        if used and not self.model.parent:
+            raise ValueError(f"{used[0]}=parent means the training split of the run this one continues, and this run "
+                             "continues none. Use `leantune train --from RUN data.train=...`, or name a dataset.")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -202,6 +216,8 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             prefix = ".".join(str(p) for p in e["loc"][:-1])
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
             lines.append(f"unknown key '{key}'. {hint} Valid keys here: {', '.join(valid)}.")
+        elif not e["loc"]:  # a rule across sections: the whole config is its input, not worth printing
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r}).")
     return ConfigError(f"Invalid config in {source}:\n  " + "\n  ".join(lines) + "\nFix the key or value and run again.")
@@ -256,12 +272,18 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Build a RunConfig from an optional YAML file and `key=value` overrides (overrides win)."""
     tree = read_yaml(path) if path else {}
-    for text in overrides:
-        parts, value = parse_override(text)
-        _set_dotted(tree, parts, value, text)
     source = f"'{path}'" if path else "the command line"
     if overrides and path:
         source += " and the command-line overrides"
+    return apply_overrides(tree, overrides, source)
+
+
+def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...], source: str) -> RunConfig:
+    """A RunConfig from a config tree (a file's, or another run's) with `key=value` overrides applied on top;
+    `source` names where the tree came from in an error."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_dotted(tree, parts, value, text)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:

@@ -1,9 +1,12 @@
-"""`leantune drift check`: are the prompts a model gets now unlike what it was trained for?"""
+"""`leantune drift check`: are the prompts a model gets now unlike what it was trained for? `drift compare`: did an
+update (`train --from`) gain on the new rows without losing the old task? `drift watch`: both, behind a gate."""
 
 from __future__ import annotations
 
 import json
 import sys
+
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -43,3 +46,19 @@ def check(
                           "[red]yes[/]" if s["drifted"] else "no")
         Console().print(table)
     sys.exit(1 if report.verdict == "drift" else 0)
+
+
+@app.command("compare")
+def compare(
+    run: str = typer.Argument(..., help="an update run (made by `leantune train --from PARENT`)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="at most this many items per task (a random sample)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    runs_dir: str = RUNS_DIR,
+):
+    """Score an update against its parent on the same items (gain, retention, forgetting); writes update.json."""
+    from ..drift.update import compare_run
+    from ..evaluation.update import update_lines
+
+    report = compare_run(run, runs_dir, limit, batch_size, note=lambda m: err.print(m, highlight=False))
+    for line in update_lines(report):
+        Console().print(line, highlight=False)

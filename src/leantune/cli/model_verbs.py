@@ -17,6 +17,8 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="train even if the plan predicts it will not fit hardware.memory_gib"),
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="train even if a completed run had the same config, data and model"),
+    parent: Optional[str] = typer.Option(None, "--from", help="update this run's adapter on new rows (data.train=FILE): "
+                                         "replay and EWC protect its task, then parent vs child on the same items"),
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
     from ..evaluation.render import eval_table
@@ -24,7 +26,7 @@ def train(
 
     config, overrides = split_train_args(args or [])
     result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
-                          started_at=process_start_time())
+                          started_at=process_start_time(), parent=parent)
     err.print(f"[green]done[/]: {result.summary()}")
     if result.evaluation is not None:
         Console().print(eval_table(result.evaluation))

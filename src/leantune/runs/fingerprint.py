@@ -22,7 +22,7 @@ from .. import atomic
 from ..config import RunConfig
 from ..data import load_examples
 from ..data.builtin import BUILTIN_INFO
-from ..errors import DataError, ModelError
+from ..errors import DataError, ModelError, RunDirError
 from ..models.registry import BUNDLED
 from ..paths import leantune_home
 
@@ -50,7 +50,8 @@ def result_fields(config: RunConfig) -> dict[str, object]:
 
 # Where the data and the model are is not what they are: their content has its own fingerprint, so a copied or
 # renamed file does not make a new experiment.
-BY_CONTENT = ("data.train", "data.eval", "model.base", "forgetting.ewc_data", "forgetting.replay_data", "objective.teacher")
+BY_CONTENT = ("data.train", "data.eval", "model.base", "model.parent", "forgetting.ewc_data", "forgetting.replay_data",
+              "objective.teacher")
 
 
 def config_fingerprint(config: RunConfig) -> str:
@@ -162,13 +163,34 @@ def side_inputs(config: RunConfig) -> dict[str, str]:
     replay's data and a distillation teacher (by content: a renamed copy is the same input, an edited one is not)."""
     f, o = config.forgetting, config.objective
     inputs = {}
+
+    def content(spec: str, key: str) -> str:
+        return parent_fingerprint(config.model.parent) if spec == "parent" else data_content(spec, key)
+
+    if config.model.parent:
+        inputs["model.parent"] = parent_fingerprint(config.model.parent)
     if f.ewc_lambda:
-        inputs["forgetting.ewc_data"] = data_content(f.ewc_data, "forgetting.ewc_data")
+        inputs["forgetting.ewc_data"] = content(f.ewc_data, "forgetting.ewc_data")
     if f.replay_fraction:
-        inputs["forgetting.replay_data"] = data_content(f.replay_data, "forgetting.replay_data")
+        inputs["forgetting.replay_data"] = content(f.replay_data, "forgetting.replay_data")
     if o.name == "distill" and o.teacher:
         inputs["objective.teacher"] = model_fingerprint(o.teacher, "objective.teacher")
     return inputs
+
+
+def parent_fingerprint(parent: str | Path) -> str:
+    """What an update starts from, by content: the parent run's adapter files and the data and config it was
+    trained on (its training split is what 'parent' replay and EWC read)."""
+    root = Path(parent)
+    adapter = sorted(p for p in (root / "adapter").glob("*") if p.is_file()) if (root / "adapter").is_dir() else []
+    if not adapter:
+        raise RunDirError(f"model.parent: '{parent}' has no adapter/ folder; an update continues a completed adapter run.")
+    try:
+        info = json.loads((root / "run.json").read_text())
+    except (OSError, ValueError):
+        raise RunDirError(f"model.parent: {root / 'run.json'} is missing or unreadable.") from None
+    parts = [f"{p.name}:{file_hash(p)}" for p in adapter] + [str(info.get("data_fp")), str(info.get("config_fp"))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def fingerprints(config: RunConfig) -> dict[str, str]:

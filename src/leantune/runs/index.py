@@ -20,7 +20,7 @@ COLUMNS = (
     "id", "path", "name", "project", "status", "method", "objective", "base", "data", "steps", "total_steps",
     "final_loss", "eval_loss", "best_eval_loss", "tokens", "wall_s", "device", "gpu_hours", "usd_per_hour",
     "cost_usd", "usd_per_m_tokens", "peak_memory_mb", "planned_memory_gib", "started", "finished", "resumes",
-    "config_fp", "data_fp", "model_fp", "fields",
+    "config_fp", "data_fp", "model_fp", "fields", "parent",
 )
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "id" else "") for c in COLUMNS)});
@@ -46,6 +46,10 @@ class RunIndex:
         try:
             db.execute("PRAGMA busy_timeout = 30000")
             db.execute("PRAGMA journal_mode = WAL")
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            for column in COLUMNS if have else ():  # an index written by an older leantune gains the newer columns
+                if column not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
             db.executescript(SCHEMA)  # CREATE ... IF NOT EXISTS: cheap, and a fresh root needs it
             if write:
                 db.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlock between writers

@@ -68,6 +68,7 @@ def row_for(run_dir: str | Path) -> dict:
         "started": info.get("created"), "finished": info.get("finished"), "resumes": info.get("resumes", 0),
         "config_fp": info.get("config_fp"), "data_fp": info.get("data_fp"), "model_fp": info.get("model_fp"),
         "fields": json.dumps(result_fields(config), sort_keys=True),
+        "parent": Path(config.model.parent).name if config.model.parent else None,  # lineage: the parent's id
     }
 
 

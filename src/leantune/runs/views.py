@@ -98,12 +98,29 @@ def show_run(console: Console, run: dict) -> None:
         console.print(f"export {e['format']}{'/' + e['quant'] if e.get('quant') else ''}: {escape(e['path'])}, "
                       f"{e['bytes'] / 1e6:.1f} MB, {e['bytes_per_parameter']:.3f} bytes/parameter, "
                       f"{'checked' if e.get('passed') else 'NOT checked'}", highlight=False)
+    if run.get("parent"):
+        console.print(f"update of run {escape(run['parent'])} (train --from)" + _update_line(path), highlight=False)
     drift = info.get("drift")
     if drift:
         console.print(f"drift: {drift['verdict']} ({escape(str(drift['current']))}, {drift['rows']} prompts"
                       + (f"; flagged by {', '.join(drift['flagged'])}" if drift["flagged"] else "") + ")", highlight=False)
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
+
+
+def _update_line(path: Path) -> str:
+    """The parent-vs-child comparison in one line, from update.json (evaluation/update.py writes it)."""
+    try:
+        u = json.loads((path / "update.json").read_text())
+    except (OSError, ValueError):
+        return ": not compared with it yet (`leantune drift compare RUN`)"
+
+    def part(c: dict) -> str:
+        return f"{c['change']:+.2f} {c['unit']} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
+
+    forgot = u.get("forgetting")
+    return (f": gain {part(u['gain'])}, retention {part(u['retention'])}"
+            + (f", forgetting {forgot['points']:+.2f} points [{forgot['ci'][0]:+.2f}, {forgot['ci'][1]:+.2f}]" if forgot else ""))
 
 
 def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:

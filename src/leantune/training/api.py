@@ -14,7 +14,9 @@ from ..models.loading import detected_device
 from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
 from ..runs.fingerprint import differing_fields, fingerprints, result_fields
 from ..runs.index import RunIndex
+from ..runs.lookup import find_run
 from ..runs.rundir import create_run_dir, open_run_dir
+from .lineage import parent_run, update_config
 from .recipe import FineTuneRecipe
 from .result import TrainResult
 from .signals import TrainingStopped
@@ -28,18 +30,22 @@ def train(
     force: bool = False,
     allow_duplicate: bool = False,
     started_at: float | None = None,
+    parent: str | Path | None = None,
 ) -> TrainResult:
     """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory.
 
     A new run whose config (less the fields that cannot change the result), data and base model match a
     completed run's is refused before anything is loaded, naming that run (`allow_duplicate` overrides).
     The run is billed from `started_at` (the `leantune` command passes its process's start; a library call
-    is billed from the call) to its end, at the price runs/cost.py resolves; a budget without a price is refused."""
+    is billed from the call) to its end, at the price runs/cost.py resolves; a budget without a price is refused.
+
+    `parent` (a run directory, id, name or registry reference): an incremental update of that run's adapter, its
+    config with the overrides on top (training/lineage.py)."""
     started_at = time.time() if started_at is None else started_at
     console = console or Console(stderr=True)
     _, device_name = detected_device()
     if resume is not None:
-        if config is not None or overrides:
+        if config is not None or overrides or parent is not None:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
         run = open_run_dir(resume)
         info = run.info()
@@ -57,7 +63,11 @@ def train(
             run.update_info(billed=clock.record(price))
             raise
     else:
-        if not isinstance(config, RunConfig):
+        if parent is not None:
+            if config is not None:
+                raise ConfigError("--from starts from the parent run's config; pass overrides (data.train=...), not a config file.")
+            config = update_config(find_run(str(parent), _runs_dir_of(overrides)).run, overrides)
+        elif not isinstance(config, RunConfig):
             config = load_config(config, overrides)
         elif overrides:
             raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
@@ -74,12 +84,44 @@ def train(
             mark_failed(run, clock, price)
             raise
     try:
-        return recipe.train()
+        result = recipe.train()
     except TrainingStopped:
         raise
     except BaseException:
         mark_failed(run, clock, price)
         raise
+    if config.model.parent:
+        result.update = compare_update(result, config, console)
+    return result
+
+
+def compare_update(result: TrainResult, config: RunConfig, console: Console) -> dict | None:
+    """An update's parent-vs-child scores (evaluation/update.py) on the model still in memory. The run is complete
+    and saved: a failure here costs the comparison, which `leantune drift compare RUN` retries."""
+    from ..evaluation.update import compare_with_parent, update_lines
+
+    child = open_run_dir(result.run_dir)
+    console.print(f"comparing with the parent {Path(config.model.parent).name} on the same items ...", highlight=False)
+    try:
+        report = compare_with_parent(child, parent_run(config), result.model, result.tokenizer, result.cost_usd,
+                                     batch_size=max(config.training.micro_batch_size, 8),
+                                     note=lambda m: console.print(m, highlight=False))
+    except Exception as e:  # noqa: BLE001 - reported; the run stays completed
+        console.print(f"[yellow]the parent-vs-child comparison failed ({type(e).__name__}: {e}); the run is complete. "
+                      f"Retry with `leantune drift compare {result.run_dir}`.[/]", highlight=False)
+        return None
+    for line in update_lines(report):
+        console.print(line, highlight=False)
+    return report
+
+
+def _runs_dir_of(overrides) -> str:
+    """Where a parent named by id or registry reference is looked up: the output.runs_dir override, or 'runs'."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "output.runs_dir":
+            return value.strip()
+    return "runs"
 
 
 # statuses a run is given on purpose before it raises: they say more than "failed"

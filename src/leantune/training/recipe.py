@@ -34,6 +34,7 @@ from ..runs.rundir import RunDir
 from ..runs.trackers import Loggers
 from .budget import BudgetGuard
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
+from .lineage import load_parent_adapter, parent_run
 from .methods import make_method
 from .objectives import Batches, make_objective
 from .objectives.ewc import ewc_term
@@ -129,6 +130,9 @@ class FineTuneRecipe:
         # what inference must load the base in (models/inference.py): for QLoRA it decides the 4-bit weights
         self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."))
         self.model = self.method.attach(base.model, cfg.training.seed, self.total_steps)
+        if cfg.model.parent:  # an update: the adapter starts as the parent's, not at zero
+            loaded = load_parent_adapter(self.model, parent_run(cfg))
+            self.note(f"update of {cfg.model.parent}: training starts from its adapter ({loaded} tensors)")
         if cfg.training.compile:
             # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
             decoder_and_head(self.model)[0].compile(dynamic=True)

@@ -31,6 +31,7 @@ class TrainResult:
     tokenizer: object = field(repr=False, default=None)
     eval_examples: list = field(repr=False, default_factory=list)
     evaluation: object = field(repr=False, default=None)  # evaluation.result.EvalResult when eval.after_train ran
+    update: dict | None = field(repr=False, default=None)  # an update's parent-vs-child comparison (update.json)
 
     def summary(self) -> str:
         """One line for the end of `leantune train`."""

@@ -8,10 +8,15 @@ change of an adapted weight matrix is the adapter's effective update (PEFT's get
 scaling); for full fine-tuning it is theta - theta_0 for every parameter. The Fisher is computed once per
 (model content, data content, examples, method, targets, sequence length, dtype) and cached under
 $LEANTUNE_HOME/fisher/; a cached one whose layers do not match the model is estimated again.
+
+An incremental update (`train --from`, training/lineage.py) protects the parent instead of the base: the Fisher is
+estimated with the parent's adapter active (on the parent's training split when ewc_data is 'parent'), and the
+change is measured from the parent's adapter update, not from zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -20,14 +25,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ...atomic import atomic_path
-from ...data import load_examples
 from ...data.batches import collate
 from ...data.tokenize import tokenize_examples
 from ...errors import ConfigError
 from ...models.adapters import base_behaviour
 from ...models.forward import summed_label_loss
 from ...paths import leantune_home
-from ...runs.fingerprint import data_content, model_fingerprint
+from ...runs.fingerprint import data_content, model_fingerprint, parent_fingerprint
+from ..lineage import PARENT, examples_for
 
 
 def adapted_layers(model) -> dict[str, torch.nn.Module]:
@@ -41,7 +46,9 @@ def _fisher_targets(model, full: bool) -> dict[str, torch.Tensor]:
     return {name: layer.base_layer.weight for name, layer in adapted_layers(model).items()}
 
 
-def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch.Tensor]:
+def estimate_fisher(model, examples, pad_id: int, full: bool, adapter_active: bool = False) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher of the base model (adapters off), or of the model as it stands (`adapter_active`: the
+    parent an update protects)."""
     targets = _fisher_targets(model, full)
     if not targets:
         raise ConfigError("forgetting.ewc_lambda needs adapted layers or full fine-tuning; this model has neither.")
@@ -56,7 +63,7 @@ def estimate_fisher(model, examples, pad_id: int, full: bool) -> dict[str, torch
         t.requires_grad_(True)
     fisher = {n: torch.zeros_like(t, dtype=torch.float32) for n, t in targets.items()}
     try:
-        with base_behaviour(model):
+        with (contextlib.nullcontext() if adapter_active else base_behaviour(model)):
             for example in examples:
                 summed, count = summed_label_loss(model, collate([example], pad_id))
                 grads = torch.autograd.grad(summed / max(count, 1), list(targets.values()), allow_unused=True)
@@ -76,7 +83,8 @@ def fisher_cache_path(key: dict) -> Path:
     return leantune_home() / "fisher" / f"{digest}.safetensors"
 
 
-def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print) -> dict[str, torch.Tensor]:
+def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict, note=print,
+                            adapter_active: bool = False) -> dict[str, torch.Tensor]:
     path = fisher_cache_path(key)
     if path.is_file():
         cached = load_file(path)
@@ -85,8 +93,9 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
             note(f"EWC: Fisher information from the cache ({path})")
             return cached
         note(f"EWC: the cached Fisher ({path}) does not match this model's layers; estimating it again")
-    note(f"EWC: estimating the Fisher information on {len(examples)} general-text examples (once; cached)")
-    fisher = estimate_fisher(model, examples, pad_id, full)
+    what = "of the parent's training examples, its adapter active" if adapter_active else "general-text examples"
+    note(f"EWC: estimating the Fisher information on {len(examples)} {what} (once; cached)")
+    fisher = estimate_fisher(model, examples, pad_id, full, adapter_active)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in fisher.items()}, tmp)
@@ -94,7 +103,9 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
 
 
 class EWCPenalty:
-    def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool):
+    def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool, from_start: bool = False):
+        """`from_start`: the change is measured from the adapter update the model starts with (a parent's), not
+        from the base's weights."""
         self.strength, self.full = strength, full
         if full:
             params = dict(model.named_parameters())
@@ -105,7 +116,12 @@ class EWCPenalty:
             if unmatched:  # dropping them would silently weaken (or zero) the penalty
                 raise ConfigError(f"EWC: {len(unmatched)} Fisher entries match no adapted layer (e.g. {unmatched[0]}); "
                                   "the Fisher was estimated for other layers. Delete it and train again.")
-            self.terms = [(layers[n], f, None) for n, f in fisher.items()]
+            self.terms = [(layers[n], f, self._delta(layers[n]).detach().clone() if from_start else None)
+                          for n, f in fisher.items()]
+
+    @staticmethod
+    def _delta(layer) -> torch.Tensor:
+        return layer.get_delta_weight(layer.active_adapters[0])
 
     def add_to_step(self) -> dict:
         """The penalty's gradient added to the step's; its value for the step's metrics."""
@@ -119,22 +135,27 @@ class EWCPenalty:
             if self.full:
                 change = target - anchor
             else:
-                change = target.get_delta_weight(target.active_adapters[0])
+                change = self._delta(target) if anchor is None else self._delta(target) - anchor
             total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
         return self.strength * total
 
 
 def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
     """The EWC term of a run: the Fisher on forgetting.ewc_data, from the cache when the same model content, data
-    content and settings estimated it before."""
+    content and settings estimated it before. An update (model.parent) protects its parent: the Fisher is taken
+    with the parent adapter active and the change is measured from it."""
     forget, d = config.forgetting, config.data
-    general, _ = tokenize_examples(tokenizer, load_examples(forget.ewc_data)[: forget.ewc_examples], d.max_seq_len,
-                                   "all_assistant", d.truncation)
+    examples = examples_for(forget.ewc_data, config, "forgetting.ewc_data")[: forget.ewc_examples]
+    general, _ = tokenize_examples(tokenizer, examples, d.max_seq_len, "all_assistant", d.truncation)
     full = config.method.name == "full"
+    from_parent = bool(config.model.parent)
+    data = (parent_fingerprint(config.model.parent) if forget.ewc_data == PARENT
+            else data_content(forget.ewc_data, "forgetting.ewc_data"))
     # by content: an edited model or data file must not reuse the Fisher of the old one
     key = {"model": model_fingerprint(config.model.base), "examples": forget.ewc_examples, "full": full,
-           "data": data_content(forget.ewc_data, "forgetting.ewc_data"),
-           "targets": config.method.target_modules, "max_seq_len": d.max_seq_len, "truncation": d.truncation,
-           "dtype": str(compute_dtype), "method": config.method.name}
-    fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note)
-    return EWCPenalty(model, fisher, forget.ewc_lambda, full)
+           "data": data, "targets": config.method.target_modules, "max_seq_len": d.max_seq_len,
+           "truncation": d.truncation, "dtype": str(compute_dtype), "method": config.method.name}
+    if from_parent:  # the Fisher of the parent, not of the base
+        key["adapter"] = parent_fingerprint(config.model.parent)
+    fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note, adapter_active=from_parent)
+    return EWCPenalty(model, fisher, forget.ewc_lambda, full, from_start=from_parent)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from ...data import load_examples
+from ..lineage import examples_for
 
 
 def _weight(row, by: str) -> int:
@@ -42,7 +42,7 @@ def mix_replay(objective, tokenizer, train_rows: list, config, note) -> list:
     forget = config.forgetting
     if not forget.replay_fraction:
         return train_rows
-    replay, _ = objective.tokenize(tokenizer, load_examples(forget.replay_data))
+    replay, _ = objective.tokenize(tokenizer, examples_for(forget.replay_data, config, "forgetting.replay_data"))
     by = forget.replay_balance
     mixed = replay_rows(train_rows, replay, forget.replay_fraction, config.training.seed, by)
     added = mixed[len(train_rows):]
