@@ -62,3 +62,15 @@ def compare(
     report = compare_run(run, runs_dir, limit, batch_size, note=lambda m: err.print(m, highlight=False))
     for line in update_lines(report):
         Console().print(line, highlight=False)
+
+
+@app.command("watch")
+def watch(policy: str = typer.Argument(..., help="policy YAML: production, current, new_data, min_rows, alpha, "
+                                       "budget_usd, gate (min_gain, retention_margin, forgetting_margin), train")):
+    """One decision: check drift; if drifted and the policy allows, update within budget, gate, promote.
+    Exit 0: nothing to do or promoted; 1: drift found and production kept (see the reasons)."""
+    from ..drift.watch import watch as run_watch
+
+    decision = run_watch(policy, say=lambda m: err.print(m, highlight=False))
+    print(json.dumps(decision))
+    sys.exit(1 if decision["action"] == "alert" else 0)
