@@ -65,7 +65,12 @@ class MethodConfig(_Section):
     target_r: int = Field(4, ge=1, description="AdaLoRA: average rank per layer at the end")
     tinit: float = Field(0.1, ge=0, lt=1, description="AdaLoRA: share of steps before pruning starts")
     tfinal: float = Field(0.2, ge=0, lt=1, description="AdaLoRA: share of steps at the end with the ranks frozen")
-    delta_t: int = Field(1, ge=1, description="AdaLoRA: steps between budget reallocations")
+    delta_t: int | None = Field(None, ge=1, description="AdaLoRA: steps between budget reallocations; default: 1% of "
+                                "the run's steps (at least 1)")
+    svd_init: Literal["orthogonal", "peft"] = Field(
+        "orthogonal", description="AdaLoRA: orthogonal starts P and Q orthonormal (where the regulariser drives them), so "
+        "the singular values E learn at full strength from step 1; peft: PEFT's N(0, 0.02) P and Q, under which a short "
+        "run learned only the majority class (bench/results/quality.json)")
     orth_reg_weight: float = Field(0.5, ge=0, description="AdaLoRA: weight of the orthogonality regulariser on P and Q")
     optimizer: Literal["adamw", "adamw8bit"] = Field(
         "adamw", description="adamw8bit: bitsandbytes' 8-bit AdamW (optimizer state in 8 bits)")

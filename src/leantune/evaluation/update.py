@@ -60,13 +60,15 @@ def change_on(result) -> dict:
 
 
 def compare_with_parent(child, parent, model, tokenizer, cost_usd: float | None, batch_size: int = 16,
-                        limit: int | None = None, general: tuple[str, ...] = GENERAL_TASKS, note=print) -> dict:
+                        limit: int | None = None, general: tuple[str, ...] = GENERAL_TASKS, note=print,
+                        new_rows: list | None = None) -> dict:
     """Scores the parent and child adapters on the same items and writes update.json into the child run.
     `model` is the child's PeftModel (adapter 'default'); the parent's adapter is loaded beside it, over the same
-    base weights, and removed again afterwards."""
+    base weights, and removed again afterwards. `new_rows`: the new task's held-out rows when the child's own
+    split is not them (a model retrained from scratch on old + new rows, in bench/drift.py)."""
     started = time.perf_counter()
     child_config, parent_config = child.config(), parent.config()
-    new_rows = held_out_examples(child_config)
+    new_rows = held_out_examples(child_config) if new_rows is None else new_rows
     old_rows = held_out_examples(parent_config)
     tasks = [task_from_examples("new held-out", new_rows), task_from_examples("parent held-out", old_rows)]
     tasks += [resolve_task(name) for name in general]

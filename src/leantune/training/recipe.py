@@ -139,6 +139,8 @@ class FineTuneRecipe:
             self.note("training.compile: the decoder is compiled on the first step (dynamic shapes)")
         trainable, total = trainable_parameter_count(self.model)
         self.note(f"{self.method.describe()}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        for warning in self.method.warnings(self.total_steps):
+            self.note(f"[yellow]{warning}[/]")
         notes = self.method.notes(self.model)
         if "quantized_bytes_per_param" in notes:
             self.note(f"{notes.get('base', '4-bit NF4 base')}: {notes['quantized_mib']:.1f} MiB for "

@@ -47,12 +47,43 @@ class AdaLoRA(LoRA):
     def describe(self) -> str:
         return f"AdaLoRA r={self.config.r} -> {self.config.target_r}" + (" rsLoRA" if self.config.rslora else "")
 
-    def peft_config(self, total_steps: int):
+    def schedule(self, total_steps: int) -> dict:
+        """PEFT's schedule in steps, from the config's fractions of this run: pruning starts after tinit steps, the
+        ranks freeze for the last tfinal, and the budget is reallocated every deltaT steps in between."""
         m = self.config
         # the config already holds tinit + tfinal below 1, so rounding down leaves at least one step to prune in
-        return AdaLoraConfig(init_r=m.r, target_r=m.target_r, tinit=int(m.tinit * total_steps),
-                             tfinal=int(m.tfinal * total_steps), deltaT=m.delta_t, total_step=total_steps,
+        return {"tinit": int(m.tinit * total_steps), "tfinal": int(m.tfinal * total_steps),
+                "deltaT": m.delta_t or max(1, total_steps // 100), "total_step": total_steps}
+
+    def peft_config(self, total_steps: int):
+        m = self.config
+        return AdaLoraConfig(init_r=m.r, target_r=m.target_r, **self.schedule(total_steps),
                              orth_reg_weight=m.orth_reg_weight, **self.common_peft_fields())
+
+    def attach(self, model, seed: int, total_steps: int):
+        model = super().attach(model, seed, total_steps)
+        if self.config.svd_init == "orthogonal":
+            # PEFT starts P and Q at N(0, 0.02) and E at zero: the update P diag(E) Q is then a product of three
+            # small factors and grows cubically slowly - a 40-step run learned only the majority class. Orthonormal
+            # P and Q (what the orthogonality regulariser pulls them to anyway) make E the singular values of the
+            # update from the first step; E still starts at zero, so the model starts as the base.
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(seed)
+                for module in model.modules():
+                    if hasattr(module, "lora_E"):
+                        for name in module.lora_A:
+                            torch.nn.init.orthogonal_(module.lora_A[name])  # r x d_in: orthonormal rows
+                            torch.nn.init.orthogonal_(module.lora_B[name])  # d_out x r: orthonormal columns
+        return model
+
+    def warnings(self, total_steps: int) -> list[str]:
+        s = self.schedule(total_steps)
+        pruning = s["total_step"] - s["tinit"] - s["tfinal"]
+        if pruning < 20:
+            return [f"AdaLoRA: this run has {pruning} steps to cut the rank budget from r={self.config.r} to "
+                    f"target_r={self.config.target_r} in (of {total_steps}); the budget moves in jumps and the "
+                    "sensitivity estimates have little history. Train longer, or use method.name=lora."]
+        return []
 
     def before_optimizer_step(self, model) -> None:
         if self.config.orth_reg_weight:

@@ -25,6 +25,10 @@ class Method:
         """The model ready to train: adapters attached, or weights unfrozen."""
         raise NotImplementedError
 
+    def warnings(self, total_steps: int) -> list[str]:
+        """What the user should know about this method at this run length (said before training)."""
+        return []
+
     def notes(self, model) -> dict:
         """Facts about the prepared model worth recording in run.json (and saying)."""
         return {}
