@@ -123,6 +123,10 @@ def test_drift_refusals(drift_run, tiny_model_dir, tmp_path, monkeypatch, capsys
     tiny.write_text("".join(json.dumps(chat_row(f"q{i}", "a")) + "\n" for i in range(5)))
     code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", str(tiny))
     assert_user_error(code, err, "needs at least 30")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", str(empty))
+    assert_user_error(code, err, "has 0 prompts; a drift check needs at least 30")
     code, _, err = run_cli(monkeypatch, capsys, "drift", "check", str(run_dir), "--current", "serve-log:bot",
                            "--runs-dir", str(tmp_path))
     assert_user_error(code, err, "No request log for 'bot'")
