@@ -51,7 +51,7 @@ CONFIGS = {
     "lora": {"method.name": "lora", "training.lr": 5e-4},
     "qlora": {"method.name": "qlora", "training.lr": 5e-4},
     "dora": {"method.name": "dora", "training.lr": 5e-4},
-    "adalora": {"method.name": "adalora", "training.lr": 2e-3, "method.r": 12, "method.target_r": 8},
+    "adalora": {"method.name": "adalora", "method.r": 12, "method.target_r": 8},  # its measured default lr (config.METHOD_LR)
     "lora+ewc": {"method.name": "lora", "training.lr": 5e-4, "forgetting.ewc_lambda": 1e4},
     "lora+replay": {"method.name": "lora", "training.lr": 5e-4, "forgetting.replay_fraction": 0.1},
 }

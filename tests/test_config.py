@@ -67,3 +67,11 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 def test_override_without_equals_sign():
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("training.lr")
+
+
+def test_a_method_with_a_measured_learning_rate_gets_it_unless_one_is_given():
+    from leantune.config import load_config
+
+    assert load_config(None, ["method.name=adalora"]).training.lr == 1e-2
+    assert load_config(None, ["method.name=adalora", "training.lr=3e-4"]).training.lr == 3e-4
+    assert load_config(None, ["method.name=lora"]).training.lr == 2e-4
