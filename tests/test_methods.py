@@ -174,3 +174,16 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_model_dir, chat_file, tmp
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     train(resume=run_dir)
     assert losses(run_dir) == reference
+
+
+def test_adalora_schedule_scales_with_the_run_and_warns_when_too_short():
+    from leantune.config import MethodConfig
+    from leantune.training.methods.adalora import AdaLoRA
+
+    method = AdaLoRA(MethodConfig(name="adalora", r=12, target_r=8))
+    assert method.schedule(1000) == {"tinit": 100, "tfinal": 200, "deltaT": 10, "total_step": 1000}
+    assert method.schedule(40)["deltaT"] == 1
+    assert method.warnings(1000) == []
+    (warning,) = method.warnings(24)
+    assert "this run has 17 steps to cut the rank budget from r=12 to target_r=8" in warning
+    assert AdaLoRA(MethodConfig(name="adalora", delta_t=7)).schedule(1000)["deltaT"] == 7

@@ -60,22 +60,6 @@ class AdaLoRA(LoRA):
         return AdaLoraConfig(init_r=m.r, target_r=m.target_r, **self.schedule(total_steps),
                              orth_reg_weight=m.orth_reg_weight, **self.common_peft_fields())
 
-    def attach(self, model, seed: int, total_steps: int):
-        model = super().attach(model, seed, total_steps)
-        if self.config.svd_init == "orthogonal":
-            # PEFT starts P and Q at N(0, 0.02) and E at zero: the update P diag(E) Q is then a product of three
-            # small factors and grows cubically slowly - a 40-step run learned only the majority class. Orthonormal
-            # P and Q (what the orthogonality regulariser pulls them to anyway) make E the singular values of the
-            # update from the first step; E still starts at zero, so the model starts as the base.
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(seed)
-                for module in model.modules():
-                    if hasattr(module, "lora_E"):
-                        for name in module.lora_A:
-                            torch.nn.init.orthogonal_(module.lora_A[name])  # r x d_in: orthonormal rows
-                            torch.nn.init.orthogonal_(module.lora_B[name])  # d_out x r: orthonormal columns
-        return model
-
     def warnings(self, total_steps: int) -> list[str]:
         s = self.schedule(total_steps)
         pruning = s["total_step"] - s["tinit"] - s["tfinal"]
