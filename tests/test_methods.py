@@ -185,5 +185,5 @@ def test_adalora_schedule_scales_with_the_run_and_warns_when_too_short():
     assert method.schedule(40)["deltaT"] == 1
     assert method.warnings(1000) == []
     (warning,) = method.warnings(24)
-    assert "this run has 17 steps to cut the rank budget from r=12 to target_r=8" in warning
+    assert "this run has 18 steps to cut the rank budget from r=12 to target_r=8" in warning
     assert AdaLoRA(MethodConfig(name="adalora", delta_t=7)).schedule(1000)["deltaT"] == 7
