@@ -238,11 +238,15 @@ def update(parent_dir: Path, results: dict) -> None:
     parent = open_run_dir(parent_dir)
 
     def score(name: str, run_dir: Path, steps: int, new_rows=None) -> None:
+        """An update's own comparison (train --from wrote update.json), or a fresh one for the model from scratch."""
         run = open_run_dir(run_dir)
-        trained = load_trained(run, "cpu")
         row = row_for(run_dir)
-        report = compare_with_parent(run, parent, trained.model, trained.tokenizer, row["cost_usd"], note=say,
-                                     new_rows=new_rows)
+        if new_rows is None:
+            report = json.loads((run_dir / "update.json").read_text())
+        else:
+            trained = load_trained(run, "cpu")
+            report = compare_with_parent(run, parent, trained.model, trained.tokenizer, row["cost_usd"], note=say,
+                                         new_rows=new_rows)
         arms[name] = {**_arm_summary(report), "billed_seconds": row["wall_s"], "cost_usd": row["cost_usd"],
                       "steps": steps, "eval_seconds": report["eval_seconds"]}
         write_results(RESULTS, results)
