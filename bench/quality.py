@@ -1,17 +1,17 @@
-"""What each method buys: full fine-tuning, LoRA, QLoRA, DoRA and AdaLoRA on SmolLM2-135M and sms-spam, plus
-LoRA with EWC and with replay, under the same examples, optimizer steps, batch and seed.
+"""What each method buys: full fine-tuning, LoRA, QLoRA (NF4 and over the GGUF's own blocks), DoRA, AdaLoRA and IA3
+on SmolLM2-135M and sms-spam, plus LoRA with EWC and with replay, under the same examples, optimizer steps, batch and seed.
 
 Each configuration trains in a fresh process (so its peak memory is its own) and is then scored on
 - the task: held-out SMS accuracy and balanced accuracy (log-likelihood of 'spam' vs 'ham' as the reply);
 - general knowledge: 4-way multiple choice over 95 of the built-in trivia questions (other questions' answers as
   distractors), compared with the base model's score: a drop is forgetting. The other 95 are what EWC estimates
   its Fisher on and what replay mixes in, so the score never rewards memorising its own questions.
-The learning rate is each method's usual one (full fine-tuning moves every weight and needs a ~10x smaller one);
-everything else is shared.
+The learning rate is each method's usual one (full fine-tuning moves every weight and needs a ~10x smaller one),
+or its default where it has a measured one (AdaLoRA, config.METHOD_LR) or none yet (IA3); everything else is shared.
 
     python bench/quality.py            # every configuration; ones this commit already measured are kept
     python bench/quality.py --fresh    # measure everything again
-    python bench/quality.py --only lora,full
+    python bench/quality.py --only lora,full --results bench/results/quality_some.json   # a subset, in its own file
 
 Writes bench/results/quality.json and prints the table the README shows.
 """
@@ -50,8 +50,10 @@ CONFIGS = {
     "full": {"method.name": "full", "training.lr": 5e-5},
     "lora": {"method.name": "lora", "training.lr": 5e-4},
     "qlora": {"method.name": "qlora", "training.lr": 5e-4},
+    "qlora-gguf": {"method.name": "qlora-gguf", "training.lr": 5e-4},  # LoRA over the GGUF's own 4-bit blocks
     "dora": {"method.name": "dora", "training.lr": 5e-4},
     "adalora": {"method.name": "adalora", "method.r": 12, "method.target_r": 8},  # its measured default lr (config.METHOD_LR)
+    "ia3": {"method.name": "ia3"},  # at training.lr's default: IA3 has no measured one yet
     "lora+ewc": {"method.name": "lora", "training.lr": 5e-4, "forgetting.ewc_lambda": 1e4},
     "lora+replay": {"method.name": "lora", "training.lr": 5e-4, "forgetting.replay_fraction": 0.1},
 }
@@ -127,12 +129,14 @@ def main() -> None:
     parser.add_argument("--worker")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--only", default=",".join(CONFIGS))
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="results file (a subset measured at another commit must not replace the whole table)")
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker) | {"trivia_questions": 95}), flush=True)
         return
 
-    results = {} if args.fresh else load_results(RESULTS)  # only what this commit measured is kept
+    results = {} if args.fresh else load_results(args.results)  # only what this commit measured is kept
     results.pop("_provenance", None)
     names = [n for n in args.only.split(",") if n]
     for i, name in enumerate(names, 1):
@@ -147,7 +151,7 @@ def main() -> None:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{name} failed (exit {proc.returncode})")
         results[name] = json.loads(line[len("RESULT "):])
-        write_results(RESULTS, results)  # after each one: an interrupted bench resumes
+        write_results(args.results, results)  # after each one: an interrupted bench resumes
         r = results[name]
         print(f"    accuracy {r['accuracy']:.1%}, trivia {r['trivia_accuracy']:.1%}, {r['wall_seconds']:.0f}s", file=sys.stderr)
     print_table(results)
