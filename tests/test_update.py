@@ -60,6 +60,7 @@ def test_the_update_starts_from_the_parent_and_records_its_lineage(parent, tmp_p
     report = json.loads((child.run_dir / "update.json").read_text())
     assert report["parent"] == parent.name and report["gain"]["task"] == "new held-out"
     assert report["retention"]["task"] == "parent held-out" and report["forgetting"]["questions"] > 0
+    assert set(report["gain"]["balanced_accuracy"]) == {"parent", "child"}  # a majority-class gain shows there
     assert report == child.update
     assert "## Update vs parent" in (child.run_dir / "report.md").read_text()
 

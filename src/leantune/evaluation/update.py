@@ -54,9 +54,13 @@ def change_on(result) -> dict:
     else:
         value, lo, hi = paired_bootstrap(item_points(metric.metric, child_items), item_points(metric.metric, parent_items))
         unit, scale = "points", 100.0
-    return {"task": result.task, "metric": metric.metric, "unit": unit, "items": result.n,
-            "parent": metric.scores["base"], "child": metric.scores["tuned"],
-            "change": value * scale, "ci": [lo * scale, hi * scale]}
+    change = {"task": result.task, "metric": metric.metric, "unit": unit, "items": result.n,
+              "parent": metric.scores["base"], "child": metric.scores["tuned"],
+              "change": value * scale, "ci": [lo * scale, hi * scale]}
+    balanced = metric.extra.get("balanced_accuracy")
+    if balanced:  # a gain that is only the majority class shows here: its balanced accuracy stays at 1 / classes
+        change["balanced_accuracy"] = {"parent": balanced["base"], "child": balanced["tuned"]}
+    return change
 
 
 def compare_with_parent(child, parent, model, tokenizer, cost_usd: float | None, batch_size: int = 16,
@@ -104,7 +108,9 @@ def compare_with_parent(child, parent, model, tokenizer, cost_usd: float | None,
 
 def _fmt(c: dict) -> str:
     lo, hi = c["ci"]
-    return f"{c['change']:+.2f} {c['unit']} (95% CI {lo:+.2f} to {hi:+.2f}; {c['metric']}, {c['items']} items)"
+    balanced = c.get("balanced_accuracy")
+    shown = f"; balanced accuracy {balanced['parent']:.1%} -> {balanced['child']:.1%}" if balanced else ""
+    return f"{c['change']:+.2f} {c['unit']} (95% CI {lo:+.2f} to {hi:+.2f}; {c['metric']}, {c['items']} items{shown})"
 
 
 def update_lines(report: dict) -> list[str]:
