@@ -311,6 +311,9 @@ def print_tables(results: dict) -> None:
         print("| shift | n | " + " | ".join(names) + " |")
         print("|---" * (2 + len(names)) + "|")
         for r in det.values():
+            if "rates" not in r:
+                print(f"| {r['shift']} | {r['n']} | not measured: {r['skipped']} |")
+                continue
             print(f"| {r['shift']} | {r['n']} | " + " | ".join(f"{r['rates'][k]:.0%}" if k in r["rates"] else "-"
                                                             for k in names) + " |")
     for name, a in results.get("update", {}).items():
