@@ -53,7 +53,10 @@ CONFIGS = {
     "qlora-gguf": {"method.name": "qlora-gguf", "training.lr": 5e-4},  # LoRA over the GGUF's own 4-bit blocks
     "dora": {"method.name": "dora", "training.lr": 5e-4},
     "adalora": {"method.name": "adalora", "method.r": 12, "method.target_r": 8},  # its measured default lr (config.METHOD_LR)
-    "ia3": {"method.name": "ia3"},  # at training.lr's default: IA3 has no measured one yet
+    "ia3": {"method.name": "ia3"},  # at its default learning rate
+    # IA3 scales activations by learned vectors starting at 1: candidates for its default learning rate
+    "ia3@3e-3": {"method.name": "ia3", "training.lr": 3e-3},
+    "ia3@1e-2": {"method.name": "ia3", "training.lr": 1e-2},
     "lora+ewc": {"method.name": "lora", "training.lr": 5e-4, "forgetting.ewc_lambda": 1e4},
     "lora+replay": {"method.name": "lora", "training.lr": 5e-4, "forgetting.replay_fraction": 0.1},
 }
