@@ -75,3 +75,4 @@ def test_a_method_with_a_measured_learning_rate_gets_it_unless_one_is_given():
     assert load_config(None, ["method.name=adalora"]).training.lr == 1e-2
     assert load_config(None, ["method.name=adalora", "training.lr=3e-4"]).training.lr == 3e-4
     assert load_config(None, ["method.name=lora"]).training.lr == 2e-4
+    assert load_config(None, ["method.name=ia3"]).training.lr == 1e-2
