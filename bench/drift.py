@@ -72,14 +72,11 @@ def prompt_pools(parent_dir: Path) -> tuple[dict[str, list], set[str]]:
     """Disjoint pools of prompts the parent never trained on: the reference (null) pool of sms-spam, 300 of its spam
     messages, 1000 tweets, and 1000 other sms messages turned into the injected shifts; and the parent's training
     vocabulary."""
-    from leantune.data import load_examples
+    from leantune.data import load_examples, run_splits
     from leantune.drift.check import _prompt_of
     from leantune.runs.rundir import open_run_dir
-    from leantune.training.lineage import parent_training_examples
 
-    config = open_run_dir(parent_dir).config().model_copy(deep=True)
-    config.model.parent = str(parent_dir)
-    trained = parent_training_examples(config)
+    trained = run_splits(open_run_dir(parent_dir).config()).train
     seen = {json.dumps(e.messages) for e in trained}
     sms = [e for e in load_examples("sms-spam") if json.dumps(e.messages) not in seen]
     rng = random.Random(0)
@@ -257,13 +254,10 @@ def update(parent_dir: Path, results: dict) -> None:
             score(name, train_cached(slug, {**NEW_DATA, **extra}, parent_dir), PARENT["training.max_steps"])
     name = "from scratch on old + new"
     if name not in arms:
-        from leantune.data import load_splits
-        from leantune.training.lineage import parent_training_examples
+        from leantune.data import load_splits, run_splits
 
         say(f"update arm: {name}")
-        config = parent.config().model_copy(deep=True)
-        config.model.parent = str(parent_dir)
-        old_rows = parent_training_examples(config)
+        old_rows = run_splits(parent.config()).train
         # the rows and held-out split the children trained and were scored on (their config: the parent's data settings)
         splits = load_splits("tweets-sentiment", None, PARENT["data.eval_size"], PARENT["training.seed"],
                              PARENT["data.max_train_examples"])

@@ -168,6 +168,9 @@ class EvalConfig(_Section):
                            "forgetting interval says how little a few items prove)")
 
 
+PARENT_DATA = "parent"  # forgetting.replay_data / ewc_data: the training split of model.parent's run
+
+
 # Learning rates that differ from training.lr's default, by method, each from a measurement: AdaLoRA's update is
 # P diag(E) Q with E starting at zero (Adam moves each E by at most lr a step), and at 2e-3 a 40-step SmolLM2 run on
 # sms-spam learned only the majority class (balanced accuracy 50%, eval loss 0.24); at 1e-2 it reached 92.0%, like
@@ -199,7 +202,7 @@ class RunConfig(_Section):
     def _parent_rule(self):
         f = self.forgetting
         used = [k for k, spec, on in (("forgetting.replay_data", f.replay_data, f.replay_fraction),
-                                       ("forgetting.ewc_data", f.ewc_data, f.ewc_lambda)) if on and spec == "parent"]
+                                       ("forgetting.ewc_data", f.ewc_data, f.ewc_lambda)) if on and spec == PARENT_DATA]
         if used and not self.model.parent:
             raise ValueError(f"{used[0]}=parent means the training split of the run this one continues, and this run "
                              "continues none. Use `leantune train --from RUN data.train=...`, or name a dataset.")

@@ -90,4 +90,11 @@ def load_splits(train: str, eval: str | None, eval_size: int, seed: int, max_tra
     return Splits(train_examples, eval_examples, leaked if not eval else 0, leaked if eval else 0)
 
 
-__all__ = ["FORMATS", "ChatExample", "load_examples", "load_splits", "read_examples", "stratified_split"]
+def run_splits(config) -> Splits:
+    """The splits a run's config makes (its data section, seed and objective): what it trained on and held out."""
+    d = config.data
+    return load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format, d.columns,
+                       objective=config.objective.name)
+
+
+__all__ = ["FORMATS", "ChatExample", "load_examples", "load_splits", "read_examples", "run_splits", "stratified_split"]

@@ -139,12 +139,11 @@ def check(target: str, current: str, runs_dir: str = "runs", alpha: float = 0.05
     if len(new) < min_rows:
         raise UserError(f"{current} has {len(new)} prompts; a drift check needs at least {min_rows} (--min-rows) for "
                         "its tests to mean anything. Collect more and check again.")
-    from ..data import load_splits
+    from ..data import run_splits
 
     d = config.data
     # one read and split of the run's data: the held-out rows are the reference, the training rows the vocabulary
-    splits = load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format,
-                         d.columns, objective=config.objective.name)
+    splits = run_splits(config)
     if not splits.eval:
         raise UserError(f"Run {run.id} held out no examples (data.eval_size=0 and no data.eval), and drift is measured "
                         "against the run's held-out prompts. Train with data.eval_size of at least "

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..config import RunConfig
-from ..data import load_examples, load_splits
+from ..data import load_examples, load_splits, run_splits
 from ..data.builtin import BUILTIN, load_trivia
 from ..data.records import Example
 from ..errors import DataError, UserError
@@ -86,9 +86,7 @@ def check_metric(name: str, metric: str, examples: list[Example], general_mc_onl
 
 
 def held_out_examples(config) -> list[Example]:
-    d = config.data
-    splits = load_splits(d.train, d.eval, d.eval_size, config.training.seed, d.max_train_examples, d.format, d.columns,
-                         objective=config.objective.name)
+    splits = run_splits(config)
     if not splits.eval:
         raise DataError("This run held out no examples (data.eval_size=0 and no data.eval), so there is no held-out task. "
                         "Name one with --task (a data file or a built-in dataset).")

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from .. import atomic
-from ..config import RunConfig
+from ..config import PARENT_DATA, RunConfig
 from ..data import load_examples
 from ..data.builtin import BUILTIN_INFO
 from ..errors import DataError, ModelError, RunDirError
@@ -165,7 +165,7 @@ def side_inputs(config: RunConfig) -> dict[str, str]:
     inputs = {}
 
     def content(spec: str, key: str) -> str:
-        return parent_fingerprint(config.model.parent) if spec == "parent" else data_content(spec, key)
+        return parent_fingerprint(config.model.parent) if spec == PARENT_DATA else data_content(spec, key)
 
     if config.model.parent:
         inputs["model.parent"] = parent_fingerprint(config.model.parent)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..config import RunConfig, load_config
+from ..config import RunConfig, load_config, parse_override
 from ..errors import BudgetError, ConfigError, DuplicateRunError, RunDirError
 from ..models.loading import detected_device
 from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
@@ -118,9 +118,9 @@ def compare_update(result: TrainResult, config: RunConfig, console: Console) -> 
 def _runs_dir_of(overrides) -> str:
     """Where a parent named by id or registry reference is looked up: the output.runs_dir override, or 'runs'."""
     for o in overrides:
-        key, _, value = o.partition("=")
-        if key.strip() == "output.runs_dir":
-            return value.strip()
+        parts, value = parse_override(o)
+        if parts == ["output", "runs_dir"]:
+            return str(value)
     return "runs"
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig, apply_overrides
-from ..data import load_examples, load_splits
+from ..config import PARENT_DATA, RunConfig, apply_overrides, parse_override
+from ..data import load_examples, run_splits
 from ..errors import ConfigError, RunDirError
 from ..runs.rundir import RunDir, open_run_dir
 
-PARENT = "parent"  # forgetting.replay_data / ewc_data value: the parent run's training split
-UPDATE_DEFAULTS = {"forgetting.replay_data": PARENT, "forgetting.replay_fraction": 0.2, "forgetting.replay_balance": "tokens",
-                   "forgetting.ewc_data": PARENT, "forgetting.ewc_lambda": 1e4, "data.eval": None,
+UPDATE_DEFAULTS = {"forgetting.replay_data": PARENT_DATA, "forgetting.replay_fraction": 0.2, "forgetting.replay_balance": "tokens",
+                   "forgetting.ewc_data": PARENT_DATA, "forgetting.ewc_lambda": 1e4, "data.eval": None,
                    "eval.after_train": False}  # base vs child says little: the parent-vs-child comparison replaces it
 # what makes two adapters the same tensors with the same scale: the child loads the parent's weights into its own
 ADAPTER_SHAPE = ("name", "r", "alpha", "rslora", "target_modules")
@@ -62,7 +61,7 @@ def check_continuable(parent: RunDir, child: RunConfig) -> None:
 
 def update_config(parent: RunDir, overrides: list[str] | tuple[str, ...]) -> RunConfig:
     """The child's config: the parent's, the update defaults, then the user's overrides (which win)."""
-    if not any(o.split("=", 1)[0].strip() == "data.train" for o in overrides):
+    if not any(parse_override(o)[0] == ["data", "train"] for o in overrides):
         raise ConfigError(f"train --from {parent.path} needs the new rows to learn: add data.train=FILE "
                           "(a data file or a built-in dataset).")
     data = parent.config().model_dump(mode="json")
@@ -77,15 +76,12 @@ def update_config(parent: RunDir, overrides: list[str] | tuple[str, ...]) -> Run
 
 def parent_training_examples(config: RunConfig) -> list:
     """The parent run's training split exactly as it trained on it (never its held-out rows)."""
-    d = parent_run(config).config()
-    p = d.data
-    return load_splits(p.train, p.eval, p.eval_size, d.training.seed, p.max_train_examples, p.format, p.columns,
-                       objective=d.objective.name).train
+    return run_splits(parent_run(config).config()).train
 
 
 def examples_for(spec: str, config: RunConfig, key: str) -> list:
     """The examples a forgetting input names: 'parent' (model.parent's training split) or a dataset / file."""
-    if spec != PARENT:
+    if spec != PARENT_DATA:
         return load_examples(spec)
     if not config.model.parent:
         raise ConfigError(f"{key}=parent needs model.parent (an update: `leantune train --from RUN data.train=...`).")

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from ..config import RunConfig
-from ..data import load_splits
+from ..data import run_splits
 from ..data.batches import micro_batches_for_step, packing_note, steps_per_epoch
 from ..errors import BudgetError, DataError
 from ..evaluation.api import evaluate_after_training
@@ -88,8 +88,7 @@ class FineTuneRecipe:
 
     def _setup_splits(self) -> list:
         d, cfg = self.config.data, self.config
-        splits = load_splits(d.train, d.eval, d.eval_size, cfg.training.seed, d.max_train_examples, d.format,
-                             d.columns, objective=cfg.objective.name)
+        splits = run_splits(cfg)
         self.eval_examples = splits.eval
         for line in splits.leak_notes(d.train, d.eval):
             self.note(line)

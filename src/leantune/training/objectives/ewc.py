@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ...atomic import atomic_path
+from ...config import PARENT_DATA
 from ...data.batches import collate
 from ...data.tokenize import tokenize_examples
 from ...errors import ConfigError
@@ -32,7 +33,7 @@ from ...models.adapters import base_behaviour
 from ...models.forward import summed_label_loss
 from ...paths import leantune_home
 from ...runs.fingerprint import data_content, model_fingerprint, parent_fingerprint
-from ..lineage import PARENT, examples_for
+from ..lineage import examples_for
 
 
 def adapted_layers(model) -> dict[str, torch.nn.Module]:
@@ -148,14 +149,13 @@ def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
     examples = examples_for(forget.ewc_data, config, "forgetting.ewc_data")[: forget.ewc_examples]
     general, _ = tokenize_examples(tokenizer, examples, d.max_seq_len, "all_assistant", d.truncation)
     full = config.method.name == "full"
-    from_parent = bool(config.model.parent)
-    data = (parent_fingerprint(config.model.parent) if forget.ewc_data == PARENT
-            else data_content(forget.ewc_data, "forgetting.ewc_data"))
+    parent = parent_fingerprint(config.model.parent) if config.model.parent else None
+    data = parent if forget.ewc_data == PARENT_DATA else data_content(forget.ewc_data, "forgetting.ewc_data")
     # by content: an edited model or data file must not reuse the Fisher of the old one
     key = {"model": model_fingerprint(config.model.base), "examples": forget.ewc_examples, "full": full,
            "data": data, "targets": config.method.target_modules, "max_seq_len": d.max_seq_len,
            "truncation": d.truncation, "dtype": str(compute_dtype), "method": config.method.name}
-    if from_parent:  # the Fisher of the parent, not of the base
-        key["adapter"] = parent_fingerprint(config.model.parent)
-    fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note, adapter_active=from_parent)
-    return EWCPenalty(model, fisher, forget.ewc_lambda, full, from_start=from_parent)
+    if parent:  # the Fisher of the parent, not of the base
+        key["adapter"] = parent
+    fisher = load_or_estimate_fisher(model, general, tokenizer.pad_token_id, full, key, note, adapter_active=bool(parent))
+    return EWCPenalty(model, fisher, forget.ewc_lambda, full, from_start=bool(parent))
