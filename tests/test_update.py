@@ -131,6 +131,25 @@ def test_a_full_fine_tune_or_an_unfinished_run_cannot_be_continued(tiny_model_di
     (lora.run_dir / "run.json").write_text(json.dumps({**info, "status": "stopped-by-budget"}))
     code, _, err = run_cli(monkeypatch, capsys, "train", "--from", lora.run_dir, f"data.train={new}")
     assert code == 2 and "is not a completed run with an adapter (status: stopped-by-budget)" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == sorted([full.run_dir.name, lora.run_dir.name])
+
+    ada = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.name": "adalora", "training.max_steps": 2}))
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--from", ada.run_dir, f"data.train={new}")
+    assert code == 2 and "AdaLoRA prunes its ranks on a schedule that ended in the parent" in err
+
+
+def test_an_update_keeps_its_parents_base_and_config(parent, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    new = write_reviews(tmp_path / "new.jsonl")
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--from", parent, f"data.train={new}", f"model.base={other}")
+    assert code == 2 and "the parent's adapter was trained on model.base=" in err and "Drop the model.base override" in err
+    config = tmp_path / "c.yaml"
+    config.write_text("training:\n  max_steps: 2\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", config, "--from", parent, f"data.train={new}")
+    assert code == 2 and "--from starts from the parent run's config; pass overrides" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--resume", parent, "--from", parent)
+    assert code == 2 and "--resume continues a run with the config it was started with" in err
 
 
 def test_a_parent_whose_base_model_is_gone(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
@@ -163,3 +182,12 @@ def test_runs_show_names_the_parent_and_the_comparison(parent, tmp_path, monkeyp
     code, _, _ = run_cli(monkeypatch, capsys, "drift", "compare", child.run_dir, "--limit", "4")
     report = json.loads((child.run_dir / "update.json").read_text())
     assert code == 0 and report["gain"]["items"] == 4 and report["parent"] == parent.name
+
+
+def test_a_parent_without_its_adapter_weights(parent, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "runs" / parent.name
+    shutil.copytree(parent, copy)
+    (copy / "adapter" / "adapter_model.safetensors").unlink()
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--from", copy, f"data.train={write_reviews(tmp_path / 'n.jsonl')}",
+                           f"output.runs_dir={tmp_path / 'runs'}")
+    assert code == 2 and "holds no adapter_model.safetensors; it cannot be continued" in err

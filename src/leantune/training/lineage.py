@@ -35,7 +35,10 @@ NOT_CONTINUABLE = {
 
 def parent_run(config: RunConfig) -> RunDir:
     """The completed run `model.parent` names, with its adapter on disk."""
-    run = open_run_dir(config.model.parent)
+    return _completed(open_run_dir(config.model.parent))
+
+
+def _completed(run: RunDir) -> RunDir:
     info = run.info()
     if info.get("status") != "completed" or not (run.adapter / "adapter_config.json").is_file():
         raise RunDirError(f"model.parent: run '{run.path}' is not a completed run with an adapter (status: "
@@ -48,6 +51,7 @@ def check_continuable(parent: RunDir, child: RunConfig) -> None:
     before = parent.config()
     if before.method.name in NOT_CONTINUABLE:
         raise ConfigError(f"train --from {parent.path}: {NOT_CONTINUABLE[before.method.name].format(path=parent.path)}.")
+    _completed(parent)  # refused here, before a run folder exists, not when the recipe loads the adapter
     changed = [f"method.{k}" for k in ADAPTER_SHAPE if getattr(before.method, k) != getattr(child.method, k)]
     if changed:
         shown = ", ".join(f"{k}={getattr(before.method, k.split('.')[1])!r} -> {getattr(child.method, k.split('.')[1])!r}"
