@@ -31,6 +31,13 @@ def _git(*args: str) -> str:
 def code_version() -> str:
     """Computed once per process, at its start: a long benchmark records the code it ran, not what the tree
     held when it finished. The commit, plus `-dirty-<hash of the diff>` when src/ or the bench scripts have uncommitted changes."""
+    if not (REPO / ".git").exists():
+        # A copy of the tree without its history (the GPU machine gets one): the commit is passed in by whoever
+        # sent a clean tree of it; without that the results could not say what they measured, so refuse.
+        sent = os.environ.get("LEANTUNE_BENCH_COMMIT")
+        if not sent:
+            raise SystemExit("no .git here: set LEANTUNE_BENCH_COMMIT to the commit this clean tree is a copy of")
+        return sent
     commit = _git("rev-parse", "HEAD").strip()
     code = ["src", ":(glob)bench/*.py"]  # not bench/results: the file being written is no change of code
     diff = _git("diff", "HEAD", "--", *code)
@@ -46,9 +53,21 @@ def command_line() -> str:
     return " ".join(["python", str(shown), *sys.argv[1:]])
 
 
+def machine() -> str:
+    """The CPU and core count, and the GPU with its driver and torch's CUDA when torch sees one."""
+    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    if "torch" in sys.modules:  # only a benchmark that already imported torch can have used a GPU
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip() or "unknown"
+            text += f"; {torch.cuda.get_device_name(0)}, driver {driver}, torch {torch.__version__}"
+    return text
+
+
 def provenance() -> dict:
     return {"commit": code_version(), "command": command_line(), "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+            "machine": machine()}
 
 
 def load_results(path: Path) -> dict:

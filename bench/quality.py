@@ -1,30 +1,39 @@
-"""What each method buys: full fine-tuning, LoRA, QLoRA (NF4 and over the GGUF's own blocks), DoRA, AdaLoRA and IA3
-on SmolLM2-135M and sms-spam, plus LoRA with EWC and with replay, under the same examples, optimizer steps, batch and seed.
+"""What each method buys, with seeds: full fine-tuning, LoRA, DoRA, QLoRA (NF4 and over the GGUF's own blocks),
+AdaLoRA, IA3, and LoRA with EWC and with replay, on SmolLM2-135M and three tasks, each at its defaults, under the
+same examples, optimizer steps, batch and seed.
 
-Each configuration trains in a fresh process (so its peak memory is its own) and is then scored on
-- the task: held-out SMS accuracy and balanced accuracy (log-likelihood of 'spam' vs 'ham' as the reply);
-- general knowledge: 4-way multiple choice over 95 of the built-in trivia questions (other questions' answers as
-  distractors), compared with the base model's score: a drop is forgetting. The other 95 are what EWC estimates
-  its Fisher on and what replay mixes in, so the score never rewards memorising its own questions.
-The learning rate is each method's usual one (full fine-tuning moves every weight and needs a ~10x smaller one),
-or its default where it has a measured one (AdaLoRA, config.METHOD_LR) or none yet (IA3); everything else is shared.
+Tasks (each holds out 200 examples, split by the seed):
+- sms-spam: spam / ham, scored by balanced accuracy (log-likelihood of each label as the reply);
+- tweets-sentiment: negative / neutral / positive, balanced accuracy likewise;
+- word-forms: free-text one-word answers ("walk is to walking as swim is to"), exact match of the greedy reply.
+Every configuration also gets the general suite: 4-way multiple choice over 95 trivia questions and 240 word
+analogies (capitals, currency, family); its change from the untrained base at the same seed is forgetting. The
+other 95 trivia questions are what EWC estimates its Fisher on and what replay mixes in, so the score never rewards
+memorising its own questions.
 
-    python bench/quality.py            # every configuration; ones this commit already measured are kept
-    python bench/quality.py --fresh    # measure everything again
-    python bench/quality.py --only lora,full --results bench/results/quality_some.json   # a subset, in its own file
+A job (task, method, seed) trains and scores in a fresh process, so its peak memory is its own. Jobs run in
+parallel (--jobs); tokens/s is reported only by jobs that ran alone (--jobs 1, or --solo-speed: every method on
+the first task at the first seed alone, first). Per task and method: mean and 95% t-interval over the seeds of the task score and of the
+general-suite change, trainable parameters, peak memory, tokens/s, and dollars per run at the price used.
 
-Writes bench/results/quality.json and prints the table the README shows.
+    python bench/quality.py --jobs 8                         # everything; jobs this commit already measured are kept
+    python bench/quality.py --only lora,full --tasks sms-spam --results bench/results/quality_some.json
+    python bench/quality.py --table                          # print the README tables from the results
+
+Writes bench/results/quality.json after each job (an interrupted run resumes) and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,37 +43,41 @@ from common import load_results, work_dir, write_results  # noqa: E402
 RESULTS = HERE / "results" / "quality.json"
 WORK = work_dir("quality")  # runs and the general-knowledge file of this commit only
 
+TASKS = ("sms-spam", "tweets-sentiment", "word-forms")
+SEEDS = (0, 1, 2)
 SHARED = {
     "model.base": "smollm2-135m",
-    "data.train": "sms-spam",
     "data.eval_size": 200,
     "data.max_seq_len": 128,
     "training.max_steps": 40,
     "training.micro_batch_size": 8,
     "training.warmup_ratio": 0.1,
-    "training.seed": 0,
     "training.checkpoint_every": 1000,
 }
-CONFIGS = {
+# Each method at its defaults: the learning rate is config.METHOD_LR's or the trainer's default unless the
+# method's own usual one is stated here (full fine-tuning moves every weight and needs a ~10x smaller one).
+METHODS = {
     "base": None,  # no training: the base model's scores
     "full": {"method.name": "full", "training.lr": 5e-5},
     "lora": {"method.name": "lora", "training.lr": 5e-4},
-    "qlora": {"method.name": "qlora", "training.lr": 5e-4},
-    "qlora-gguf": {"method.name": "qlora-gguf", "training.lr": 5e-4},  # LoRA over the GGUF's own 4-bit blocks
     "dora": {"method.name": "dora", "training.lr": 5e-4},
-    "adalora": {"method.name": "adalora", "method.r": 12, "method.target_r": 8},  # its measured default lr (config.METHOD_LR)
-    "ia3": {"method.name": "ia3"},  # at its default learning rate
-    # IA3 scales activations by learned vectors starting at 1: candidates for its default learning rate
-    "ia3@3e-3": {"method.name": "ia3", "training.lr": 3e-3},
-    "ia3@1e-2": {"method.name": "ia3", "training.lr": 1e-2},
+    "qlora": {"method.name": "qlora", "training.lr": 5e-4},  # NF4 over the de-quantised GGUF (bitsandbytes)
+    "qlora-gguf": {"method.name": "qlora-gguf", "training.lr": 5e-4},  # LoRA over the GGUF's own 4-bit blocks
+    "adalora": {"method.name": "adalora", "method.r": 12, "method.target_r": 8},
+    "ia3": {"method.name": "ia3"},
     "lora+ewc": {"method.name": "lora", "training.lr": 5e-4, "forgetting.ewc_lambda": 1e4},
     "lora+replay": {"method.name": "lora", "training.lr": 5e-4, "forgetting.replay_fraction": 0.1},
 }
 # The trivia questions are split in two: EWC's Fisher and replay use one half (written to a data file), the
-# general-knowledge score is measured on the other, so protection is not confused with memorising the test.
+# general suite scores the other, so protection is not confused with memorising the test.
 GENERAL_FILE = WORK / "trivia-general.jsonl"
 for _name in ("lora+ewc", "lora+replay"):
-    CONFIGS[_name].update({"forgetting.ewc_data": str(GENERAL_FILE), "forgetting.replay_data": str(GENERAL_FILE)})
+    METHODS[_name].update({"forgetting.ewc_data": str(GENERAL_FILE), "forgetting.replay_data": str(GENERAL_FILE)})
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95%, by degrees of freedom
+
+
+def job_id(task: str, method: str, seed: int) -> str:
+    return f"{task}/{method}/{seed}"
 
 
 def trivia_halves():
@@ -77,107 +90,234 @@ def trivia_halves():
 def write_general_file() -> None:
     general, _ = trivia_halves()
     GENERAL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    GENERAL_FILE.write_text("".join(json.dumps({"messages": list(e.messages)}) + "\n" for e in general))
+    tmp = GENERAL_FILE.with_suffix(f".{os.getpid()}.tmp")  # parallel workers: each writes its own, then renames
+    tmp.write_text("".join(json.dumps({"messages": list(e.messages)}) + "\n" for e in general))
+    tmp.replace(GENERAL_FILE)
 
 
-def trivia_score(model, tokenizer) -> float:
-    from leantune.evaluation.multiple_choice import multiple_choice_accuracy, questions_with_distractors
+def general_scores(model, tokenizer) -> dict:
+    from leantune.evaluation.general import analogy_questions
+    from leantune.evaluation.multiple_choice import multiple_choice_correct, questions_with_distractors
 
     _, held = trivia_halves()
-    return multiple_choice_accuracy(model, tokenizer, questions_with_distractors(held, n_choices=4, seed=0))
+    trivia = multiple_choice_correct(model, tokenizer, questions_with_distractors(held, n_choices=4, seed=0))
+    analogies = multiple_choice_correct(model, tokenizer, analogy_questions())
+    every = trivia + analogies
+    return {"trivia": sum(trivia) / len(trivia), "analogies": sum(analogies) / len(analogies),
+            "general": sum(every) / len(every), "general_items": len(every)}
 
 
-def worker(name: str) -> dict:
-    """Runs in a fresh process: train (unless base), score, print one JSON line."""
+def task_scores(task: str, model, tokenizer, examples) -> dict:
+    from leantune.data.builtin import SMS_LABELS, TWEETS_LABELS
+    from leantune.evaluation.classify import classification_accuracy
+    from leantune.evaluation.generation import greedy_answers
+    from leantune.evaluation.metrics import exact_match
+
+    if task == "word-forms":
+        replies = greedy_answers(model, tokenizer, examples, max_new_tokens=8, batch_size=50)
+        hits = [exact_match(reply, ex.answer) for reply, ex in zip(replies, examples)]
+        return {"score": sum(hits) / len(hits), "metric": "exact match", "accuracy": sum(hits) / len(hits)}
+    labels = {"sms-spam": SMS_LABELS, "tweets-sentiment": TWEETS_LABELS}[task]
+    result = classification_accuracy(model, tokenizer, examples, list(labels))
+    return {"score": result.balanced_accuracy, "metric": "balanced accuracy", "accuracy": result.accuracy}
+
+
+def worker(task: str, method: str, seed: int) -> dict:
+    """Runs in a fresh process: train (unless base), score, return one result."""
     import torch
 
     from leantune.data import load_splits
-    from leantune.data.builtin import SMS_LABELS
-    from leantune.evaluation.classify import classification_accuracy
     from leantune.models.adapters import trainable_parameter_count
-    from leantune.models.loading import load_base
+    from leantune.models.loading import detected_device, load_base
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     write_general_file()
-    out: dict = {"name": name}
+    out: dict = {"task": task, "method": method, "seed": seed}
     started = time.perf_counter()
-    if CONFIGS[name] is None:
-        base = load_base(SHARED["model.base"], "auto")
+    if METHODS[method] is None:
+        device, _ = detected_device()
+        base = load_base(SHARED["model.base"], "auto", device)
         model, tokenizer = base.model, base.tokenizer
-        eval_examples = load_splits("sms-spam", None, SHARED["data.eval_size"], SHARED["training.seed"]).eval
+        eval_examples = load_splits(task, None, SHARED["data.eval_size"], seed).eval
     else:
         from leantune import train
 
-        overrides = {**SHARED, **CONFIGS[name], "output.runs_dir": str(WORK / "runs"), "output.name": name.replace("+", "-"),
-                     "cost.usd_per_hour": 0}  # the price of a machine we own: billed time is still recorded
+        steps = {"training.max_steps": int(os.environ["QUALITY_STEPS"])} if os.environ.get("QUALITY_STEPS") else {}
+        overrides = {**SHARED, **steps, **METHODS[method], "data.train": task, "training.seed": seed,
+                     "output.runs_dir": str(WORK / "runs"), "output.name": f"{task}-{method.replace('+', '-')}-{seed}"}
         result = train(None, [f"{k}={v}" for k, v in overrides.items()])
         model, tokenizer, eval_examples = result.model, result.tokenizer, result.eval_examples
         trainable, total = trainable_parameter_count(model)
         info = json.loads((result.run_dir / "run.json").read_text())
         out.update(trainable=trainable, total_params=total, trainable_pct=100 * trainable / total,
                    train_seconds=round(result.elapsed_s, 1), tokens_per_s=round(result.tokens_per_s, 1),
-                   final_loss=result.final_loss, eval_loss=result.eval_loss,
-                   quantized_bytes_per_param=info.get("quantized_bytes_per_param"),
-                   billed_seconds=info["billed"]["seconds"], run_dir=str(result.run_dir))
-    task = classification_accuracy(model, tokenizer, eval_examples, list(SMS_LABELS))
-    out.update(accuracy=task.accuracy, balanced_accuracy=task.balanced_accuracy,
-               trivia_accuracy=trivia_score(model, tokenizer),
-               wall_seconds=round(time.perf_counter() - started, 1),
+                   final_loss=result.final_loss, eval_loss=result.eval_loss, peak_memory_mib=round(result.peak_memory_mb),
+                   device=info.get("device"), price=info.get("price"),
+                   cost_usd=result.cost_usd, billed_seconds=info["billed"]["seconds"])
+    out.update(task_scores(task, model, tokenizer, eval_examples))
+    out.update(general_scores(model, tokenizer))
+    out.update(eval_items=len(eval_examples), wall_seconds=round(time.perf_counter() - started, 1),
                peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
     return out
 
 
+def run_job(task: str, method: str, seed: int, threads: int) -> dict:
+    env = {**os.environ, "COLUMNS": "120", "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, __file__, "--worker", task, method, str(seed)], capture_output=True,
+                          text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        return {"task": task, "method": method, "seed": seed, "failed": f"exit {proc.returncode}",
+                "stderr_tail": proc.stderr[-2500:]}
+    return json.loads(line[len("RESULT "):])
+
+
+def available_methods(requested: list[str]) -> list[str]:
+    """NF4 QLoRA needs bitsandbytes: without it the row says so instead of failing the whole benchmark."""
+    import importlib.util
+
+    if "qlora" in requested and importlib.util.find_spec("bitsandbytes") is None:
+        print("qlora: bitsandbytes is not installed here, skipped", file=sys.stderr)
+        return [m for m in requested if m != "qlora"]
+    return requested
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker")
+    parser.add_argument("--worker", nargs=3, metavar=("TASK", "METHOD", "SEED"))
+    parser.add_argument("--only", default=",".join(METHODS), help="methods, comma-separated")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--jobs", type=int, default=1, help="jobs at a time")
+    parser.add_argument("--solo-speed", action="store_true",
+                        help="first run every method on the first task and seed alone: only those report tokens/s")
+    parser.add_argument("--deadline-s", type=float, default=None, help="start no job after this many seconds")
+    parser.add_argument("--steps", type=int, help="optimizer steps (a smoke test; write it to its own --results)")
     parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--only", default=",".join(CONFIGS))
+    parser.add_argument("--table", action="store_true", help="only print the tables of the results file")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="results file (a subset measured at another commit must not replace the whole table)")
     args = parser.parse_args()
+    if args.steps:
+        os.environ["QUALITY_STEPS"] = str(args.steps)  # the workers read it
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker) | {"trivia_questions": 95}), flush=True)
+        task, method, seed = args.worker
+        print("RESULT " + json.dumps(worker(task, method, int(seed))), flush=True)
+        return
+    if args.table:
+        print_tables(json.loads(args.results.read_text()))
         return
 
+    import torch  # noqa: F401  (so the provenance records the GPU the workers will see)
+
+    from leantune.models.loading import hf_dir_for
+
+    started = time.monotonic()
+    hf_dir_for(SHARED["model.base"])  # convert the GGUF once, before parallel workers would race to
     results = {} if args.fresh else load_results(args.results)  # only what this commit measured is kept
     results.pop("_provenance", None)
-    names = [n for n in args.only.split(",") if n]
-    for i, name in enumerate(names, 1):
-        if name in results:
-            print(f"[{i}/{len(names)}] {name}: measured at this commit, kept", file=sys.stderr)
-            continue
-        print(f"[{i}/{len(names)}] {name}: training and scoring in a fresh process ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True,
-                              env={**os.environ, "COLUMNS": "120"})
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"{name} failed (exit {proc.returncode})")
-        results[name] = json.loads(line[len("RESULT "):])
-        write_results(args.results, results)  # after each one: an interrupted bench resumes
-        r = results[name]
-        print(f"    accuracy {r['accuracy']:.1%}, trivia {r['trivia_accuracy']:.1%}, {r['wall_seconds']:.0f}s", file=sys.stderr)
-    print_table(results)
+    jobs_done = results.setdefault("jobs", {})
+    methods = available_methods([m for m in args.only.split(",") if m])
+    tasks, seeds = [t for t in args.tasks.split(",") if t], [int(s) for s in args.seeds.split(",")]
+    todo = [(t, m, s) for t in tasks for s in seeds for m in methods if job_id(t, m, s) not in jobs_done]
+    # speed runs first, alone: every trained method on the first task at the first seed
+    solo = [j for j in todo if j[0] == tasks[0] and j[2] == seeds[0] and j[1] != "base"] if args.solo_speed else []
+    rest = [j for j in todo if j not in solo]
+    threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
+    print(f"{len(todo)} jobs ({len(solo)} alone for speed, then {len(rest)} by {args.jobs})", file=sys.stderr, flush=True)
+
+    def record(result: dict, alone: bool) -> None:
+        result["alone"] = alone
+        if not alone:
+            result.pop("tokens_per_s", None)  # shared with other jobs: not a speed
+        jobs_done[job_id(result["task"], result["method"], result["seed"])] = result
+        results["price_note"] = "cost_usd: billed wall time at the run's price (the GPU catalog's on-demand price)"
+        write_results(args.results, results)
+        status = result.get("failed") or f"score {result['score']:.3f}, general {result['general']:.3f}, {result['wall_seconds']:.0f}s"
+        print(f"[{len(jobs_done)}] {job_id(result['task'], result['method'], result['seed'])}: {status}  "
+              f"({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
+
+    for task, method, seed in solo:
+        if args.deadline_s and time.monotonic() - started > args.deadline_s:
+            break
+        record(run_job(task, method, seed, os.cpu_count() or 2), alone=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = []
+        for task, method, seed in rest:
+            futures.append(pool.submit(
+                lambda t=task, m=method, s=seed: None if args.deadline_s and time.monotonic() - started > args.deadline_s
+                else run_job(t, m, s, threads)))
+        for future in as_completed(futures):
+            if (result := future.result()) is not None:
+                record(result, alone=args.jobs == 1)
+    results["summary"] = summarise(jobs_done)
+    write_results(args.results, results)
+    print_tables(results)
 
 
-def print_table(results: dict) -> None:
-    base = results.get("base", {})
-    full = results.get("full", {})
-    print("| method | accuracy | balanced | vs full | trainable | peak RSS GiB | tokens/s | train s | trivia, 95 questions (base "
-          f"{base.get('trivia_accuracy', float('nan')):.1%}) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        if name.startswith("_"):
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (0 with one value: no spread to estimate)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, T_975.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+
+
+def summarise(jobs: dict) -> dict:
+    summary: dict = {}
+    for result in jobs.values():
+        if "failed" in result:
             continue
-        if name == "base":
-            print(f"| base (no training) | {r['accuracy']:.1%} | {r['balanced_accuracy']:.1%} | | | {r['peak_rss_gib']} | | | "
-                  f"{r['trivia_accuracy']:.1%} |")
-            continue
-        versus = f"{r['balanced_accuracy'] / full['balanced_accuracy']:.0%}" if full else ""
-        drop = r["trivia_accuracy"] - base.get("trivia_accuracy", r["trivia_accuracy"])
-        print(f"| {name} | {r['accuracy']:.1%} | {r['balanced_accuracy']:.1%} | {versus} | {r['trainable_pct']:.2f}% | "
-              f"{r['peak_rss_gib']} | {r['tokens_per_s']:.0f} | {r['train_seconds']:.0f} | {r['trivia_accuracy']:.1%} "
-              f"({drop:+.1%}) |")
+        summary.setdefault(result["task"], {}).setdefault(result["method"], []).append(result)
+    out: dict = {}
+    for task, by_method in summary.items():
+        base = {r["seed"]: r for r in by_method.get("base", [])}
+        full = by_method.get("full", [])
+        full_mean = sum(r["score"] for r in full) / len(full) if full else None
+        out[task] = {}
+        for method, rows in by_method.items():
+            score, score_ci = interval([r["score"] for r in rows])
+            paired = [r["general"] - base[r["seed"]]["general"] for r in rows if r["seed"] in base]
+            change, change_ci = interval(paired) if paired else (float("nan"), float("nan"))
+            speed = [r["tokens_per_s"] for r in rows if r.get("alone") and r.get("tokens_per_s")]
+            costs = [r["cost_usd"] for r in rows if r.get("cost_usd") is not None]
+            out[task][method] = {
+                "seeds": sorted(r["seed"] for r in rows), "metric": rows[0]["metric"],
+                "score_mean": score, "score_ci95": score_ci, "scores": [r["score"] for r in rows],
+                "vs_full": score / full_mean if full_mean else None,
+                "general_mean": sum(r["general"] for r in rows) / len(rows),
+                "general_change_mean": change, "general_change_ci95": change_ci,
+                # by suite: word-forms shares the analogies' prompt form, so its analogies change is partly transfer
+                **{f"{suite}_change_mean": interval([r[suite] - base[r["seed"]][suite] for r in rows if r["seed"] in base])[0]
+                   if any(r["seed"] in base for r in rows) else None for suite in ("trivia", "analogies")},
+                "trainable": rows[0].get("trainable"), "trainable_pct": rows[0].get("trainable_pct"),
+                "peak_memory_mib": max((r.get("peak_memory_mib") or 0) for r in rows) or None,
+                "peak_rss_gib": max(r["peak_rss_gib"] for r in rows),
+                "tokens_per_s": speed[0] if speed else None,
+                "cost_usd_mean": sum(costs) / len(costs) if costs else None,
+            }
+    return out
+
+
+def print_tables(results: dict) -> None:
+    summary = results.get("summary") or summarise(results.get("jobs", {}))
+    for task, rows in summary.items():
+        metric = next(iter(rows.values()))["metric"]
+        print(f"\n**{task}** ({metric}, mean of seeds with 95% interval; general suite = 335 multiple-choice items)\n")
+        print("| method | seeds | score | vs full | general-suite change | trainable | peak memory MiB | tokens/s | $ per run |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for method, r in rows.items():
+            def pct(x, ci=None):
+                return "" if x is None or x != x else f"{100 * x:.1f}%" + ("" if ci is None or ci != ci else f" ± {100 * ci:.1f}")
+            change = "" if method == "base" else (f"{100 * r['general_change_mean']:+.1f} ± {100 * r['general_change_ci95']:.1f} pt"
+                                                  if r["general_change_mean"] == r["general_change_mean"] else "")
+            versus = "" if r["vs_full"] is None or method == "base" else f"{r['vs_full']:.0%}"
+            trainable = "" if r["trainable_pct"] is None else f"{r['trainable_pct']:.2f}%"
+            speed = "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
+            cost = "" if r["cost_usd_mean"] is None else f"{r['cost_usd_mean']:.4f}"
+            print(f"| {method} | {len(r['seeds'])} | {pct(r['score_mean'], r['score_ci95'])} | {versus} | {change} | "
+                  f"{trainable} | {r['peak_memory_mib'] or ''} | {speed} | {cost} |")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_analogies_come_from_the_gensim_file_with_same_section_distractors():
     assert questions == analogy_questions() and len(questions) == 60 * len(ANALOGY_SECTIONS)
     capitals = [q for q in questions if q.source.endswith("capital-common-countries")]
     assert capitals and all(len(set(q.choices)) == 4 for q in questions)
-    from leantune.evaluation.general import analogy_file
+    from leantune.data.builtin import analogy_file
 
     lines = set(analogy_file().read_text().splitlines())
     for q in questions[::17]:  # each question is a line of the file, its fourth word the right choice

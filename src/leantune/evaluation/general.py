@@ -14,29 +14,16 @@ from __future__ import annotations
 
 import random
 
-from ..assets import package_file
-from ..data.builtin import load_trivia
-from ..errors import DataError
+from ..data.builtin import analogy_sections, load_trivia
 from .multiple_choice import Question, questions_with_distractors
 
-GENSIM = "gensim==4.4.0"
 ANALOGY_SECTIONS = ("capital-common-countries", "capital-world", "currency", "family")
 ANALOGIES_PER_SECTION = 60  # 240 questions: a +-3 pt standard error at 50% accuracy
 GENERAL_TASKS = ("trivia", "analogies")
 
 
-def analogy_file():
-    return package_file("gensim", "test/test_data/questions-words.txt", f"pip install --no-deps {GENSIM}", DataError)
-
-
 def analogy_questions(per_section: int = ANALOGIES_PER_SECTION, seed: int = 0, n_choices: int = 4) -> list[Question]:
-    sections: dict[str, list[tuple[str, ...]]] = {}
-    current = None
-    for line in analogy_file().read_text(encoding="utf-8").splitlines():
-        if line.startswith(":"):
-            current = line[1:].strip()
-        elif current in ANALOGY_SECTIONS and len(line.split()) == 4:
-            sections.setdefault(current, []).append(tuple(line.split()))
+    sections = analogy_sections()
     rng = random.Random(seed)
     questions = []
     for name in ANALOGY_SECTIONS:
