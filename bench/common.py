@@ -31,13 +31,13 @@ def _git(*args: str) -> str:
 def code_version() -> str:
     """Computed once per process, at its start: a long benchmark records the code it ran, not what the tree
     held when it finished. The commit, plus `-dirty-<hash of the diff>` when src/ or the bench scripts have uncommitted changes."""
-    if not (REPO / ".git").exists():
-        # A copy of the tree without its history (the GPU machine gets one): the commit is passed in by whoever
-        # sent a clean tree of it; without that the results could not say what they measured, so refuse.
-        sent = os.environ.get("LEANTUNE_BENCH_COMMIT")
-        if not sent:
-            raise SystemExit("no .git here: set LEANTUNE_BENCH_COMMIT to the commit this clean tree is a copy of")
+    sent = os.environ.get("LEANTUNE_BENCH_COMMIT")
+    if sent:
+        # A copy of the tree sent elsewhere (the GPU machine): its .git, if any, may be older than the files, so
+        # whoever sent a clean tree of a commit names it here.
         return sent
+    if not (REPO / ".git").exists():
+        raise SystemExit("no .git here: set LEANTUNE_BENCH_COMMIT to the commit this clean tree is a copy of")
     commit = _git("rev-parse", "HEAD").strip()
     code = ["src", ":(glob)bench/*.py"]  # not bench/results: the file being written is no change of code
     diff = _git("diff", "HEAD", "--", *code)

@@ -219,7 +219,8 @@ def main() -> None:
     jobs_done = results.setdefault("jobs", {})
     methods = available_methods([m for m in args.only.split(",") if m])
     tasks, seeds = [t for t in args.tasks.split(",") if t], [int(s) for s in args.seeds.split(",")]
-    todo = [(t, m, s) for t in tasks for s in seeds for m in methods if job_id(t, m, s) not in jobs_done]
+    # seed by seed, so a run cut by --deadline-s leaves whole seeds missing, not whole tasks
+    todo = [(t, m, s) for s in seeds for t in tasks for m in methods if job_id(t, m, s) not in jobs_done]
     # speed runs first, alone: every trained method on the first task at the first seed
     solo = [j for j in todo if j[0] == tasks[0] and j[2] == seeds[0] and j[1] != "base"] if args.solo_speed else []
     rest = [j for j in todo if j not in solo]

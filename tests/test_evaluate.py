@@ -33,16 +33,32 @@ QUESTIONS = [("What is the capital of France?", ["Paris", "Rome is the answer to
 
 @pytest.mark.parametrize("per_token", [False, True])
 def test_shared_prompt_scores_equal_scoring_every_row_whole(tiny, per_token):
-    from leantune.evaluation.multiple_choice import Question, choice_scores
+    from leantune.evaluation.multiple_choice import Question, answer_tokens_only, choice_scores
     from leantune.evaluation.scoring import score_rows
 
     eot = end_of_turn_ids(tiny.tokenizer)
     questions = [Question(({"role": "user", "content": q},), tuple(c), 0) for q, c in QUESTIONS]
     rows = [tokenize_chat(tiny.tokenizer, qa(q, c), eot, last_turn_only=True) for q, cs in QUESTIONS for c in cs]
+    if per_token:  # a mean per token scores the answer's own tokens (see choice_scores)
+        rows = [answer_tokens_only(row, eot) for row in rows]
     whole = score_rows(tiny.model, tiny.tokenizer.pad_token_id, rows, 16, per_token=per_token).tolist()
     for batch in (1, 3, 16):  # prompts and replies split across batches in different ways
         shared = [s for group in choice_scores(tiny.model, tiny.tokenizer, questions, batch, per_token) for s in group]
         assert shared == pytest.approx(whole, abs=1e-4)
+
+
+def test_a_mean_per_token_scores_the_answer_without_its_end_of_turn(tiny):
+    """The end of turn would be a large share of a one-word answer's mean and measures stopping, not knowing."""
+    from leantune.data.tokenize import IGNORE
+    from leantune.evaluation.multiple_choice import Question, choice_rows
+
+    eot = end_of_turn_ids(tiny.tokenizer)
+    question = Question(({"role": "user", "content": "2+2?"},), ("four", "it is twenty two"), 0)
+    for whole, answer in zip(choice_rows(tiny.tokenizer, question, eot), choice_rows(tiny.tokenizer, question, eot, False)):
+        scored = [t for t, label in zip(answer.input_ids, answer.labels) if label != IGNORE]
+        assert tiny.tokenizer.decode(scored).strip() in question.choices
+        assert not set(scored) & eot and set(t for t, lab in zip(whole.input_ids, whole.labels) if lab != IGNORE) & eot
+        assert answer.input_ids == whole.input_ids  # the same tokens are run, fewer are scored
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(tiny):

@@ -9,6 +9,7 @@ and the seed alone (data/batches.py), so a resumed run sees exactly the batches 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import time
@@ -25,7 +26,7 @@ from ..evaluation.api import evaluate_after_training
 from ..evaluation.tasks import after_train_tasks
 from ..models.adapters import enable_activation_checkpointing, eval_mode, trainable_parameter_count
 from ..models.forward import check_architecture, decoder_and_head
-from ..models.loading import detected_device, load_base
+from ..models.loading import detected_device, load_base, resolve_dtype
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
@@ -97,7 +98,13 @@ class FineTuneRecipe:
 
     def _setup_base(self):
         cfg = self.config
-        base = load_base(cfg.model.base, cfg.model.dtype, self.device, quantize_4bit=self.method.quantize_4bit)
+        dtype, self.autocast_dtype = cfg.model.dtype, None
+        if dtype == "auto" and self.method.trains_base_weights and resolve_dtype("auto", self.device) == torch.bfloat16:
+            # Weights stored in bf16 drop every AdamW update smaller than their spacing (~0.4% of the weight): full
+            # fine-tuning on an H100 learned nothing in 40 steps (bench/results/quality.json). fp32 weights with
+            # bf16 autocast keep the updates and still compute in bf16. (fp16 cards train in fp32: no loss scaler.)
+            dtype, self.autocast_dtype = "float32", torch.bfloat16
+        base = load_base(cfg.model.base, dtype, self.device, quantize_4bit=self.method.quantize_4bit)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         check_architecture(base.model)  # the label-only output path must know its final logits
         return base
@@ -208,7 +215,8 @@ class FineTuneRecipe:
         started = time.perf_counter()
         with self.clock.phase("train"):
             micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
-            loss, tokens, extra = self.objective.step(self.model, self.batches, micro_batches)
+            with self._autocast():
+                loss, tokens, extra = self.objective.step(self.model, self.batches, micro_batches)
             self.method.before_optimizer_step(self.model)
             if self.ewc is not None:
                 extra.update(self.ewc.add_to_step())
@@ -225,6 +233,11 @@ class FineTuneRecipe:
         self.guard.observe_step(elapsed, tokens)
         bar.update(self.log_step(loss, tokens, elapsed, extra))
         return loss
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device, dtype=self.autocast_dtype)
 
     def _resume_command(self) -> str:
         return f"leantune train --resume {shlex.quote(str(self.run.path))}"

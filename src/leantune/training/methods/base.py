@@ -14,6 +14,7 @@ from ...config import MethodConfig
 class Method:
     name = ""
     quantize_4bit = False  # load the base in 4-bit NF4 (QLoRA)
+    trains_base_weights = False  # every weight trains (full fine-tuning): kept in fp32 where bf16 would be the default
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -9,6 +9,7 @@ from .base import Method
 
 class Full(Method):
     name = "full"
+    trains_base_weights = True
 
     def describe(self) -> str:
         return "full fine-tuning" + (" (8-bit AdamW)" if self.config.optimizer == "adamw8bit" else "")

@@ -108,6 +108,8 @@ class EWCPenalty:
         """`from_start`: the change is measured from the adapter update the model starts with (a parent's), not
         from the base's weights."""
         self.strength, self.full = strength, full
+        self.device = next(model.parameters()).device
+        fisher = {n: f.to(self.device) for n, f in fisher.items()}  # the cache is read on the CPU
         if full:
             params = dict(model.named_parameters())
             self.terms = [(params[n], f, params[n].detach().clone()) for n, f in fisher.items()]
@@ -131,7 +133,7 @@ class EWCPenalty:
         return {"ewc_penalty": penalty.item()}
 
     def __call__(self) -> torch.Tensor:
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for target, fisher, anchor in self.terms:
             if self.full:
                 change = target - anchor
