@@ -299,3 +299,22 @@ def test_a_split_we_make_never_leaks_eval_prompts_into_training(tmp_path):
 
 def chat_line(user, reply):
     return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]})
+
+
+def test_word_forms_are_free_text_answers_apart_from_the_general_suite():
+    """The third quality task: one-word answers (exact match), from the analogy file's grammar sections only, so
+    training on it never trains on the forgetting check's analogies (capitals, currency, family)."""
+    from leantune.data.builtin import WORD_FORM_SECTIONS
+    from leantune.evaluation.general import ANALOGY_SECTIONS, analogy_questions
+    from leantune.evaluation.tasks import closed_answer_set
+
+    examples = load_examples("word-forms")
+    assert len(examples) == 10675
+    assert all(len(ex.answer.split()) == 1 for ex in examples)
+    assert closed_answer_set(examples) == ()  # free text: scored by exact match, not by picking a label
+    sections = {ex.source.split(":")[1].split("[")[0] for ex in examples}
+    assert sections == set(WORD_FORM_SECTIONS) and not sections & set(ANALOGY_SECTIONS)
+    general = {q.prompt[-1]["content"].removeprefix("Complete the analogy with one word. ") for q in analogy_questions()}
+    assert not general & {ex.messages[1]["content"] for ex in examples}
+    held = load_splits("word-forms", None, 200, 0)
+    assert len(held.eval) == 200 and load_splits("word-forms", None, 200, 0).eval == held.eval

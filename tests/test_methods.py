@@ -187,3 +187,23 @@ def test_adalora_schedule_scales_with_the_run_and_warns_when_too_short():
     (warning,) = method.warnings(24)
     assert "this run has 18 steps to cut the rank budget from r=12 to target_r=8" in warning
     assert AdaLoRA(MethodConfig(name="adalora", delta_t=7)).schedule(1000)["deltaT"] == 7
+
+
+def test_full_fine_tuning_keeps_float32_weights_where_auto_would_store_bf16(monkeypatch):
+    """On a bf16 GPU 'auto' stores weights in bf16; full fine-tuning's weights train, and bf16 would drop AdamW's
+    small updates (it learned nothing on an H100), so they stay float32 with bf16 autocast. Frozen bases stay
+    bf16, CPUs float32, and an explicit dtype is the user's."""
+    from leantune.training import precision
+
+    monkeypatch.setattr(precision, "resolve_dtype", lambda name, device: torch.bfloat16 if device == "cuda" else torch.float32)
+    assert precision.weights_and_autocast("auto", "cuda", trains_base_weights=True) == ("float32", torch.bfloat16)
+    assert precision.weights_and_autocast("auto", "cuda", trains_base_weights=False) == ("auto", None)
+    assert precision.weights_and_autocast("auto", "cpu", trains_base_weights=True) == ("auto", None)
+    assert precision.weights_and_autocast("bfloat16", "cuda", trains_base_weights=True) == ("bfloat16", None)
+    from leantune.training.methods import make_method
+    from leantune.config import MethodConfig
+
+    assert make_method(MethodConfig(name="full")).trains_base_weights
+    assert not make_method(MethodConfig(name="lora")).trains_base_weights
+    with precision.autocast("cpu", torch.bfloat16):  # the context the recipe's step runs in
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

@@ -9,7 +9,6 @@ and the seed alone (data/batches.py), so a resumed run sees exactly the batches 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shlex
 import time
@@ -26,7 +25,7 @@ from ..evaluation.api import evaluate_after_training
 from ..evaluation.tasks import after_train_tasks
 from ..models.adapters import enable_activation_checkpointing, eval_mode, trainable_parameter_count
 from ..models.forward import check_architecture, decoder_and_head
-from ..models.loading import detected_device, load_base, resolve_dtype
+from ..models.loading import detected_device, load_base
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
 from ..runs.ledger import budget_alerts
@@ -41,6 +40,7 @@ from .objectives import Batches, make_objective
 from .objectives.ewc import ewc_term
 from .objectives.replay import mix_replay
 from .optimizer import check_method_available, make_optimizer
+from .precision import autocast, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
 from .run_plan import check_memory_plan, planned_seconds
@@ -98,12 +98,7 @@ class FineTuneRecipe:
 
     def _setup_base(self):
         cfg = self.config
-        dtype, self.autocast_dtype = cfg.model.dtype, None
-        if dtype == "auto" and self.method.trains_base_weights and resolve_dtype("auto", self.device) == torch.bfloat16:
-            # Weights stored in bf16 drop every AdamW update smaller than their spacing (~0.4% of the weight): full
-            # fine-tuning on an H100 learned nothing in 40 steps (bench/results/quality.json). fp32 weights with
-            # bf16 autocast keep the updates and still compute in bf16. (fp16 cards train in fp32: no loss scaler.)
-            dtype, self.autocast_dtype = "float32", torch.bfloat16
+        dtype, self.autocast_dtype = weights_and_autocast(cfg.model.dtype, self.device, self.method.trains_base_weights)
         base = load_base(cfg.model.base, dtype, self.device, quantize_4bit=self.method.quantize_4bit)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         check_architecture(base.model)  # the label-only output path must know its final logits
@@ -215,7 +210,7 @@ class FineTuneRecipe:
         started = time.perf_counter()
         with self.clock.phase("train"):
             micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 loss, tokens, extra = self.objective.step(self.model, self.batches, micro_batches)
             self.method.before_optimizer_step(self.model)
             if self.ewc is not None:
@@ -233,11 +228,6 @@ class FineTuneRecipe:
         self.guard.observe_step(elapsed, tokens)
         bar.update(self.log_step(loss, tokens, elapsed, extra))
         return loss
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device, dtype=self.autocast_dtype)
 
     def _resume_command(self) -> str:
         return f"leantune train --resume {shlex.quote(str(self.run.path))}"
