@@ -45,8 +45,11 @@ def test_saved_adapter_loads_with_peft_and_gives_the_same_logits(tiny_model_dir,
     from transformers import AutoModelForCausalLM
 
     result = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), Path(result.run_dir) / "adapter")
-    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    # on the trained model's device and dtype (bf16 on a GPU): the same test passes there (an H100 found it CPU-only)
+    device, dtype = next(result.model.parameters()).device, result.model.get_base_model().dtype
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).to(device)
+    reloaded = PeftModel.from_pretrained(base, Path(result.run_dir) / "adapter")
+    ids = torch.tensor([[5, 17, 42, 99, 3]], device=device)
     result.model.eval()
     reloaded.eval()
     with torch.no_grad():
