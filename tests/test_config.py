@@ -74,5 +74,7 @@ def test_a_method_with_a_measured_learning_rate_gets_it_unless_one_is_given():
 
     assert load_config(None, ["method.name=adalora"]).training.lr == 1e-2
     assert load_config(None, ["method.name=adalora", "training.lr=3e-4"]).training.lr == 3e-4
-    assert load_config(None, ["method.name=lora"]).training.lr == 2e-4
+    for family in ("lora", "dora", "qlora", "qlora-gguf"):  # measured for LoRA (bench/results/quality_lora_lr.json)
+        assert load_config(None, [f"method.name={family}"]).training.lr == 1e-3
+    assert load_config(None, ["method.name=full"]).training.lr == 2e-4  # training.lr's own default
     assert load_config(None, ["method.name=ia3"]).training.lr == 1e-2
