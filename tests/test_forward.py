@@ -73,6 +73,7 @@ def test_the_planner_caps_logits_memory_at_one_chunk():
 def test_multiple_choice_picks_the_answer_the_full_logits_prefer(tiny_model_dir):
     from leantune.data.tokenize import tokenize_chat
     from leantune.evaluation.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
+    from leantune.data.tokenize import end_of_turn_ids
 
     base = load_base(str(tiny_model_dir), dtype="float32")
     examples = [ChatExample(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}))
@@ -81,13 +82,20 @@ def test_multiple_choice_picks_the_answer_the_full_logits_prefer(tiny_model_dir)
     assert all(len(q.choices) == 3 and q.choices[q.correct] == f"answer {i}" for i, q in enumerate(questions))
     assert questions == questions_with_distractors(examples, n_choices=3, seed=1)
 
+    eot = end_of_turn_ids(base.tokenizer)
+
     def mean_logprob(prompt, choice):  # the reference: the model's own full logits, one row at a time
         row = tokenize_chat(base.tokenizer, ChatExample(tuple(prompt) + ({"role": "assistant", "content": choice},)))
         ids, labels = torch.tensor([row.input_ids]), torch.tensor(row.labels)
         with torch.no_grad():
             logp = torch.log_softmax(base.model(input_ids=ids).logits[0, :-1].float(), -1)
-        keep = labels[1:] != -100
-        return logp[keep].gather(1, labels[1:][keep].unsqueeze(1)).mean().item()
+        targets = labels[1:]
+        keep = targets != -100
+        # a mean per token scores the answer's own tokens: the end of turn and what follows it are not scored
+        first_end = next(i for i, t in enumerate(targets.tolist()) if t != -100 and t in eot)
+        keep[first_end:] = False
+        assert keep.any()
+        return logp[keep].gather(1, targets[keep].unsqueeze(1)).mean().item()
 
     # each question marked right where the full logits prefer its "correct" choice: accuracy must follow exactly
     preferred = [max(range(3), key=lambda c: mean_logprob(q.prompt, q.choices[c])) for q in questions]
