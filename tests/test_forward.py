@@ -71,9 +71,8 @@ def test_the_planner_caps_logits_memory_at_one_chunk():
 
 
 def test_multiple_choice_picks_the_answer_the_full_logits_prefer(tiny_model_dir):
-    from leantune.data.tokenize import tokenize_chat
+    from leantune.data.tokenize import end_of_turn_ids, tokenize_chat
     from leantune.evaluation.multiple_choice import Question, multiple_choice_accuracy, questions_with_distractors
-    from leantune.data.tokenize import end_of_turn_ids
 
     base = load_base(str(tiny_model_dir), dtype="float32")
     examples = [ChatExample(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}))
