@@ -22,7 +22,7 @@ LAYERS = [
     {"evaluation"},
     {"training"},
     {"generate", "demo", "export", "serve", "drift"},
-    {"cli", "(root)"},
+    {"cli", "(root)", "__main__"},
 ]
 SIBLINGS = {("plan", "models"), ("models", "plan")}
 

@@ -82,6 +82,18 @@ class MethodConfig(_Section):
         return self
 
 
+class DistributedConfig(_Section):
+    """How several processes (`leantune train --nproc N`, or torchrun) share one run. One process ignores it."""
+
+    strategy: Literal["fsdp2", "ddp"] = Field(
+        "fsdp2", description="fsdp2: weights, gradients and optimizer state sharded across processes (each decoder "
+        "layer, then the rest); ddp: every process holds the whole model and gradients are summed once per step")
+    reshard_after_forward: bool = Field(True, description="fsdp2: free each layer's gathered weights after its "
+                                        "forward (less memory, one more all-gather in backward)")
+    cpu_offload: bool = Field(False, description="fsdp2 on a GPU: keep sharded weights, gradients and optimizer "
+                              "state in CPU memory")
+
+
 class TrainingConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
@@ -102,6 +114,7 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores torch sees")
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class ForgettingConfig(_Section):

@@ -6,6 +6,7 @@ Errors a user can cause (UserError) print without a traceback and exit 2; a trai
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -39,7 +40,8 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # 'leantune[serve]' is not markup
         sys.exit(e.exit_code)
     except TrainingStopped as e:
-        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
+        if os.environ.get("RANK", "0") == "0":  # with several processes, rank 0 says how to resume, once
+            err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

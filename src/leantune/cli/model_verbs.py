@@ -3,6 +3,9 @@ transformers inside the command (seconds of start-up that `leantune runs ls` and
 
 from __future__ import annotations
 
+import os
+import sys
+
 from typing import List, Optional
 
 import typer
@@ -19,17 +22,61 @@ def train(
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate", help="train even if a completed run had the same config, data and model"),
     parent: Optional[str] = typer.Option(None, "--from", help="update this run's adapter on new rows (data.train=FILE): "
                                          "replay and EWC protect its task, then parent vs child on the same items"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="train with N processes on this machine (torchrun "
+                              "underneath; training.distributed picks fsdp2 or ddp); same result as one"),
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        refuse_what_cannot_shard(args or [], resume, nproc)  # exit 2 here, not a failed process inside torchrun
+        launch_processes(nproc)  # does not return: torchrun starts N of this command without --nproc
     from ..evaluation.render import eval_table
     from ..training.api import train as run_training
 
     config, overrides = split_train_args(args or [])
     result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
-                          started_at=process_start_time(), parent=parent)
+                          started_at=float(os.environ.get("LEANTUNE_STARTED_AT", 0)) or process_start_time(),
+                          parent=parent)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports the run
     err.print(f"[green]done[/]: {result.summary()}")
     if result.evaluation is not None:
         Console().print(eval_table(result.evaluation))
+
+
+def refuse_what_cannot_shard(args: list[str], resume: str | None, nproc: int) -> None:
+    from ..config import load_config
+    from ..runs.rundir import open_run_dir
+    from ..training.distributed import World, check_supported
+
+    if resume is not None:
+        config = open_run_dir(resume).config()
+    else:
+        path, overrides = split_train_args(args)
+        config = load_config(path, overrides)
+    check_supported(config, World(rank=0, size=nproc))
+
+
+def launch_processes(nproc: int) -> None:
+    """Replace this process by torchrun running `python -m leantune train ...` N times on this machine (a free port
+    on 127.0.0.1; torchrun forwards SIGTERM and Ctrl-C to every process, and stops them all when one fails). The run
+    is billed from this command's start."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    os.environ.setdefault("LEANTUNE_STARTED_AT", str(process_start_time()))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "leantune", *args]
+    err.print(f"starting {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m leantune "
+              f"{' '.join(args)}", highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def eval_command(

@@ -9,6 +9,7 @@ from pathlib import Path
 from peft import PeftModel
 
 from ..errors import RunDirError
+from .forward import unwrapped
 
 
 def load_adapter(model, adapter_dir: str | Path):
@@ -58,5 +59,6 @@ def base_behaviour(model):
     """The model as its base, in eval mode, for the duration: the adapter switched off where there is one (the
     DPO reference, self-distillation's teacher, EWC's Fisher); a model without one is only put in eval mode.
     Training mode is restored afterwards."""
-    with eval_mode(model), model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+    inner = unwrapped(model)
+    with eval_mode(model), inner.disable_adapter() if hasattr(inner, "disable_adapter") else nullcontext():
         yield model

@@ -14,6 +14,8 @@ listed type against the model's own forward and loss).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -64,6 +66,33 @@ def final_logit_transform(config):
     return make(config) if make else None
 
 
+class ForwardRoot(torch.nn.Module):
+    """The model under one module whose forward runs any pass of this file. The passes call the decoder and the
+    output layer directly, not the model's forward; FSDP2 gathers the weights outside the decoder layers
+    (embeddings, final norm, output layer - one tensor when tied) and starts the gradient reduction from hooks on
+    its root module's forward, so a sharded model's root is this module and every pass goes through it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.wrapped = model
+
+    def forward(self, compute, *args, **kwargs):
+        return compute(self.wrapped, *args, **kwargs)
+
+
+def unwrapped(model):
+    """The model a ForwardRoot holds (or the model itself)."""
+    return model.wrapped if isinstance(model, ForwardRoot) else model
+
+
+def _through_root(compute):
+    @functools.wraps(compute)
+    def run(model, *args, **kwargs):
+        return model(compute, *args, **kwargs) if isinstance(model, ForwardRoot) else compute(model, *args, **kwargs)
+
+    return run
+
+
 def decoder_and_head(model):
     """(the decoder stack, the output layer with the architecture's final logit transform)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -76,6 +105,7 @@ def check_architecture(model) -> None:
     final_logit_transform(base.config)
 
 
+@_through_root
 def label_hidden(model, batch: dict[str, torch.Tensor]):
     """(hidden states [n, d], targets [n], row index [n]) at every labelled position: what the output layer sees."""
     decoder, _ = decoder_and_head(model)
@@ -89,6 +119,7 @@ def label_hidden(model, batch: dict[str, torch.Tensor]):
     return hidden[:, :-1][keep], targets[keep], rows
 
 
+@_through_root
 def label_logits(model, batch: dict[str, torch.Tensor]):
     """(logits [n, vocab] in fp32, targets [n], row index [n]) for every labelled position of the batch."""
     hidden, targets, rows = label_hidden(model, batch)
@@ -100,6 +131,7 @@ def _chunk_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+@_through_root
 def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over labelled positions, and how many there were.
 
@@ -123,6 +155,7 @@ def summed_label_loss(model, batch, chunk: int = 0) -> tuple[torch.Tensor, int]:
     return total, int(targets.numel())
 
 
+@_through_root
 def sequence_logprobs(model, batch) -> torch.Tensor:
     """Log-probability of each row's labelled tokens, summed per row: log p(answer | prompt)."""
     logits, targets, rows = label_logits(model, batch)

@@ -132,6 +132,13 @@ class Loggers:
                 raise ConfigError("tracking.backend=mlflow needs tracking.uri, e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db.")
             self.items.append(MlflowLogger(t.uri, t.experiment, note))
 
+    @classmethod
+    def none(cls) -> "Loggers":
+        """No logger at all: a training process other than rank 0 (which logs the whole step)."""
+        loggers = cls.__new__(cls)
+        loggers.items = []
+        return loggers
+
     def start(self, run, config, resumed: bool) -> None:
         for t in self.items:
             t.start(run, config, resumed)

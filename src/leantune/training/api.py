@@ -11,11 +11,12 @@ from rich.console import Console
 from ..config import RunConfig, load_config, parse_override
 from ..errors import BudgetError, ConfigError, DuplicateRunError, RunDirError
 from ..models.loading import detected_device
-from ..runs.cost import BilledClock, missing_price_warning, refuse_budget_without_price, resolve_price, usd
+from ..runs.cost import BilledClock, Price, missing_price_warning, refuse_budget_without_price, resolve_price, usd
 from ..runs.fingerprint import differing_fields, fingerprints, result_fields
 from ..runs.index import RunIndex
 from ..runs.lookup import find_run
 from ..runs.rundir import create_run_dir, open_run_dir
+from .distributed import World, check_supported, follower_run
 from .lineage import parent_run, update_config
 from .recipe import FineTuneRecipe
 from .result import TrainResult
@@ -43,7 +44,32 @@ def train(
     config with the overrides on top (training/lineage.py)."""
     started_at = time.time() if started_at is None else started_at
     console = console or Console(stderr=True)
-    _, device_name = detected_device()
+    device, device_name = detected_device()
+    world = World.from_environment()
+    world.start(device)
+    try:
+        if not world.main:
+            return _follow(world, console, started_at, device_name, force)
+        announced: list = []
+
+        def announce(opened) -> None:  # the run's path and price to the other processes, once
+            world.broadcast(opened)
+            announced.append(opened)
+
+        try:
+            recipe = _lead(config, overrides, resume, console, force, allow_duplicate, started_at, parent, world,
+                           device_name, announce)
+        except BaseException:
+            if not announced:  # the other processes stop too, instead of waiting for a run that never comes
+                world.broadcast(None)
+            raise
+        return _train(recipe, world)
+    finally:
+        world.stop()
+
+
+def _lead(config, overrides, resume, console, force, allow_duplicate, started_at, parent, world, device_name, announce):
+    """The run as rank 0 (the only process when there is one) opens or creates it; the others follow."""
     if resume is not None:
         if config is not None or overrides or parent is not None:
             raise ConfigError("--resume continues a run with the config it was started with; drop the config file and overrides.")
@@ -52,46 +78,71 @@ def train(
         if info.get("status") == "completed":
             raise RunDirError(f"Run '{run.path}' has already completed; its adapter is in {run.adapter}. Start a new run to train further.")
         config = run.config()
-        price = check_price(config, device_name, console)
+        check_supported(config, world)
+        price = check_price(config, device_name, console, world)
         # before setup truncates metrics.jsonl to the checkpoint: the steps past it were paid for all the same
         clock = BilledClock.resumed(started_at, info, run.read_metrics())
-        recipe = FineTuneRecipe(config, run, console, clock, price)
-        run.update_info(resumes=info.get("resumes", 0) + 1)
+        recipe = FineTuneRecipe(config, run, console, clock, price, world)
+        run.update_info(resumes=info.get("resumes", 0) + 1, processes=world.size)
+        announce(("resume", str(run.path), price))
         try:
             recipe.setup(resume=True, force=force)
         except Exception:
             run.update_info(billed=clock.record(price))
             raise
-    else:
-        if parent is not None:
-            if config is not None:
-                raise ConfigError("--from starts from the parent run's config; pass overrides (data.train=...), not a config file.")
-            config = update_config(find_run(str(parent), _runs_dir_of(overrides)).run, overrides)
-        elif not isinstance(config, RunConfig):
-            config = load_config(config, overrides)
-        elif overrides:
-            raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
-        price = check_price(config, device_name, console)
-        prints = fingerprints(config)
-        check_duplicate(config, prints, allow_duplicate, console)
-        run = create_run_dir(config, prints, device_name, price.as_dict())
-        clock = BilledClock(started_at)
-        try:
-            recipe = FineTuneRecipe(config, run, console, clock, price)
-            recipe.setup(force=force)
-            check_project_budget(recipe)
-        except Exception:
-            mark_failed(run, clock, price)
-            raise
+        return recipe
+    if parent is not None:
+        if config is not None:
+            raise ConfigError("--from starts from the parent run's config; pass overrides (data.train=...), not a config file.")
+        config = update_config(find_run(str(parent), _runs_dir_of(overrides)).run, overrides)
+    elif not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ConfigError("Pass overrides with a config file path, not with a RunConfig object (set its fields instead).")
+    check_supported(config, world)
+    price = check_price(config, device_name, console, world)
+    prints = fingerprints(config)
+    check_duplicate(config, prints, allow_duplicate, console)
+    run = create_run_dir(config, prints, device_name, price.as_dict())
+    if world.several:
+        run.update_info(processes=world.size, distributed=config.training.distributed.strategy)
+    clock = BilledClock(started_at)
+    announce(("new", str(run.path), price))
+    try:
+        recipe = FineTuneRecipe(config, run, console, clock, price, world)
+        recipe.setup(force=force)
+        check_project_budget(recipe)
+    except Exception:
+        mark_failed(run, clock, price)
+        raise
+    return recipe
+
+
+def _follow(world: World, console: Console, started_at: float, device_name: str, force: bool) -> TrainResult:
+    """Ranks above 0: the run rank 0 opened, read-only (rank 0 writes the run directory), the same setup."""
+    opened = world.broadcast(None)
+    if opened is None:
+        raise SystemExit(2)  # rank 0 refused the run and said why
+    kind, path, price = opened
+    run = follower_run(open_run_dir(path))
+    quiet = Console(stderr=True, quiet=True)
+    recipe = FineTuneRecipe(run.config(), run, quiet, BilledClock(started_at), price, world)
+    recipe.setup(resume=kind == "resume", force=force)
+    return _train(recipe, world)
+
+
+def _train(recipe: FineTuneRecipe, world: World) -> TrainResult:
+    run, clock, price, config = recipe.run, recipe.clock, recipe.price, recipe.config
     try:
         result = recipe.train()
     except TrainingStopped:
         raise
     except BaseException:
-        mark_failed(run, clock, price)
+        if world.main:
+            mark_failed(run, clock, price)
         raise
-    if config.model.parent:
-        result.update = compare_update(result, config, console)
+    if config.model.parent and world.main:
+        result.update = compare_update(result, config, recipe.console)
     return result
 
 
@@ -136,9 +187,12 @@ def mark_failed(run, clock: BilledClock, price) -> None:
         run.update_info(status="failed", billed=clock.record(price))
 
 
-def check_price(config: RunConfig, device_name: str, console: Console):
-    """The run's price; a budget (the run's or its project's) without one is refused before anything loads."""
+def check_price(config: RunConfig, device_name: str, console: Console, world: World | None = None):
+    """The run's price; a budget (the run's or its project's) without one is refused before anything loads.
+    Several processes on GPUs are billed per GPU (one each); on a CPU they share the one machine's price."""
     price = resolve_price(config.cost.usd_per_hour, device_name)
+    if world is not None and world.several and device_name.startswith("cuda") and price.usd_per_hour is not None:
+        price = Price(price.usd_per_hour * world.size, f"{price.source} x {world.size} GPUs", price.device)
     index = RunIndex(config.output.runs_dir)
     project_budget = index.budget(config.output.project)[0] if index.path.exists() else None
     refuse_budget_without_price(price, config.cost.budget_usd, config.output.project, project_budget)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import signal
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ..evaluation.api import evaluate_after_training
 from ..evaluation.tasks import after_train_tasks
 from ..models.adapters import enable_activation_checkpointing, eval_mode, trainable_parameter_count
 from ..models.forward import check_architecture, decoder_and_head
+from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
@@ -33,7 +35,9 @@ from ..runs.report import cost_section, replace_report_section, write_report
 from ..runs.rundir import RunDir
 from ..runs.trackers import Loggers
 from .budget import BudgetGuard
-from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from .distributed import World
 from .lineage import load_parent_adapter, parent_run
 from .methods import make_method
 from .objectives import Batches, make_objective
@@ -50,8 +54,9 @@ from .signals import BudgetReached, Preempted, StopOnSignal
 
 class FineTuneRecipe:
     def __init__(self, config: RunConfig, run: RunDir, console: Console | None = None, clock: BilledClock | None = None,
-                 price: Price | None = None):
+                 price: Price | None = None, world: World | None = None):
         self.config, self.run = config, run
+        self.world = world or World()
         self.console = console or Console(stderr=True)
         self.device, self.device_name = detected_device()
         self.price = price or resolve_price(config.cost.usd_per_hour, self.device_name)
@@ -68,7 +73,8 @@ class FineTuneRecipe:
         if self.config.training.threads:
             torch.set_num_threads(self.config.training.threads)
         check_method_available(self.config.method, self.device)  # before minutes of model loading, not after
-        self.loggers = Loggers(self.config, self.run, self.note)  # an unreachable tracking server stops us here
+        # an unreachable tracking server stops us here; ranks above 0 log nothing (rank 0 logs the global step)
+        self.loggers = Loggers(self.config, self.run, self.note) if self.world.main else Loggers.none()
         with self.clock.phase("data"):
             train_examples = self._setup_splits()
         with self.clock.phase("load"):
@@ -81,6 +87,7 @@ class FineTuneRecipe:
         with self.clock.phase("prepare"):
             self._setup_objective()
         t = self.config.training
+        # after sharding: the optimizer holds this process's shards (FSDP2 replaces the parameters)
         self.optimizer = make_optimizer(self.model, self.config.method, t.lr, t.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, math.ceil(t.warmup_ratio * self.total_steps),
                                        t.min_lr_ratio)
@@ -148,6 +155,11 @@ class FineTuneRecipe:
                       f"{notes['quantized_params']:,} parameters of the quantised layers "
                       f"({notes['quantized_bytes_per_param']:.3f} bytes/parameter)")
             self.run.update_info(quantized_bytes_per_param=notes["quantized_bytes_per_param"], **notes.get("record", {}))
+        # what every forward pass runs through: the model itself, or with several processes the sharded root
+        self.forward_model = self.model
+        if self.world.several:
+            self.note(distributed.describe(cfg, self.world))
+            self.forward_model = distributed.shard(self.model, cfg, self.world, self.device)
 
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)
@@ -156,7 +168,7 @@ class FineTuneRecipe:
                           force, self.note)
 
     def _setup_objective(self) -> None:
-        self.objective.prepare(self.model, self.tokenizer, self.batches, self.train_data, self.eval_data, self.device,
+        self.objective.prepare(self.forward_model, self.tokenizer, self.batches, self.train_data, self.eval_data, self.device,
                                self.note)
         self.ewc = ewc_term(self.model, self.tokenizer, self.config, self.compute_dtype, self.note) \
             if self.config.forgetting.ewc_lambda else None
@@ -169,6 +181,7 @@ class FineTuneRecipe:
         checkpoints = list_checkpoints(self.run.checkpoints)
         if resume and checkpoints:
             self.progress, extra = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            # the saved RNG is rank 0's: every process continues from it, as they all started from one seed
             self.method.load_state(self.model, extra.get("method", extra.get("adalora", {})))
             self.run.truncate_metrics(self.progress.step)
             self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
@@ -194,10 +207,13 @@ class FineTuneRecipe:
                 if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
                     eval_loss = self.log_eval()
                 over_budget = step < self.total_steps and self.guard.next_step_passes(self.eval_tokens)
-                if step % t.checkpoint_every == 0 or stop.signum is not None or over_budget:
+                # every process stops at the same step: a SIGTERM that reached one rank, or rank 0's budget
+                stopping, over_budget = self.world.agree(stop.signum is not None, over_budget)
+                if step % t.checkpoint_every == 0 or stopping or over_budget:
                     path = self.save_checkpoint()
-                    if stop.signum is not None:
-                        self._stopped("preempted", Preempted(stop.signum, str(path), self._resume_command()))
+                    if stopping:
+                        self._stopped("preempted", Preempted(stop.signum or signal.SIGTERM, str(path),
+                                                             self._resume_command()))
                     if over_budget:
                         self._stopped("stopped-by-budget", BudgetReached(
                             f"Stopped at step {step}: ${self.guard.cost_so_far():.4f} billed, and the next step with "
@@ -211,7 +227,14 @@ class FineTuneRecipe:
         with self.clock.phase("train"):
             micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
             with autocast(self.device, self.autocast_dtype):
-                loss, tokens, extra = self.objective.step(self.model, self.batches, micro_batches)
+                loss, tokens, extra = self.objective.step(self.forward_model, self.batches,
+                                                          distributed.my_share(micro_batches, self.world))
+            distributed.reduce_gradients(self.model, self.config, self.world)
+            if self.world.several:  # the step's loss and tokens over every process; extra metrics averaged
+                names = sorted(extra)
+                totals = self.world.sum([loss, tokens] + [extra[k] for k in names])
+                loss, tokens = totals[0], int(totals[1])
+                extra = {k: v / self.world.size for k, v in zip(names, totals[2:])}
             self.method.before_optimizer_step(self.model)
             if self.ewc is not None:
                 extra.update(self.ewc.add_to_step())
@@ -230,7 +253,8 @@ class FineTuneRecipe:
         return loss
 
     def _resume_command(self) -> str:
-        return f"leantune train --resume {shlex.quote(str(self.run.path))}"
+        nproc = f" --nproc {self.world.size}" if self.world.several else ""
+        return f"leantune train --resume {shlex.quote(str(self.run.path))}{nproc}"
 
     def _stopped(self, status: str, stop: Exception):
         self.run.update_info(status=status, stopped_at_step=self.progress.step, billed=self.clock.record(self.price))
@@ -246,7 +270,12 @@ class FineTuneRecipe:
         """Save, report, evaluate (time-boxed), and bill the whole run."""
         cfg = self.config
         with self.clock.phase("checkpoint"):
-            self.method.save(self.model, self.tokenizer, self.run)
+            if self.world.several:
+                self._save_gathered()
+                if not self.world.main:
+                    return self.result(loss, eval_loss)
+            else:
+                self.method.save(self.model, self.tokenizer, self.run)
             write_report(self.run, cfg, self.result(loss, eval_loss))
         self.run.update_info(status="completed", finished=time.time(), final_loss=loss, eval_loss=eval_loss,
                              billed=self.clock.record(self.price))
@@ -266,6 +295,19 @@ class FineTuneRecipe:
             "method": cfg.method.name, "objective": cfg.objective.name, "project": cfg.output.project})
         budget_alerts(RunIndex(self.run.path.parent), cfg.output.project, self.note)
         return result
+
+    def _save_gathered(self) -> None:
+        """Several processes: the trained weights gathered whole onto rank 0 (a collective every rank joins), saved
+        there in the format one process writes; then the processes part and rank 0 evaluates a model loaded back
+        from what it saved (the sharded one cannot run alone)."""
+        whole = distributed.gathered_state(self.model, self.method.trains_base_weights)
+        if self.world.main:
+            self.method.save(self.model, self.tokenizer, self.run, state_dict=whole)
+        self.world.barrier()
+        self.world.stop()
+        if self.world.main:
+            trained = load_trained(self.run, self.device)
+            self.model = self.forward_model = trained.model
 
     def planned_cost_usd(self) -> float | None:
         """The plan's training time at the run's price; None when either is unknown."""
@@ -287,8 +329,8 @@ class FineTuneRecipe:
 
     def log_eval(self) -> float:
         started = time.perf_counter()
-        with self.clock.phase("eval"), torch.no_grad(), eval_mode(self.model):
-            eval_loss, extra = self.objective.eval_loss(self.model, self.batches, self.eval_data)
+        with self.clock.phase("eval"), torch.no_grad(), eval_mode(self.forward_model):
+            eval_loss, extra = self.objective.eval_loss(self.forward_model, self.batches, self.eval_data)
         self.guard.observe_eval(time.perf_counter() - started)
         if self.progress.best_eval_loss is None or eval_loss < self.progress.best_eval_loss:
             self.progress.best_eval_loss = eval_loss
@@ -301,8 +343,13 @@ class FineTuneRecipe:
     def save_checkpoint(self) -> Path:
         started = time.perf_counter()
         with self.clock.phase("checkpoint"):
-            path = save_checkpoint(self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress,
-                                   self.config.training.keep_checkpoints, extra={"method": self.method.state(self.model)})
+            keep, extra = self.config.training.keep_checkpoints, {"method": self.method.state(self.model)}
+            if self.world.several:
+                path = save_sharded_checkpoint(self.run.checkpoints, self.model, self.optimizer, self.scheduler,
+                                               self.progress, keep, self.world, extra)
+            else:
+                path = save_checkpoint(self.run.checkpoints, self.model, self.optimizer, self.scheduler, self.progress,
+                                       keep, extra=extra)
         self.guard.observe_save(time.perf_counter() - started)
         self.run.update_info(billed=self.clock.record(self.price))
         return path

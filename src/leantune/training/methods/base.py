@@ -53,13 +53,14 @@ class Method:
     def saved_to(self, run) -> Path:
         return run.adapter
 
-    def save(self, model, tokenizer, run) -> Path:
-        """The trained result as a directory that appears only when complete."""
+    def save(self, model, tokenizer, run, state_dict: dict | None = None) -> Path:
+        """The trained result as a directory that appears only when complete. `state_dict`: the weights gathered
+        whole from several processes (the model's own are shards)."""
         target = self.saved_to(run)
         with atomic_dir(target) as tmp, warnings.catch_warnings():
             # AdaLoRA layers pruned to rank 0 save as zero-sized tensors, and PEFT mistakes them for unsharded ones
             warnings.filterwarnings("ignore", message=".*have invalid shape.*")
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
             self.save_extra(tokenizer, tmp)
         return target
 

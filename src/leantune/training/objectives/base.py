@@ -32,6 +32,26 @@ class Batches:
         return [data[i : i + self.micro_batch_size] for i in range(0, len(data), self.micro_batch_size)]
 
 
+@dataclass(frozen=True)
+class StepBatches:
+    """One optimizer step's micro-batches as one process runs them. Every loss is divided by a count over the
+    whole step (all processes' micro-batches), so the processes' gradients summed are exactly one process's
+    gradient of the whole step. A process with a micro-batch fewer than the others runs a filler (weight 0) so
+    that every process makes the same number of passes (their collectives must pair up)."""
+
+    whole: list[list]
+    mine: list[list]
+    weights: tuple[float, ...]
+
+    @classmethod
+    def single(cls, micro_batches: list[list]) -> "StepBatches":
+        return cls(micro_batches, micro_batches, (1.0,) * len(micro_batches))
+
+    def runs(self):
+        """(examples, weight) for each micro-batch this process runs."""
+        return zip(self.mine, self.weights)
+
+
 class Objective:
     name = ""
     packs = True  # whether its rows may share packed rows
@@ -50,8 +70,8 @@ class Objective:
     def prepare(self, model, tokenizer, batches: Batches, train_data: list, eval_data: list, device: str, note) -> None:
         """What it needs before the first step (a teacher, reference log-probabilities)."""
 
-    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
-        """One optimizer step's loss (backward done), its tokens, and extra metrics."""
+    def step(self, model, batches: Batches, step: StepBatches) -> tuple[float, int, dict]:
+        """This process's share of one optimizer step's loss (backward done), its tokens, and extra metrics."""
         raise NotImplementedError
 
     def eval_loss(self, model, batches: Batches, data: list) -> tuple[float, dict]:

@@ -18,7 +18,7 @@ from ...errors import ConfigError
 from ...models.adapters import base_behaviour
 from ...models.forward import label_logits
 from ...models.loading import load_base
-from .base import Batches
+from .base import Batches, StepBatches
 from .sft import SFT
 
 
@@ -68,12 +68,12 @@ class Distillation(SFT):
         self.teacher = load_teacher(o.teacher, model, tokenizer, self.config.model.dtype, device)
         note(f"distillation from {o.teacher or 'the base model (adapter off)'}: T={o.temperature}, alpha={o.alpha}")
 
-    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
+    def step(self, model, batches: Batches, step: StepBatches) -> tuple[float, int, dict]:
         o = self.config.objective
-        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
-        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
+        n_labels = sum(e.n_label_tokens for mb in step.whole for e in mb)
+        n_tokens = sum(len(e.input_ids) for mb in step.whole for e in mb)
         total = kl_total = ce_total = 0.0
-        for examples in micro_batches:
+        for examples, _ in step.runs():  # one process (training/distributed.py refuses distillation on several)
             batch = batches.collate(examples)
             student, targets, _ = label_logits(model, batch)
             summed, kl, ce = distill_terms(student, self.teacher.logits(batch), targets, o.temperature, o.alpha)

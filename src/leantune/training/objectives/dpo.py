@@ -17,8 +17,8 @@ from ...data.batches import collate
 from ...data.preference import TokenizedPair, tokenize_pairs
 from ...errors import ConfigError
 from ...models.adapters import base_behaviour
-from ...models.forward import sequence_logprobs
-from .base import Batches, Objective
+from ...models.forward import sequence_logprobs, unwrapped
+from .base import Batches, Objective, StepBatches
 
 
 def pair_batch(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
@@ -85,7 +85,7 @@ class DPO(Objective):
         return [side for pair in data for side in (pair.chosen, pair.rejected)]
 
     def prepare(self, model, tokenizer, batches, train_data, eval_data, device, note) -> None:
-        if not hasattr(model, "disable_adapter"):
+        if not hasattr(unwrapped(model), "disable_adapter"):
             # full fine-tuning has no adapter to switch off: score the base once, before any step changes it
             note("DPO reference: scoring every pair with the base model once before training")
             self.reference_cache = {"train": self._precompute(model, batches, train_data),
@@ -104,25 +104,26 @@ class DPO(Objective):
             return chosen[index], rejected[index]
         return reference_logprobs(model, pairs, pad_id)
 
-    def _pass(self, model, batches: Batches, micro_batches: list[list], split: str) -> tuple[float, int, dict]:
+    def _pass(self, model, batches: Batches, step: StepBatches, split: str) -> tuple[float, int, dict]:
         """The mean loss over the pairs (each micro-batch's sum over the whole count; backward when training)."""
-        n_pairs = sum(len(mb) for mb in micro_batches)
-        n_tokens = sum(p.n_tokens for mb in micro_batches for p in mb)
-        rewards, total = RewardStats(), 0.0
-        for pairs in micro_batches:
+        n_pairs = sum(len(mb) for mb in step.whole)
+        rewards, total, n_tokens = RewardStats(), 0.0, 0
+        for pairs, weight in step.runs():
             ref_chosen, ref_rejected = self._reference(model, pairs, batches.pad_id, split)
             chosen, rejected = split_logprobs(model, pairs, batches.pad_id)
             losses, chosen_reward, rejected_reward = dpo_terms(chosen, rejected, ref_chosen, ref_rejected,
                                                                self.config.objective.beta)
             if torch.is_grad_enabled():
-                (losses.sum() / n_pairs).backward()
-            total += losses.sum().item()
-            rewards.add(chosen_reward, rejected_reward)
+                (losses.sum() * (weight / n_pairs)).backward()
+            total += weight * losses.sum().item()
+            if weight:
+                rewards.add(chosen_reward, rejected_reward)
+                n_tokens += sum(p.n_tokens for p in pairs)
         return total / n_pairs, n_tokens, rewards.as_dict()
 
-    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
-        return self._pass(model, batches, micro_batches, "train")
+    def step(self, model, batches: Batches, step: StepBatches) -> tuple[float, int, dict]:
+        return self._pass(model, batches, step, "train")
 
     def eval_loss(self, model, batches: Batches, data: list) -> tuple[float, dict]:
-        loss, _, rewards = self._pass(model, batches, batches.chunks(data), "eval")
+        loss, _, rewards = self._pass(model, batches, StepBatches.single(batches.chunks(data)), "eval")
         return loss, {f"eval_{k}": v for k, v in rewards.items()}

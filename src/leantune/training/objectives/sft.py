@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...data.tokenize import tokenize_examples
 from ...models.forward import summed_label_loss
-from .base import Batches, Objective
+from .base import Batches, Objective, StepBatches
 
 
 class SFT(Objective):
@@ -18,14 +18,14 @@ class SFT(Objective):
         d = self.config.data
         return tokenize_examples(tokenizer, examples, d.max_seq_len, d.train_on, d.truncation)
 
-    def step(self, model, batches: Batches, micro_batches: list[list]) -> tuple[float, int, dict]:
-        n_labels = sum(e.n_label_tokens for mb in micro_batches for e in mb)
-        n_tokens = sum(len(e.input_ids) for mb in micro_batches for e in mb)
-        total = 0.0
-        for examples in micro_batches:
+    def step(self, model, batches: Batches, step: StepBatches) -> tuple[float, int, dict]:
+        n_labels = sum(e.n_label_tokens for mb in step.whole for e in mb)
+        total, n_tokens = 0.0, 0
+        for examples, weight in step.runs():
             summed, _ = summed_label_loss(model, batches.collate(examples), batches.loss_chunk)
-            (summed / n_labels).backward()
-            total += summed.item()
+            (summed * (weight / n_labels)).backward()
+            total += weight * summed.item()
+            n_tokens += int(weight) * sum(len(e.input_ids) for e in examples)
         return total / n_labels, n_tokens, {}
 
     def eval_loss(self, model, batches: Batches, data: list) -> tuple[float, dict]:

@@ -1,0 +1,155 @@
+"""Several processes (torchrun, gloo on CPU) train what one process trains: the same parameters after K steps, the
+same loss curve, exact resume from a sharded checkpoint on another number of processes, one SIGTERM stopping every
+rank at one step, and an adapter gathered into the format one process writes. Real processes, the tiny model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from leantune import train
+from leantune.runs.rundir import RunDir
+
+# LoRA dropout draws a mask per row, which N processes draw differently from one: off, so the runs can be equal
+SETTINGS = {"method.dropout": 0.0, "training.grad_accum": 2, "training.max_steps": 6, "training.checkpoint_every": 100}
+
+
+def launch(*args, nproc: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leantune", "train", *args, "--nproc", str(nproc)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 300) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode, err
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+def losses(run: Path) -> list[float]:
+    return [m["loss"] for m in RunDir(run).read_metrics() if "loss" in m]
+
+
+def trained(run: Path) -> dict[str, torch.Tensor]:
+    folder = run / "adapter" if (run / "adapter").is_dir() else run / "model"
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=tol, rtol=0), (name, (a[name] - b[name]).abs().max())
+
+
+@pytest.mark.parametrize("method,strategy", [("lora", "fsdp2"), ("lora", "ddp"), ("full", "fsdp2")])
+def test_two_processes_train_what_one_does(tiny_model_dir, chat_file, tmp_path, method, strategy):
+    extra = {**SETTINGS, "method.name": method, "training.distributed.strategy": strategy}
+    one = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "one", **extra))
+    code, err = finish(launch(*tiny_overrides(tiny_model_dir, chat_file, tmp_path / "two", **extra)))
+    assert code == 0, err
+    run = only_run(tmp_path / "two")
+    assert f"2 processes ({strategy}" in err
+    assert_same_weights(trained(run), trained(one.run_dir))
+    assert losses(run) == pytest.approx(losses(one.run_dir), abs=1e-5)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["processes"] == 2
+    # rank 0 alone writes: one record per step, and one run in the index
+    assert [m["step"] for m in RunDir(run).read_metrics() if "loss" in m] == list(range(1, 7))
+    if method == "lora":  # the gathered adapter is an ordinary PEFT adapter
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / "adapter")
+        assert sum("lora_" in n for n, _ in model.named_parameters()) == len(trained(run))
+
+
+def worker_pids(launcher: int) -> dict[int, int]:
+    """rank -> pid of torchrun's workers (the launcher became torchrun: same pid)."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for entry in env:
+            if entry.startswith(b"RANK="):
+                ranks[int(entry[5:])] = int(stat.parent.name)
+    return ranks
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {path} appeared: {proc.communicate()[1][-3000:]}")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.02)
+
+
+LONG = {**SETTINGS, "training.max_steps": 120, "training.checkpoint_every": 2, "training.keep_checkpoints": 100}
+
+
+def test_sigterm_on_one_rank_stops_all_and_resumes_exactly_on_one_process_then_two(tiny_model_dir, chat_file, tmp_path):
+    reference = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **LONG))
+
+    runs = tmp_path / "runs"
+    proc = launch(*tiny_overrides(tiny_model_dir, chat_file, runs, **LONG))
+    wait_for(runs, proc)
+    run = only_run(runs)
+    wait_for(run / "checkpoints" / "step-000002", proc)
+    os.kill(worker_pids(proc.pid)[1], signal.SIGTERM)  # a preemption notice that reached rank 1 only
+    code, err = finish(proc)
+    assert code != 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "preempted", err
+    stopped = info["stopped_at_step"]
+    assert 2 <= stopped < 120
+    assert err.count("Resume with: leantune train --resume") == 1  # said once, by rank 0
+    saved = run / "checkpoints" / f"step-{stopped:06d}"
+    assert (saved / "dcp" / ".metadata").is_file() and (saved / "progress.json").is_file()
+    assert not list((run / "checkpoints").glob(".*partial"))
+
+    # resume the 2-process checkpoint on 1 process, stopping it again later with SIGTERM, then finish on 2
+    one = subprocess.Popen([sys.executable, "-m", "leantune", "train", "--resume", str(run)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(run / "checkpoints" / f"step-{(stopped // 2 + 2) * 2:06d}", one)  # checkpoint_every=2
+    one.send_signal(signal.SIGTERM)
+    code, err = finish(one)
+    assert code == 128 + signal.SIGTERM, err
+    assert f"resumed from {saved}" in err.replace("\n", "")
+    later = json.loads((run / "run.json").read_text())["stopped_at_step"]
+    assert (run / "checkpoints" / f"step-{later:06d}" / "trainable.safetensors").is_file()
+
+    code, err = finish(launch("--resume", str(run)))
+    assert code == 0, err
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert_same_weights(trained(run), trained(reference.run_dir))
+    assert losses(run) == pytest.approx(losses(reference.run_dir), abs=1e-5)
+
+
+def test_what_several_processes_cannot_train_is_refused_before_launch(tiny_model_dir, chat_file, tmp_path):
+    proc = launch(*tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs", **{"method.name": "adalora"}))
+    code, err = finish(proc, timeout=120)
+    assert code == 2
+    assert "method.name=adalora does not train on several processes" in err
+    assert not (tmp_path / "runs").exists()
