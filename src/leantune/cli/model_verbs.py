@@ -24,6 +24,8 @@ def train(
                                          "replay and EWC protect its task, then parent vs child on the same items"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N processes on this machine (torchrun "
                               "underneath; training.distributed picks fsdp2 or ddp); same result as one"),
+    resume_latest: bool = typer.Option(False, "--resume-latest", help="resume the newest unfinished run named "
+                                       "output.name in output.runs_dir, or start it (what `leantune launch` runs)"),
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -34,6 +36,7 @@ def train(
 
     config, overrides = split_train_args(args or [])
     result = run_training(config, overrides, resume=resume, force=force, allow_duplicate=allow_duplicate,
+                          resume_latest=resume_latest,
                           started_at=float(os.environ.get("LEANTUNE_STARTED_AT", 0)) or process_start_time(),
                           parent=parent)
     if os.environ.get("RANK", "0") != "0":
@@ -41,6 +44,40 @@ def train(
     err.print(f"[green]done[/]: {result.summary()}")
     if result.evaluation is not None:
         Console().print(eval_table(result.evaluation))
+
+
+def launch(
+    config: str = typer.Argument(..., help="the run config (the YAML `leantune train` takes)"),
+    cloud: bool = typer.Option(False, "--cloud", help="a SkyPilot task (the one target for now)"),
+    spot: bool = typer.Option(False, "--spot", help="spot instances, relaunched and resumed after a preemption"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU type (`leantune plan --list-gpus`); default: the plan's cheapest that fits"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (with --gpu)"),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="machines"),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="object-store bucket mounted for the runs directory "
+                                         "(checkpoints survive the machine)"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="cost.budget_usd for the run"),
+    out: str = typer.Option("leantune-task.yaml", "--out", help="where to write the task"),
+    prices: Optional[str] = typer.Option(None, "--prices", help="JSON file overriding the GPU price table"),
+):
+    """Write a SkyPilot task for the planner's setup (spot, job recovery, checkpoint bucket, the resuming command)."""
+    from ..errors import ConfigError
+    from ..launch import write_task
+
+    if not cloud:
+        raise ConfigError("Say where: `leantune launch CONFIG --cloud` writes a SkyPilot task (the one target so far).")
+    task = write_task(config, out, spot, gpu, gpus, nodes, bucket, budget, prices)
+    c = task.candidate
+    err.print(f"wrote {task.path}: {c.gpu.name} x {c.setup.gpus} x {nodes} node(s), "
+              f"{'spot' if spot else 'on-demand'}, planned {c.time.hours:.2f} h", highlight=False)
+    if spot and not bucket:
+        err.print("[yellow]no --bucket: checkpoints stay on the machine, and a preempted spot job starts over[/]")
+    if task.validated is None:
+        err.print("[yellow]not checked by SkyPilot (not installed here): `make skypilot-env`, or set "
+                  "LEANTUNE_SKYPILOT_PYTHON[/]", highlight=False)
+    else:
+        err.print(f"SkyPilot reads it: {task.validated}", highlight=False)
+    err.print(f"launch with: sky jobs launch {task.path}" if spot else f"launch with: sky launch {task.path}",
+              highlight=False)
 
 
 def refuse_what_cannot_shard(args: list[str], resume: str | None, nproc: int) -> None:

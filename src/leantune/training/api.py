@@ -32,6 +32,7 @@ def train(
     allow_duplicate: bool = False,
     started_at: float | None = None,
     parent: str | Path | None = None,
+    resume_latest: bool = False,
 ) -> TrainResult:
     """Run a fine-tune from a RunConfig or YAML path (+ dotted overrides), or resume a run directory.
 
@@ -57,6 +58,8 @@ def train(
             announced.append(opened)
 
         try:
+            if resume_latest:
+                config, overrides, resume = _latest(config, overrides, console)
             recipe = _lead(config, overrides, resume, console, force, allow_duplicate, started_at, parent, world,
                            device_name, announce)
         except BaseException:
@@ -66,6 +69,25 @@ def train(
         return _train(recipe, world)
     finally:
         world.stop()
+
+
+def _latest(config, overrides, console: Console):
+    """--resume-latest: (config, overrides, resume) - the newest unfinished run of output.name in output.runs_dir
+    when there is one (a relaunched spot job), else the new run as given."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    if not cfg.output.name:
+        raise ConfigError("--resume-latest finds the run by output.name; set it (output.name=my-run).")
+    root = Path(cfg.output.runs_dir)
+    runs = sorted((p for p in root.glob("*") if (p / "run.json").is_file()), key=lambda p: p.name) if root.is_dir() else []
+    mine = [p for p in runs if json.loads((p / "run.json").read_text()).get("name") == cfg.output.name]
+    if not mine:
+        console.print(f"--resume-latest: no run named '{cfg.output.name}' in {root} yet: starting it", highlight=False)
+        return config, overrides, None
+    status = json.loads((mine[-1] / "run.json").read_text()).get("status")
+    if status == "completed":
+        raise RunDirError(f"Run '{mine[-1]}' ({cfg.output.name}) has already completed; nothing to resume.")
+    console.print(f"--resume-latest: resuming {mine[-1]} (status {status})", highlight=False)
+    return None, (), mine[-1]
 
 
 def _lead(config, overrides, resume, console, force, allow_duplicate, started_at, parent, world, device_name, announce):

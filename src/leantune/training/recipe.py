@@ -180,17 +180,31 @@ class FineTuneRecipe:
         self.progress = Progress()
         checkpoints = list_checkpoints(self.run.checkpoints)
         if resume and checkpoints:
-            self.progress, extra = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler)
+            path, (self.progress, extra) = self._load_newest_readable(checkpoints)
             # the saved RNG is rank 0's: every process continues from it, as they all started from one seed
             self.method.load_state(self.model, extra.get("method", extra.get("adalora", {})))
             self.run.truncate_metrics(self.progress.step)
-            self.note(f"resumed from {checkpoints[-1]} (step {self.progress.step} of {self.total_steps})")
+            self.note(f"resumed from {path} (step {self.progress.step} of {self.total_steps})")
         else:
             if resume:
                 self.note("no checkpoint yet in this run: starting from step 0")
                 self.run.truncate_metrics(0)
             torch.manual_seed(self.config.training.seed)
         self.first_step = self.progress.step
+
+    def _load_newest_readable(self, checkpoints: list[Path]):
+        """The newest checkpoint that loads. A folder is complete once progress.json is in it, but on an object
+        store mounted as a folder (a spot job's bucket) the files beside it may not all have landed after an abrupt
+        preemption; then the one before it is used. Every load writes all trainable weights and optimizer state,
+        so a half-read newer one leaves nothing behind."""
+        for path in reversed(checkpoints):
+            try:
+                return path, load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            except Exception as e:  # noqa: BLE001 - said, and the previous checkpoint is tried
+                if path == checkpoints[0]:
+                    raise
+                self.note(f"[yellow]checkpoint {path} does not load ({type(e).__name__}: {e}); trying the one before[/]")
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
