@@ -153,3 +153,24 @@ def test_what_several_processes_cannot_train_is_refused_before_launch(tiny_model
     assert code == 2
     assert "method.name=adalora does not train on several processes" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_dpo_on_two_processes_matches_one_and_rank_0_evaluates_what_it_saved(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Please summarise message {i}.", "chosen": f"Sure: message {i} "
+                                         "is about a meeting.", "rejected": "No."}) + "\n" for i in range(48)))
+    extra = {**SETTINGS, "objective.name": "dpo", "objective.beta": 0.1, "training.lr": 1e-3,
+             "training.micro_batch_size": 3, "training.eval_every": 3}  # 3 pairs per micro-batch: 2 + 1 per rank
+    # (at lr 5e-3 the loss reaches 1e-12 in 6 steps, and Adam turns the rounding of such tiny gradients - losses
+    # equal to 1e-8 - into 1e-4 weight differences; at 1e-3 the comparison measures the sharding, not the rounding)
+    one = train(None, tiny_overrides(tiny_model_dir, pairs, tmp_path / "one", **extra))
+    code, err = finish(launch(*tiny_overrides(tiny_model_dir, pairs, tmp_path / "two",
+                                              **{**extra, "eval.after_train": True, "eval.min_items": 4})))
+    assert code == 0, err
+    run = only_run(tmp_path / "two")
+    metrics = RunDir(run).read_metrics()
+    reference = RunDir(one.run_dir).read_metrics()
+    assert_same_weights(trained(run), trained(one.run_dir))
+    for key in ("loss", "eval_loss"):
+        assert [m[key] for m in metrics if key in m] == pytest.approx([m[key] for m in reference if key in m], abs=1e-5)
+    assert (run / "eval.json").is_file()  # rank 0 evaluated the adapter it saved, loaded back whole
