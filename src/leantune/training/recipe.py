@@ -165,7 +165,7 @@ class FineTuneRecipe:
         rows = self.objective.rows(self.train_data)
         self.planned_s = planned_seconds(self.config, model_config, rows, self.total_steps, self.device, self.device_name)
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
-                          force, self.note)
+                          force, self.note, self.world.size)
 
     def _setup_objective(self) -> None:
         self.objective.prepare(self.forward_model, self.tokenizer, self.batches, self.train_data, self.eval_data, self.device,
@@ -285,6 +285,8 @@ class FineTuneRecipe:
         cfg = self.config
         with self.clock.phase("checkpoint"):
             if self.world.several:
+                # every process's peak so far (the plan is per process); the model is still sharded here
+                self.run.update_info(peak_memory_mb_per_process=[round(m, 1) for m in self.world.gather(peak_memory_mb())])
                 self._save_gathered()
                 if not self.world.main:
                     return self.result(loss, eval_loss)

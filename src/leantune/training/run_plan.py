@@ -36,12 +36,17 @@ def planned_seconds(config, model_config: dict, rows: list, total_steps: int, de
 
 
 def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype, device: str, run, seconds,
-                      force: bool, note) -> None:
-    """Predict the peak with the planner for this run's own shapes; refuse what cannot fit."""
+                      force: bool, note, processes: int = 1) -> None:
+    """Predict the peak with the planner for this run's own shapes (per process when there are several: each holds
+    its shard under fsdp2 and runs its share of every micro-batch); refuse what cannot fit."""
     longest = max(len(e.input_ids) for e in rows)
     labelled = max(e.n_label_tokens for e in rows) / longest  # logits only at labelled positions (models/forward.py)
+    t = config.training
+    several = {} if processes == 1 else {
+        "gpus": processes, "sharding": "fsdp" if t.distributed.strategy == "fsdp2" else "none",
+        "micro_batch": -(-t.micro_batch_size // processes)}
     setup = setup_from_run_config(config, seq_len=longest, dtype="fp32" if dtype == torch.float32 else "bf16",
-                                  device=device, loss_positions=labelled)
+                                  device=device, loss_positions=labelled, **several)
     memory = estimate_peak_memory(shape_from_hf_config(model_config, config.model.base), setup)
     gib = memory.as_gib()
     atomic.write_json(run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib, "seconds": seconds})
