@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ SETTINGS = (("1 process", 1, "fsdp2"), ("2 processes fsdp2", 2, "fsdp2"), ("2 pr
 
 def run_once(label: str, nproc: int, strategy: str, steps: int, index: int) -> dict:
     runs = WORK / "runs" / f"{label.replace(' ', '-')}-{index}"
+    shutil.rmtree(runs, ignore_errors=True)  # a fresh runs directory: this run is the only one in it
     args = ["model.base=smollm2-135m", "data.train=sms-spam", "data.eval_size=16", "data.max_seq_len=128",
             f"training.max_steps={steps}", "training.micro_batch_size=8", "training.grad_accum=2",
             "training.checkpoint_every=1000", "eval.after_train=false", "method.dropout=0.0",
