@@ -57,9 +57,10 @@ def assert_same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
         assert torch.allclose(a[name], b[name], atol=tol, rtol=0), (name, (a[name] - b[name]).abs().max())
 
 
-@pytest.mark.parametrize("method,strategy", [("lora", "fsdp2"), ("lora", "ddp"), ("full", "fsdp2")])
-def test_two_processes_train_what_one_does(tiny_model_dir, chat_file, tmp_path, method, strategy):
-    extra = {**SETTINGS, "method.name": method, "training.distributed.strategy": strategy}
+@pytest.mark.parametrize("method,strategy,ewc", [("lora", "fsdp2", 0), ("lora", "ddp", 1e3), ("full", "fsdp2", 0)])
+def test_two_processes_train_what_one_does(tiny_model_dir, chat_file, tmp_path, method, strategy, ewc):
+    extra = {**SETTINGS, "method.name": method, "training.distributed.strategy": strategy,
+             "forgetting.ewc_lambda": ewc, "forgetting.ewc_examples": 8}
     one = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "one", **extra))
     code, err = finish(launch(*tiny_overrides(tiny_model_dir, chat_file, tmp_path / "two", **extra)))
     assert code == 0, err
@@ -67,6 +68,11 @@ def test_two_processes_train_what_one_does(tiny_model_dir, chat_file, tmp_path, 
     assert f"2 processes ({strategy}" in err
     assert_same_weights(trained(run), trained(one.run_dir))
     assert losses(run) == pytest.approx(losses(one.run_dir), abs=1e-5)
+    if ewc:  # the penalty was there (0 at step 1, the adapter starts at zero) and is the same as one process's
+        penalties = [m["ewc_penalty"] for m in RunDir(run).read_metrics() if "loss" in m]
+        assert penalties[-1] > 0
+        assert penalties == pytest.approx([m["ewc_penalty"] for m in RunDir(one.run_dir).read_metrics() if "loss" in m],
+                                          rel=1e-4, abs=1e-9)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["processes"] == 2
     # rank 0 alone writes: one record per step, and one run in the index
