@@ -1,5 +1,6 @@
 """The planner: each formula against a hand-computed case, presets against published counts, errors."""
 
+from dataclasses import replace
 import json
 import subprocess
 import sys
@@ -141,10 +142,47 @@ def test_time_cost_and_pretraining_gap():
     shape = PRESETS["llama-3.1-8b"]
     t = estimate_time(shape, Setup(method="lora"), h100, 20e6, mfu=0.5)
     assert t.tokens_per_s == pytest.approx(989e12 * 0.5 / flops_per_token(shape, Setup(method="lora")))
-    assert t.cost_on_demand == pytest.approx(t.hours * h100.on_demand_usd)
+    # billed: the training plus the instance's start-up (5 minutes + 16 GB of bf16 weights at 0.25 GB/s)
+    startup = (5 * 60 + shape.total_params * 2 / 0.25e9) / 3600
+    assert t.startup_hours == pytest.approx(startup) and 0.09 < startup < 0.11
+    assert t.cost_on_demand == pytest.approx((t.hours + startup) * h100.on_demand_usd)
     gap = pretraining_gap(shape, h100, t)
     assert gap.pretraining_flops == pytest.approx(6 * shape.total_params * 15e12)
     assert 5 < gap.orders_of_magnitude < 7
+
+
+def test_collectives_cost_what_the_interconnect_says():
+    """By hand: ring all-reduce moves 2 (n-1)/n of the float32 gradients; ZeRO-3 also all-gathers the bf16 weights
+    twice a step; over the catalog's collective bandwidth; the part longer than 80% of the compute adds."""
+    from leantune.plan.memory import trainable_params
+
+    catalog = load_catalog()
+    shape = PRESETS["llama-3.1-8b"]
+    lora = Setup(method="lora", gpus=8, micro_batch=1, seq_len=2048)
+    for key in ("rtx-4090", "h100"):
+        gpu = catalog[key]
+        replicated = estimate_time(shape, lora, gpu, 20e6)
+        grads = trainable_params(shape, lora) * 4
+        assert replicated.comm_s_per_step == pytest.approx(2 * 7 / 8 * grads / (gpu.collective_gbs * 1e9))
+        sharded = estimate_time(shape, replace(lora, sharding="zero3"), gpu, 20e6)
+        expected = (2 * 7 / 8 * shape.total_params * 2 + 7 / 8 * grads) / (gpu.collective_gbs * 1e9)
+        assert sharded.comm_s_per_step == pytest.approx(expected)
+        one = estimate_time(shape, replace(lora, gpus=1), gpu, 20e6)
+        compute = 2048 / (one.tokens_per_s)  # seconds of one GPU's step
+        step = compute + max(0.0, expected - 0.8 * compute)
+        assert sharded.tokens_per_s == pytest.approx(8 * 2048 / step)
+        assert sharded.scaling_efficiency == pytest.approx(compute / step)
+    # consumer cards without peer-to-peer lose more of a sharded step than NVLink-connected ones
+    assert (estimate_time(shape, replace(lora, sharding="zero3"), catalog["rtx-4090"], 20e6).scaling_efficiency
+            < estimate_time(shape, replace(lora, sharding="zero3"), catalog["h100"], 20e6).scaling_efficiency)
+
+
+def test_a_short_8b_lora_job_on_rtx_4090s_is_not_split_over_eight_cards():
+    """Issue 20's case: 8 x RTX 4090 with ZeRO-3 used to rank first (1 minute) over one card (13 minutes); every
+    card now pays its start-up and the collectives over PCIe without peer-to-peer."""
+    plan = make_plan("llama-3.1-8b", "lora", None, "2M", setup=Setup(seq_len=2048, micro_batch=2))
+    best = plan.ranked[0]
+    assert best.setup.gpus == 1 and best.gpu.key == "rtx-4090"
 
 
 def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():

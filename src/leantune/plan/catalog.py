@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class GPU:
     price_date: str = ""
     price_source: str = ""
     device_names: tuple[str, ...] = ()  # what the driver calls this card (torch.cuda.get_device_name, nvidia-smi)
+    interconnect: str = "unknown"  # how the GPUs of one machine reach each other
+    collective_gbs: float = 10.0  # all-reduce bus bandwidth per GPU between GPUs of one machine (GB/s), assumed
 
 
 def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:
@@ -49,9 +52,14 @@ def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:
             entries[key] = merged
     catalog = {}
     for key, e in entries.items():
-        fields = {k: e.get(k) for k in GPU.__dataclass_fields__ if k not in ("key", "device_names")}
+        fields = {k: e.get(k, _default(k)) for k in GPU.__dataclass_fields__ if k not in ("key", "device_names")}
         catalog[key] = GPU(key=key, device_names=tuple(e.get("device_names", ())), **fields)
     return catalog
+
+
+def _default(field: str):
+    default = GPU.__dataclass_fields__[field].default
+    return None if default is dataclasses.MISSING else default
 
 
 def find_gpu(catalog: dict[str, GPU], name: str) -> GPU:

@@ -55,14 +55,15 @@ def memory_table(c: Candidate) -> Table:
 def ranked_table(plan: Plan) -> Table:
     what = "what fits instead" if plan.chosen is not None else "setups that fit"
     table = Table(title=f"{what}, cheapest {'spot' if plan.spot else 'on-demand'} first", title_justify="left")
-    for col in ("#", "method", "GPUs", "micro-batch", "ckpt", "memory/GPU", "tokens/s", "time", "on demand", "spot"):
+    for col in ("#", "method", "GPUs", "micro-batch", "ckpt", "memory/GPU", "tokens/s", "scaling", "time", "on demand", "spot"):
         table.add_column(col, justify="right" if col not in ("method", "GPUs") else "left")
     for i, c in enumerate(plan.ranked, 1):
         s = c.setup
         over = plan.budget is not None and c.price(plan.spot) > plan.budget
         table.add_row(
             str(i), s.method, f"{s.gpus} x {c.gpu.key}", str(s.micro_batch), "yes" if s.grad_checkpointing else "no",
-            f"{c.memory.total / GiB:.1f}/{c.gpu.memory_gib:.0f} GiB", f"{c.time.tokens_per_s:,.0f}", _hours(c.time.hours),
+            f"{c.memory.total / GiB:.1f}/{c.gpu.memory_gib:.0f} GiB", f"{c.time.tokens_per_s:,.0f}",
+            "" if s.gpus == 1 else f"{c.time.scaling_efficiency:.0%}", _hours(c.time.hours),
             _money(c.time.cost_on_demand) + (" (over budget)" if over and not plan.spot else ""),
             _money(c.time.cost_spot) + (" (over budget)" if over and plan.spot else ""),
         )
@@ -80,8 +81,11 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
         console.print(describe(c))
         console.print(memory_table(c))
         t = c.time
-        console.print(f"time: {t.tokens_per_s:,.0f} tokens/s at {t.mfu:.0%} MFU -> {_hours(t.hours)} ({t.gpu_hours:,.2f} GPU-hours); "
-                      f"cost {_money(t.cost_on_demand)} on demand, {_money(t.cost_spot)} spot")
+        links = "" if c.setup.gpus == 1 else (f"; {c.gpu.interconnect}: {t.comm_s_per_step * 1e3:,.0f} ms of collectives "
+                                               f"a step, {t.scaling_efficiency:.0%} scaling efficiency")
+        console.print(f"time: {t.tokens_per_s:,.0f} tokens/s at {t.mfu:.0%} MFU -> {_hours(t.hours)}{links}; "
+                      f"+ {_hours(t.startup_hours)} start-up (machine, install, model download) = {t.gpu_hours:,.2f} "
+                      f"GPU-hours billed; cost {_money(t.cost_on_demand)} on demand, {_money(t.cost_spot)} spot")
         if plan.budget is not None:
             cost = c.price(plan.spot)
             word = "within" if cost <= plan.budget else "[red]over[/]"

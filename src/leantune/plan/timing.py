@@ -7,7 +7,8 @@ own FLOPs are <1% and ignored). Causal attention adds 2*s*q per token per layer 
 over on average s/2 earlier positions), times 3 for training. Gradient checkpointing repeats the forward
 (+2N). DPO with a LoRA-family method runs an extra forward for the reference (adapters disabled).
 
-Achieved throughput = GPUs x dense bf16 peak x MFU. The MFU (model FLOPs utilisation) defaults below are
+Achieved throughput per GPU = dense bf16 peak x MFU, less what collectives between GPUs cost (below), and every
+setup pays its instance's start-up and minimum billing. The MFU (model FLOPs utilisation) defaults below are
 assumptions, not measurements: typical figures reported for well-tuned single-node fine-tuning
 (torchtune/Unsloth benchmarks report 35-55% for LoRA on H100-class GPUs); QLoRA is lower because every
 forward de-quantises the weights (bitsandbytes: 15-40% slower than LoRA in user reports). Override with
@@ -20,14 +21,27 @@ import math
 from dataclasses import dataclass
 
 from .catalog import GPU
+from .memory import trainable_params, weight_bytes
 from .setup import Setup
 from .shapes import ModelShape
 
 DEFAULT_MFU = {"full": 0.40, "lora": 0.38, "dora": 0.30, "qlora": 0.28}
-# Data-parallel scaling inside one node loses some time to gradient all-reduce (and ZeRO-3's weight
-# gathers); 90% per-GPU efficiency from 2 to 8 NVLink-connected GPUs is an assumption, not a measurement.
-MULTI_GPU_EFFICIENCY = 0.90
 PRETRAINING_MFU = 0.40  # large pretraining runs report ~38-43% (Llama 3 paper: 38-43% on H100)
+
+# Several GPUs in one machine (ring collectives over the catalog's collective_gbs, the interconnect):
+#   replicated weights (ddp, ZeRO-1/2): the gradients all-reduced once a step, 2 (n-1)/n of their bytes;
+#   sharded weights (ZeRO-3 / FSDP): the weights all-gathered in forward and again in backward, 2 (n-1)/n of
+#   their bytes, and the gradients reduce-scattered, (n-1)/n.
+# Gradients are reduced in float32 (FSDP2's reduce dtype, and LoRA's float32 adapters). Communication overlaps
+# compute (DDP buckets during backward, FSDP prefetches the next layer) for up to COMM_OVERLAP of the compute time;
+# the rest adds to the step. Assumptions until measured on several GPUs.
+GRADIENT_BYTES = 4
+COMM_OVERLAP = 0.8
+# What an instance costs before the first step: start, image pull, install, model download and load. Billed like
+# training, on every GPU of the instance; clouds bill per second with a one-minute minimum. Assumed figures.
+STARTUP_MINUTES = 5.0
+DOWNLOAD_GBS = 0.25  # model weights from a hub or bucket, GB/s
+MIN_BILLED_HOURS = 1 / 60
 
 
 def flops_per_token(shape: ModelShape, setup: Setup) -> float:
@@ -52,22 +66,48 @@ class TimeEstimate:
     flops_per_token: float
     mfu: float
     tokens_per_s: float
-    hours: float
-    gpu_hours: float
+    hours: float  # training steps only
+    gpu_hours: float  # billed: (start-up + training, at least the minimum) x GPUs
     cost_on_demand: float | None
     cost_spot: float | None
+    comm_s_per_step: float = 0.0  # collectives per micro-batch step, per GPU
+    scaling_efficiency: float = 1.0  # compute time / step time: what the GPUs beyond one are worth
+    startup_hours: float = 0.0
+
+
+def communication_seconds(shape: ModelShape, setup: Setup, gpu: GPU) -> float:
+    """Seconds of collectives per micro-batch step on each of setup.gpus GPUs (0 for one)."""
+    n = setup.gpus
+    if n == 1:
+        return 0.0
+    ring = (n - 1) / n
+    gradients = trainable_params(shape, setup) * GRADIENT_BYTES
+    if setup.sharding in ("zero3", "fsdp"):
+        volume = 2 * ring * weight_bytes(shape, setup) + ring * gradients
+    else:
+        volume = 2 * ring * gradients
+    return volume / (gpu.collective_gbs * 1e9)
+
+
+def startup_hours(shape: ModelShape) -> float:
+    return (STARTUP_MINUTES * 60 + shape.total_params * 2 / (DOWNLOAD_GBS * 1e9)) / 3600
 
 
 def estimate_time(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu: float | None = None) -> TimeEstimate:
     mfu = mfu or DEFAULT_MFU[setup.method]
     fpt = flops_per_token(shape, setup)
-    efficiency = 1.0 if setup.gpus == 1 else MULTI_GPU_EFFICIENCY
-    tokens_per_s = setup.gpus * efficiency * gpu.bf16_tflops * 1e12 * mfu / fpt
+    step_tokens = setup.micro_batch * setup.seq_len  # per GPU
+    compute_s = step_tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu)
+    comm_s = communication_seconds(shape, setup, gpu)
+    step_s = compute_s + max(0.0, comm_s - COMM_OVERLAP * compute_s)
+    tokens_per_s = setup.gpus * step_tokens / step_s
     hours = tokens / tokens_per_s / 3600
-    gpu_hours = hours * setup.gpus
+    start = startup_hours(shape)
+    gpu_hours = max(hours + start, MIN_BILLED_HOURS) * setup.gpus
     on_demand = gpu_hours * gpu.on_demand_usd if gpu.on_demand_usd is not None else None
     spot = gpu_hours * gpu.spot_usd if gpu.spot_usd is not None else None
-    return TimeEstimate(tokens, fpt, mfu, tokens_per_s, hours, gpu_hours, on_demand, spot)
+    return TimeEstimate(tokens, fpt, mfu, tokens_per_s, hours, gpu_hours, on_demand, spot, comm_s, compute_s / step_s,
+                        start)
 
 
 @dataclass
