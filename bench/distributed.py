@@ -1,5 +1,6 @@
 """One process against two (`leantune train --nproc 2`, fsdp2 and ddp) on this machine's CPU: tokens/s, each
-process's peak resident memory against the planner's per-process prediction (the run's plan.json, the same
+process's peak resident memory against the planner's per-process prediction, with glibc's default allocator and
+with `training.release_memory` (training/allocator.py) (the run's plan.json, the same
 `Setup` as `leantune plan --sharding fsdp --gpus 2`), and the losses (which must agree: two processes train what
 one does). The bundled SmolLM2-135M, LoRA r=8, sms-spam, the same global batch (micro-batch 8 x 2 accumulation).
 
@@ -8,7 +9,7 @@ of two gets half (the CPU is shared: on one machine two processes cannot be fast
 the overhead sharding adds). On a GPU machine, with `--nproc-max 1`, it measures the one-GPU case only (several GPUs
 are needed for the rest).
 
-    python bench/distributed.py               # ~8 min on 2 cores
+    python bench/distributed.py               # ~13 min on 2 cores
     python bench/distributed.py --rounds 3 --steps 8
 
 Writes bench/results/distributed.json.
@@ -32,17 +33,20 @@ from common import load_results, work_dir, write_results
 
 RESULTS = HERE / "results" / "distributed.json"
 WORK = work_dir("distributed")
-SETTINGS = (("1 process", 1, "fsdp2"), ("2 processes fsdp2", 2, "fsdp2"), ("2 processes ddp", 2, "ddp"))
+# (label, processes, strategy, training.release_memory)
+SETTINGS = (("1 process", 1, "fsdp2", False), ("1 process, release_memory", 1, "fsdp2", True),
+            ("2 processes fsdp2", 2, "fsdp2", False), ("2 processes fsdp2, release_memory", 2, "fsdp2", True),
+            ("2 processes ddp", 2, "ddp", False))
 
 
-def run_once(label: str, nproc: int, strategy: str, steps: int, index: int) -> dict:
-    runs = WORK / "runs" / f"{label.replace(' ', '-')}-{index}"
+def run_once(label: str, nproc: int, strategy: str, release: bool, steps: int, index: int) -> dict:
+    runs = WORK / "runs" / f"{label.replace(' ', '-').replace(',', '')}-{index}"
     shutil.rmtree(runs, ignore_errors=True)  # a fresh runs directory: this run is the only one in it
     args = ["model.base=smollm2-135m", "data.train=sms-spam", "data.eval_size=16", "data.max_seq_len=128",
             f"training.max_steps={steps}", "training.micro_batch_size=8", "training.grad_accum=2",
             "training.checkpoint_every=1000", "eval.after_train=false", "method.dropout=0.0",
             f"training.distributed.strategy={strategy}", f"output.runs_dir={runs}", "cost.usd_per_hour=0",
-            f"training.threads={max(1, (os.cpu_count() or 1) // nproc)}"]
+            f"training.threads={max(1, (os.cpu_count() or 1) // nproc)}", f"training.release_memory={release}"]
     command = [sys.executable, "-m", "leantune", "train", *args, "--allow-duplicate", "--nproc", str(nproc)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -68,11 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     load_results(RESULTS)  # says when earlier results are from other code
     settings = [s for s in SETTINGS if s[1] <= args.nproc_max]
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in settings}
     for index in range(args.rounds):
-        for label, nproc, strategy in settings:
+        for label, nproc, strategy, release in settings:
             print(f"round {index + 1}/{args.rounds}: {label} ...", flush=True)
-            result = run_once(label, nproc, strategy, args.steps, index)
+            result = run_once(label, nproc, strategy, release, args.steps, index)
             runs[label].append(result)
             print(f"  {result['tokens_per_s']} tokens/s, peak {result['peak_rss_gib_per_process']} GiB per process "
                   f"(planned {result['planned_gib_per_process']})", flush=True)

@@ -114,6 +114,8 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores torch sees")
+    release_memory: bool = Field(False, description="CPU: glibc gives freed large blocks back at once (a fixed mmap "
+                                 "threshold): a lower resident peak for slower steps (training/allocator.py)")
     distributed: DistributedConfig = DistributedConfig()
 
 

@@ -36,6 +36,7 @@ from ..runs.rundir import RunDir
 from ..runs.trackers import Loggers
 from .budget import BudgetGuard
 from . import distributed
+from .allocator import release_freed_memory
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .distributed import World
 from .lineage import load_parent_adapter, parent_run
@@ -72,6 +73,10 @@ class FineTuneRecipe:
     def setup(self, resume: bool = False, force: bool = False) -> None:
         if self.config.training.threads:
             torch.set_num_threads(self.config.training.threads)
+        if self.config.training.release_memory and self.device == "cpu":
+            released = release_freed_memory()
+            self.note("training.release_memory: freed large blocks go back to the system at once" if released else
+                      "[yellow]training.release_memory: this C library has no mallopt (not glibc); ignored[/]")
         check_method_available(self.config.method, self.device)  # before minutes of model loading, not after
         # an unreachable tracking server stops us here; ranks above 0 log nothing (rank 0 logs the global step)
         self.loggers = Loggers(self.config, self.run, self.note) if self.world.main else Loggers.none()
