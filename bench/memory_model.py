@@ -9,7 +9,7 @@ The planner predicts the memory the tensors need. On CPU, glibc's malloc keeps f
 in its heap once its adaptive mmap threshold has grown, so the resident peak overstates that; the
 validation run therefore fixes the threshold (MALLOC_MMAP_THRESHOLD_=131072) and a second run with the
 default allocator records what a plain process shows. (Fixing it is not free: steps ran 1.4-1.9x slower
-here, so leantune does not do it for you.)
+here, so leantune does it only when training.release_memory asks.)
 
     python bench/memory_model.py            # all configs; results are kept, a rerun skips those done
     python bench/memory_model.py --fresh    # measure everything again
