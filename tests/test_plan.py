@@ -281,3 +281,35 @@ def test_plan_takes_every_training_method_from_a_run_config(tmp_path, monkeypatc
         assert code == 0, (method, err)
         setup = json.loads(out)["chosen"]["setup"]
         assert (setup["method"], setup["lora_rank"], setup["loss_chunk"]) == (planned, 8, 256), method
+
+
+def test_plan_buy_reproduces_the_break_even_by_hand():
+    """One H100, on demand at the catalog's $3.00/h, $27,500 written off over 3 years, 700 W x PUE 1.3 at
+    $0.15/kWh: owning costs 27500 / 156 = $176.28 a week plus $0.1365 an hour of training, renting $3.00 an hour,
+    so they meet at 176.28 / 2.8635 = 61.6 hours a week."""
+    from leantune.plan.buy import own_or_rent
+
+    plan = make_plan("llama-3.1-8b", "lora", "h100", "20M", setup=Setup(seq_len=2048, micro_batch=2))
+    r = own_or_rent(plan.chosen, runs_per_week=2, usd_per_kwh=0.15, pue=1.3, depreciation_years=3)
+    assert r.purchase_usd == 27500 and r.rent_usd_per_hour == 3.0
+    assert r.power_usd_per_hour == pytest.approx(0.7 * 1.3 * 0.15)
+    assert r.break_even_hours_per_week == pytest.approx(27500 / (52 * 3) / (3.0 - 0.1365))
+    assert 61 < r.break_even_hours_per_week < 62
+    hours = plan.chosen.time.hours
+    # after 1 year two-thirds of the card's value is still there; renting pays the planned (billed) cost per run
+    assert r.totals[1]["own"] == pytest.approx(27500 / 3 + 0.1365 * hours * 2 * 52)
+    assert r.totals[3]["rent_on_demand"] == pytest.approx(plan.chosen.time.cost_on_demand * 2 * 52 * 3)
+    assert r.one_off_ratio == pytest.approx(27500 / plan.chosen.time.cost_on_demand)
+
+
+def test_plan_buy_on_the_command_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "leantune", "plan", "--model", "llama-3.1-8b", "--method", "qlora",
+                           "--gpu", "rtx-4090", "--tokens", "20M", "--buy", "--runs-per-week", "5", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    buy = json.loads(done.stdout)["buy"]
+    assert buy["gpu"] == "rtx-4090" and buy["purchase_usd"] == 1500 and buy["runs_per_week"] == 5
+    assert buy["break_even_hours_per_week"] == pytest.approx(1500 / 156 / (0.39 - 0.45 * 1.3 * 0.15))
+    refused = subprocess.run([sys.executable, "-m", "leantune", "plan", "--model", "llama-3.1-8b", "--method", "lora",
+                              "--gpu", "a10g", "--tokens", "20M", "--buy"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "No purchase price or power for NVIDIA A10G" in refused.stderr

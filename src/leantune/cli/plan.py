@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Optional
 
 import typer
 
 from ..plan import load_catalog, plan_from_options
-from ..plan.render import print_gpus, print_models, print_plan
+from ..errors import ConfigError
+from ..plan.render import print_gpus, print_models, print_own_or_rent, print_plan
 
 
 def plan(
@@ -35,6 +37,11 @@ def plan(
     as_json: bool = typer.Option(False, "--json"),
     list_models: bool = typer.Option(False, "--list-models"),
     list_gpus: bool = typer.Option(False, "--list-gpus"),
+    buy: bool = typer.Option(False, "--buy", help="rent or buy: owning the plan's GPUs against renting them for this workload"),
+    runs_per_week: float = typer.Option(1.0, "--runs-per-week", help="with --buy: how often this run is repeated"),
+    kwh_usd: float = typer.Option(0.15, "--kwh-usd", help="with --buy: electricity price per kWh"),
+    pue: float = typer.Option(1.3, "--pue", help="with --buy: power usage effectiveness (cooling and losses)"),
+    years: float = typer.Option(3.0, "--years", help="with --buy: years the cards are written off over"),
 ):
     """Memory, time and cost of a fine-tune before a GPU-hour is spent; ranks the setups that fit."""
     if list_models or list_gpus:
@@ -42,9 +49,22 @@ def plan(
         return
     result = plan_from_options(config, model, method, gpu, gpus, seq_len, batch, tokens, dataset, epochs, rank,
                                grad_checkpointing, optimizer, sharding, attention, dpo, budget, spot, mfu, prices)
+    owned = None
+    if buy:
+        from ..plan.buy import own_or_rent
+
+        if result.best is None:
+            raise ConfigError("--buy needs a setup that fits; see the plan without --buy.")
+        owned = own_or_rent(result.best, runs_per_week, kwh_usd, pue, years, spot)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        if owned is not None:
+            data["buy"] = {**asdict(owned), "break_even_utilisation": owned.break_even_utilisation,
+                           "one_off_ratio": owned.one_off_ratio}
+        print(json.dumps(data, indent=2))
     else:
         print_plan(result)
+        if owned is not None:
+            print_own_or_rent(owned)
     if result.chosen is not None and not result.chosen.fits:
         raise typer.Exit(1)

@@ -27,6 +27,8 @@ class GPU:
     device_names: tuple[str, ...] = ()  # what the driver calls this card (torch.cuda.get_device_name, nvidia-smi)
     interconnect: str = "unknown"  # how the GPUs of one machine reach each other
     collective_gbs: float = 10.0  # all-reduce bus bandwidth per GPU between GPUs of one machine (GB/s), assumed
+    purchase_usd: float | None = None  # one card's street price (plan --buy); None: not sold on its own
+    tdp_watts: float | None = None  # board power
 
 
 def load_catalog(prices: str | Path | None = None) -> dict[str, GPU]:

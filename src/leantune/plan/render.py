@@ -125,3 +125,23 @@ def print_gpus(catalog: dict[str, GPU], console: Console | None = None) -> None:
         table.add_row(g.key, g.name, f"{g.memory_gib:g}", f"{g.bf16_tflops:g}", f"{g.bandwidth_tbs:g}", _money(g.on_demand_usd),
                       _money(g.spot_usd), f"{g.price_date}, {g.price_source}")
     (console or Console()).print(table)
+
+
+def print_own_or_rent(r, console: Console | None = None) -> None:
+    """`plan --buy`: owning the plan's GPUs against renting them for this workload (plan/buy.py)."""
+    from .buy import seed_claims
+
+    console = console or Console()
+    console.print(f"[bold]rent or buy[/] {r.gpus} x {r.gpu}: {_money(r.purchase_usd)} to buy, written off over "
+                  f"{r.years:g} years; power {_money(r.power_usd_per_hour)}/h at full load; renting "
+                  f"{_money(r.rent_usd_per_hour)}/h. Workload: this run ({_hours(r.job_hours)}) {r.runs_per_week:g} "
+                  "time(s) a week.")
+    table = Table()
+    for col in ("years", "own", "rent on demand", "rent spot"):
+        table.add_column(col, justify="right")
+    for years, t in r.totals.items():
+        table.add_row(str(years), _money(t["own"]), _money(t["rent_on_demand"]), _money(t["rent_spot"]))
+    console.print(table)
+    for line in seed_claims(r):
+        console.print(line, highlight=False)
+    console.print("[dim]not counted: the host machine, space, cooling beyond the PUE, people; all raise the break-even[/]")
