@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from leantune.errors import ConfigError, ModelError
-from leantune.plan import make_plan, resolve_shape
+from leantune.plan import GiB, make_plan, resolve_shape
 from leantune.plan.catalog import find_gpu, load_catalog
 from leantune.plan.memory import (
     NF4_BITS_DOUBLE_QUANT, activation_bytes, activation_bytes_per_layer, estimate_peak_memory, logits_bytes, trainable_params,
@@ -16,7 +16,7 @@ from leantune.plan.memory import (
 from leantune.plan.presets import PRESETS
 from leantune.plan.setup import Setup
 from leantune.plan.shapes import ModelShape, shape_from_dir
-from leantune.plan.timing import flops_per_token, pretraining_gap, estimate_time
+from leantune.plan.timing import HOST_LINK_GBS, flops_per_token, pretraining_gap, estimate_time
 from leantune.plan.tokens import parse_token_count
 
 # Exact counts from the model cards / safetensors metadata of the released checkpoints.
@@ -180,9 +180,11 @@ def test_collectives_cost_what_the_interconnect_says():
 def test_a_short_8b_lora_job_on_rtx_4090s_is_not_split_over_eight_cards():
     """Issue 20's case: 8 x RTX 4090 with ZeRO-3 used to rank first (1 minute) over one card (13 minutes); every
     card now pays its start-up and the collectives over PCIe without peer-to-peer."""
-    plan = make_plan("llama-3.1-8b", "lora", None, "2M", setup=Setup(seq_len=2048, micro_batch=2))
+    plan = make_plan("llama-3.1-8b", "lora", "rtx-4090", "2M", setup=Setup(seq_len=2048, micro_batch=2))
+    assert not plan.chosen.fits  # 2 x 2048 without any lever: what fits instead is ranked on the same card
     best = plan.ranked[0]
     assert best.setup.gpus == 1 and best.gpu.key == "rtx-4090"
+    assert [c.setup.gpus for c in plan.ranked] == [1, 2, 4, 8]
 
 
 def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():
@@ -313,3 +315,66 @@ def test_plan_buy_on_the_command_line(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "leantune", "plan", "--model", "llama-3.1-8b", "--method", "lora",
                               "--gpu", "a10g", "--tokens", "20M", "--buy"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "No purchase price or power for NVIDIA A10G" in refused.stderr
+
+
+def test_offloading_keeps_two_layers_on_the_gpu_and_pays_the_copies():
+    shape = PRESETS["llama-3.1-8b"]
+    ck = Setup(method="lora", seq_len=2048, micro_batch=2, grad_checkpointing=True)
+    off = replace(ck, activation_offload=True)
+    layer_input = 2 * 2048 * shape.hidden * 2
+    per_layer = activation_bytes_per_layer(shape, ck, 2)
+    edges = 2 * 2048 * shape.hidden * (4 + 2)
+    assert activation_bytes(shape, off) == 2 * layer_input + per_layer + edges
+    assert estimate_peak_memory(shape, off).in_cpu_memory == (shape.layers - 2) * layer_input
+    # without checkpointing every saved tensor of a layer goes: two layers' worth stays
+    plain = replace(off, grad_checkpointing=False)
+    assert activation_bytes(shape, plain) == 2 * activation_bytes_per_layer(shape, plain, 2) + edges
+    # on a CPU run there is nowhere to offload to
+    cpu = replace(off, device="cpu")
+    assert activation_bytes(shape, cpu) == activation_bytes(shape, replace(ck, device="cpu"))
+    # time: the offloaded bytes cross the host link twice a step (HOST_LINK_GBS), on top of the compute
+    gpu = load_catalog()["rtx-4090"]
+    with_copies, without = estimate_time(shape, off, gpu, 1e6), estimate_time(shape, ck, gpu, 1e6)
+    step_tokens = 2 * 2048
+    added = step_tokens / with_copies.tokens_per_s - step_tokens / without.tokens_per_s
+    assert added == pytest.approx(2 * (shape.layers - 2) * layer_input / (HOST_LINK_GBS * 1e9))
+
+
+def test_pure_bf16_and_chunked_loss_terms():
+    shape = PRESETS["llama-3.1-8b"]
+    n = shape.total_params
+    pure = estimate_peak_memory(shape, Setup(method="full", master_weights=False))
+    assert (pure.trainable_weights, pure.gradients, pure.optimizer) == (0, 2 * n, 4 * n)  # bf16 moments, no master
+    mixed = estimate_peak_memory(shape, Setup(method="full"))
+    assert (mixed.trainable_weights, mixed.optimizer) == (4 * n, 8 * n)
+    # a chunked loss recomputes the output layer for its positions in backward: 2 V h FLOPs a token
+    plain, chunked = Setup(), Setup(loss_chunk=512)
+    assert flops_per_token(shape, chunked) - flops_per_token(shape, plain) == 2 * shape.vocab * shape.hidden
+
+
+def test_torchtune_8b_cases_land_within_15_percent_with_their_levers():
+    """Issue 20's check: torchtune's README (batch 2, packed to 2048, checkpointing, chunked cross-entropy, activation
+    offloading; LoRA rank 8 on q, v, output and the MLP) reports 16.2 GiB for LoRA and 7.4 GiB for QLoRA on a 4090."""
+    targets = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for method, published in (("lora", 16.2), ("qlora", 7.4)):
+        setup = Setup(method=method, seq_len=2048, micro_batch=2, grad_checkpointing=True, activation_offload=True,
+                      loss_chunk=512, lora_rank=8, lora_targets=targets)
+        plan = make_plan("llama-3.1-8b", method, "rtx-4090", "10M", setup=setup)
+        total = plan.chosen.memory.total / GiB
+        assert abs(total - published) / published < 0.15, (method, total)
+        # and each lever says what it buys
+        assert {e["lever"] for e in plan.chosen.levers} == {"checkpointing", "offload", "chunked loss 512"}
+        assert all(e["saves_gib"] > 0 for e in plan.chosen.levers)
+
+
+def test_plan_flags_for_levers_and_targets(monkeypatch, capsys):
+    from test_cli import run_cli
+
+    code, out, err = run_cli(monkeypatch, capsys, "plan", "--model", "llama-3.1-8b", "--method", "lora", "--gpu", "rtx-4090",
+                             "--tokens", "1M", "--seq-len", "2048", "--batch", "2", "--grad-checkpointing", "--offload",
+                             "--loss-chunk", "512", "--targets", "q_proj,v_proj", "--json")
+    assert code == 0, err
+    setup = json.loads(out)["chosen"]["setup"]
+    assert (setup["activation_offload"], setup["loss_chunk"], setup["lora_targets"]) == (True, 512, ["q_proj", "v_proj"])
+    code, out, err = run_cli(monkeypatch, capsys, "plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--targets", "qproj")
+    assert code == 2 and "qproj" in err and "all-linear" in err

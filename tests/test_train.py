@@ -225,3 +225,32 @@ def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_pat
 
     assert load_file(compiled.run_dir / "adapter" / "adapter_model.safetensors").keys() == \
         load_file(plain.run_dir / "adapter" / "adapter_model.safetensors").keys()
+
+
+def test_activation_offloading_moves_saved_tensors_and_keeps_the_losses(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """training.activation_offload runs each step under torch's save_on_cpu hooks: every tensor saved for backward
+    goes through them (counted here), with and without checkpointing, and the losses are those of a plain run."""
+    packed = []
+
+    class CountingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+        def __init__(self, pin_memory=False, device_type="cuda"):
+            super().__init__(pin_memory=pin_memory, device_type=device_type)
+            pack = self.pack_hook
+            self.pack_hook = lambda t: packed.append(t.numel()) or pack(t)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", CountingSaveOnCpu)
+    common = {"method.dropout": 0.0, "training.max_steps": 3}
+    plain = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "a", **common))
+    assert not packed
+    offloaded = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "b", **common,
+                                           **{"training.activation_offload": "true"}))
+    assert packed
+    assert losses(plain.run_dir) == pytest.approx(losses(offloaded.run_dir), rel=1e-5)
+    both = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "c", **common,
+                                      **{"training.activation_offload": "true", "training.gradient_checkpointing": "true"}))
+    assert losses(plain.run_dir) == pytest.approx(losses(both.run_dir), rel=1e-5)
+    # the same experiment: where saved tensors wait does not change the fingerprint
+    from leantune.config import load_config
+    from leantune.runs.fingerprint import result_fields
+    fields = result_fields(load_config(offloaded.run_dir / "config.yaml"))
+    assert "training.gradient_checkpointing" in fields and "training.activation_offload" not in fields

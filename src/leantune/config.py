@@ -106,6 +106,8 @@ class TrainingConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = False
+    activation_offload: bool = Field(False, description="keep what forward saves for backward in CPU memory until "
+                                     "backward needs it (GPU memory for PCIe copies; training/offload.py)")
     loss_chunk: int = Field(0, ge=0, description="compute the output layer and loss this many labelled positions at a "
                             "time (recomputed in backward), so all fp32 logits never exist at once; 0: all together")
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays only for long runs: "

@@ -26,6 +26,10 @@ def plan(
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank"),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
+    loss_chunk: Optional[int] = typer.Option(None, "--loss-chunk", help="chunked loss: labelled positions whose logits exist at once (0: off)"),
+    offload: Optional[bool] = typer.Option(None, "--offload/--no-offload", help="activation offloading to CPU memory"),
+    targets: Optional[str] = typer.Option(None, "--targets", help="LoRA targets: all-linear or e.g. q_proj,v_proj,o_proj"),
+    pure_bf16: bool = typer.Option(False, "--pure-bf16", help="weights, gradients and Adam moments all in bf16, no fp32 master copy (torchtune, LitGPT bf16-true)"),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw8bit"),
     sharding: str = typer.Option("none", "--sharding", help="none | zero1 | zero2 | zero3 | fsdp"),
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | eager"),
@@ -48,7 +52,8 @@ def plan(
         print_models() if list_models else print_gpus(load_catalog(prices))
         return
     result = plan_from_options(config, model, method, gpu, gpus, seq_len, batch, tokens, dataset, epochs, rank,
-                               grad_checkpointing, optimizer, sharding, attention, dpo, budget, spot, mfu, prices)
+                               grad_checkpointing, optimizer, sharding, attention, dpo, budget, spot, mfu, prices,
+                               loss_chunk, offload, targets, pure_bf16)
     owned = None
     if buy:
         from ..plan.buy import own_or_rent

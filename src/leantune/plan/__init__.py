@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .catalog import GPU, find_gpu, load_catalog
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
 from .presets import resolve_shape
-from .recommend import Candidate, evaluate_setup, recommend
+from .recommend import Candidate, evaluate_setup, lever_effects, recommend
 from .setup import METHODS, Setup, setup_from_run_config
 from .shapes import ModelShape
 from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap
@@ -44,7 +44,7 @@ class Plan:
                 return None
             return {
                 "setup": asdict(c.setup), "gpu": c.gpu.key, "fits": c.fits, "gpu_memory_gib": c.gpu.memory_gib,
-                "memory_gib": c.memory.as_gib(), "time": asdict(c.time),
+                "memory_gib": c.memory.as_gib(), "time": asdict(c.time), "levers": c.levers,
             }
 
         return {
@@ -110,6 +110,8 @@ def make_plan(
         if budget is not None:
             ranked = [c for c in ranked if c.price(spot) <= budget] or ranked
         ranked = ranked[:top]
+    for c in ranked + ([chosen] if chosen else []):
+        c.levers = lever_effects(shape, c, n_tokens, mfu)
     plan = Plan(shape, n_tokens, note, chosen, ranked, not_fitting, budget=budget, spot=spot)
     if plan.best is not None:
         plan.gap = pretraining_gap(shape, plan.best.gpu, plan.best.time)
@@ -121,7 +123,8 @@ def plan_from_options(config: str | None = None, model: str | None = None, metho
                       dataset: str | None = None, epochs: float | None = None, rank: int | None = None,
                       grad_checkpointing: bool | None = None, optimizer: str = "adamw", sharding: str = "none",
                       attention: str = "sdpa", dpo: bool = False, budget: float | None = None, spot: bool = False,
-                      mfu: float | None = None, prices: str | None = None) -> Plan:
+                      mfu: float | None = None, prices: str | None = None, loss_chunk: int | None = None,
+                      offload: bool | None = None, targets: str | None = None, pure_bf16: bool = False) -> Plan:
     """`leantune plan`'s options, over a run config when one is given (its model, method, data and epochs; an
     option overrides the config): the plan of that run."""
     base, from_config = Setup(), {}
@@ -130,9 +133,10 @@ def plan_from_options(config: str | None = None, model: str | None = None, metho
         base = setup_from_run_config(run)  # AdaLoRA plans as LoRA of its initial rank
         from_config = {"model": run.model.base, "method": base.method, "dataset": run.data.train,
                        "epochs": float(run.training.epochs)}
-    given = {"seq_len": seq_len, "micro_batch": micro_batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing}
+    given = {"seq_len": seq_len, "micro_batch": micro_batch, "lora_rank": rank, "grad_checkpointing": grad_checkpointing,
+             "loss_chunk": loss_chunk, "activation_offload": offload, "lora_targets": parse_targets(targets)}
     setup = replace(base, **{k: v for k, v in given.items() if v is not None}, optimizer=optimizer, sharding=sharding,
-                    attention=attention, gpus=gpus, objective="dpo" if dpo else "sft")
+                    attention=attention, gpus=gpus, objective="dpo" if dpo else "sft", master_weights=not pure_bf16)
     model = model or from_config.get("model")
     if not model:
         raise ConfigError("Say which model: --model llama-3.1-8b (see --list-models), a model directory, or a run config file.")
@@ -140,6 +144,21 @@ def plan_from_options(config: str | None = None, model: str | None = None, metho
                      dataset=dataset or (None if tokens else from_config.get("dataset")),
                      epochs=epochs or from_config.get("epochs", 1.0), setup=setup, budget=budget, spot=spot, mfu=mfu,
                      prices=prices)
+
+
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def parse_targets(targets: str | None) -> str | tuple[str, ...] | None:
+    """--targets: all-linear, or a comma-separated list of the block's linear layers."""
+    if targets is None or targets == "all-linear":
+        return targets
+    names = tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [n for n in names if n not in LINEAR_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"--targets {targets!r}: {', '.join(unknown) or 'empty'} is not a linear layer of a Llama-style "
+                          f"block; give all-linear or names from {', '.join(LINEAR_NAMES)}, e.g. q_proj,v_proj.")
+    return names
 
 
 __all__ = [

@@ -41,6 +41,7 @@ class MemoryBreakdown:
     logits: float
     reference_model: float  # DPO with full fine-tuning keeps a frozen copy
     overhead: float
+    in_cpu_memory: float = 0.0  # activations offloaded to the host (activation_offload): not on the GPU, not in total
 
     @property
     def total(self) -> float:
@@ -122,7 +123,15 @@ def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float
     return norms + attention + mlp + adapters
 
 
-def activation_bytes(shape: ModelShape, setup: Setup) -> float:
+# Activation offloading (torch.autograd.graph.save_on_cpu; torchtune's OffloadActivations) moves what the layers
+# save for backward into host memory as it is saved and brings it back when backward reaches it. The GPU keeps the
+# layer being computed and one in transit. With checkpointing what is saved is each layer's input; without, every
+# tensor the layer saves.
+OFFLOAD_LAYERS_ON_GPU = 2
+
+
+def activation_split(shape: ModelShape, setup: Setup) -> tuple[float, float]:
+    """(bytes of activations on the device at the peak, bytes offloaded to CPU memory)."""
     b = setup.micro_batch * (2 if setup.objective == "dpo" else 1)  # DPO: chosen and rejected
     per_layer = activation_bytes_per_layer(shape, setup, b)
     # The final norm keeps its fp32 input and its output (the lm_head's input).
@@ -135,12 +144,21 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> float:
         de_quantised = shape.block_linear_params * setup.act_bytes
     elif setup.method == "qlora":  # CUDA kernels de-quantise one weight matrix at a time
         de_quantised = max(d_in * d_out for _, d_in, d_out, _ in shape.linear_layers()) * setup.act_bytes
-    if setup.grad_checkpointing:
-        # Keep only each layer's input; recompute one layer at a time in the backward pass.
-        layers = shape.layers * b * setup.seq_len * shape.hidden * setup.act_bytes + per_layer
+    # with checkpointing a layer keeps only its input and is recomputed, one at a time, in the backward pass
+    layer_input = b * setup.seq_len * shape.hidden * setup.act_bytes
+    saved, working = (layer_input, per_layer) if setup.grad_checkpointing else (per_layer, 0.0)
+    offloaded = 0.0
+    if setup.activation_offload and setup.device == "cuda":  # on a CPU run the host memory is the device's
+        kept = min(shape.layers, OFFLOAD_LAYERS_ON_GPU)
+        offloaded = (shape.layers - kept) * saved
+        layers = kept * saved + working
     else:
-        layers = shape.layers * per_layer
-    return layers + embeddings_and_final_norm + de_quantised
+        layers = shape.layers * saved + working
+    return layers + embeddings_and_final_norm + de_quantised, offloaded
+
+
+def activation_bytes(shape: ModelShape, setup: Setup) -> float:
+    return activation_split(shape, setup)[0]
 
 
 def logits_bytes(shape: ModelShape, setup: Setup) -> float:
@@ -165,7 +183,15 @@ def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
     """Peak memory on one GPU (or the CPU process) for one training step of `setup`."""
     n_train = trainable_params(shape, setup)
     weights = weight_bytes(shape, setup)
-    if setup.method == "full":
+    optimizer = n_train * OPTIMIZER_BYTES[setup.optimizer]
+    if not setup.master_weights:
+        # pure bf16 (torchtune's and LitGPT's bf16-true): what trains, its gradient and Adam's two moments are all
+        # kept in the weights' 16 bits; nothing in fp32
+        trainable_weights = 0 if setup.method == "full" else n_train * setup.act_bytes
+        gradients = n_train * setup.act_bytes
+        if setup.optimizer == "adamw":
+            optimizer = n_train * 2 * setup.act_bytes
+    elif setup.method == "full":
         # Mixed precision keeps fp32 master weights beside 16-bit ones (Micikevicius et al. 2018;
         # with Adam: the 16 bytes/param of the ZeRO paper, Rajbhandari et al. 2020).
         trainable_weights = n_train * 4 if setup.dtype == "bf16" else 0
@@ -173,7 +199,6 @@ def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
     else:
         trainable_weights = n_train * 4  # PEFT keeps adapter weights in fp32
         gradients = n_train * 4
-    optimizer = n_train * OPTIMIZER_BYTES[setup.optimizer]
     reference = weights if (setup.objective == "dpo" and setup.method == "full") else 0.0
 
     n = setup.gpus
@@ -186,9 +211,10 @@ def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
         weights /= n
         reference /= n
 
-    activations = activation_bytes(shape, setup)
+    activations, offloaded = activation_split(shape, setup)
     logits = logits_bytes(shape, setup)
     subtotal = weights + trainable_weights + optimizer + reference + max(activations + logits, gradients)
     base = CUDA_CONTEXT_BYTES if setup.device == "cuda" else CPU_PROCESS_BYTES
     overhead = base + ALLOCATOR_MARGIN * subtotal
-    return MemoryBreakdown(weights, trainable_weights, gradients, optimizer, activations, logits, reference, overhead)
+    return MemoryBreakdown(weights, trainable_weights, gradients, optimizer, activations, logits, reference, overhead,
+                           offloaded)

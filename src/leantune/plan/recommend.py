@@ -1,10 +1,10 @@
-"""Search the setups that fit and rank them by cost: method x GPU type x GPU count x micro-batch x
-gradient checkpointing x optimizer x sharding."""
+"""Search the setups that fit and rank them by cost: method x GPU type x GPU count x micro-batch x the memory
+levers (activation checkpointing, activation offloading, chunked loss, 8-bit Adam, sharding)."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .catalog import GPU
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory
@@ -14,6 +14,9 @@ from .timing import TimeEstimate, estimate_time
 
 GPU_COUNTS = (1, 2, 4, 8)
 MICRO_BATCHES = (1, 2, 4, 8, 16)
+# the chunk the search tries when the run has none: torchtune's 8 chunks of a 2 x 2048 batch; the fp32 logits of
+# 512 positions are 0.7 GiB for a 128k vocabulary
+SEARCH_LOSS_CHUNK = 512
 
 
 @dataclass
@@ -22,6 +25,7 @@ class Candidate:
     gpu: GPU
     memory: MemoryBreakdown
     time: TimeEstimate
+    levers: list[dict] = field(default_factory=list)  # filled for the setups shown (lever_effects)
 
     @property
     def fits(self) -> bool:
@@ -36,14 +40,35 @@ def evaluate_setup(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu
     return Candidate(setup, gpu, estimate_peak_memory(shape, setup), estimate_time(shape, setup, gpu, tokens, mfu))
 
 
+def lever_effects(shape: ModelShape, c: Candidate, tokens: float, mfu: float | None = None) -> list[dict]:
+    """What each lever the setup pulls buys: GiB per GPU saved and the time it costs, against the same setup with
+    that one lever released."""
+    s = c.setup
+    released = {"checkpointing": dict(grad_checkpointing=False), "offload": dict(activation_offload=False),
+                "8-bit Adam": dict(optimizer="adamw"), "pure bf16": dict(master_weights=True),
+                s.sharding: dict(sharding="none")}
+    effects = []
+    for lever in s.levers():
+        change = dict(loss_chunk=0) if lever.startswith("chunked loss") else released[lever]
+        without = evaluate_setup(shape, replace(s, **change), c.gpu, tokens, mfu)
+        effects.append({"lever": lever, "saves_gib": (without.memory.total - c.memory.total) / GiB,
+                        "time_factor": c.time.hours / without.time.hours if without.time.hours else 1.0})
+    return effects
+
+
 def candidate_setups(base: Setup, methods: list[str], gpu_counts=GPU_COUNTS, micro_batches=MICRO_BATCHES):
-    for method, gpus, mb, ckpt in itertools.product(methods, gpu_counts, micro_batches, (False, True)):
+    chunks = sorted({base.loss_chunk, SEARCH_LOSS_CHUNK})
+    for method, gpus, mb, ckpt, offload, chunk in itertools.product(methods, gpu_counts, micro_batches, (False, True),
+                                                                     (False, True), chunks):
+        if offload and base.device != "cuda":  # on a CPU run the host memory is the device's
+            continue
         optimizers = ("adamw", "adamw8bit") if method == "full" else ("adamw",)
         # Several GPUs: plain data parallelism, or ZeRO-3/FSDP sharding (which frozen LoRA/QLoRA base
         # weights need too once they outgrow one GPU, as in FSDP + QLoRA).
         shardings = ("none",) if gpus == 1 else ("none", "zero3")
         for opt, shard in itertools.product(optimizers, shardings):
-            yield replace(base, method=method, gpus=gpus, micro_batch=mb, grad_checkpointing=ckpt, optimizer=opt, sharding=shard)
+            yield replace(base, method=method, gpus=gpus, micro_batch=mb, grad_checkpointing=ckpt, optimizer=opt,
+                          sharding=shard, activation_offload=offload, loss_chunk=chunk)
 
 
 def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, methods: list[str],
@@ -67,12 +92,12 @@ def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, me
                 f"micro-batch {s.micro_batch}{', checkpointing' if s.grad_checkpointing else ''}) needs "
                 f"{smallest.memory.total / GiB:.1f} GiB per GPU; it has {gpu.memory_gib:.0f}"
             )
-    # One row per (method, GPU type, GPU count): the fitting variant that recomputes nothing, shards
-    # nothing it need not, and uses the largest micro-batch (larger batches run closer to peak, which the
-    # flat MFU assumption does not see).
+    # One row per (method, GPU type, GPU count): the cheapest fitting variant; among equals the one that pulls
+    # the fewest levers, then the largest micro-batch (larger batches run closer to peak, which the flat MFU
+    # assumption does not see).
 
     def preference(c: Candidate):
-        return (c.price(spot), c.setup.grad_checkpointing, c.setup.sharding != "none", -c.setup.micro_batch)
+        return (c.price(spot), len(c.setup.levers()), -c.setup.micro_batch)
 
     best: dict[tuple, Candidate] = {}
     for c in fitting:

@@ -35,9 +35,18 @@ def _tokens(n: float) -> str:
 
 def describe(c: Candidate) -> str:
     s = c.setup
+    levers = ", ".join(["adamw"] * (s.optimizer == "adamw") + s.levers())
     return (f"[bold]{s.method}[/] on {s.gpus} x {c.gpu.name}: micro-batch {s.micro_batch} x {s.seq_len} tokens, "
-            f"{'gradient checkpointing, ' if s.grad_checkpointing else ''}{s.optimizer}"
-            f"{', ' + s.sharding if s.sharding != 'none' else ''}{', DPO' if s.objective == 'dpo' else ''}")
+            f"{levers}{', DPO' if s.objective == 'dpo' else ''}")
+
+
+def levers_text(c: Candidate) -> str:
+    """What each lever buys: '-5.1 GiB checkpointing (+33% time)'."""
+    parts = []
+    for e in c.levers:
+        cost = e["time_factor"] - 1
+        parts.append(f"{e['lever']} -{e['saves_gib']:.1f} GiB" + (f" ({cost:+.0%} time)" if abs(cost) >= 0.005 else ""))
+    return "; ".join(parts) or "none"
 
 
 def memory_table(c: Candidate) -> Table:
@@ -45,23 +54,26 @@ def memory_table(c: Candidate) -> Table:
     table.add_column("memory per GPU")
     table.add_column("GiB", justify="right")
     for name, gib in c.memory.as_gib().items():
-        if name != "total" and gib > 0:
+        if name not in ("total", "in_cpu_memory") and gib > 0:
             table.add_row(name.replace("_", " "), f"{gib:.2f}")
     verdict = "[green]fits[/]" if c.fits else "[red]does not fit[/]"
     table.add_row(f"[bold]total[/] ({verdict}, {c.gpu.memory_gib:.0f} GiB available)", f"[bold]{c.memory.total / GiB:.2f}[/]")
+    if c.memory.in_cpu_memory:
+        table.add_row("[dim]activations offloaded to CPU memory (not on the GPU)[/]", f"[dim]{c.memory.in_cpu_memory / GiB:.2f}[/]")
     return table
 
 
 def ranked_table(plan: Plan) -> Table:
     what = "what fits instead" if plan.chosen is not None else "setups that fit"
     table = Table(title=f"{what}, cheapest {'spot' if plan.spot else 'on-demand'} first", title_justify="left")
-    for col in ("#", "method", "GPUs", "micro-batch", "ckpt", "memory/GPU", "tokens/s", "scaling", "time", "on demand", "spot"):
-        table.add_column(col, justify="right" if col not in ("method", "GPUs") else "left")
+    for col in ("#", "method", "GPUs", "micro-batch", "levers: what each saves", "memory/GPU", "tokens/s", "scaling", "time",
+                "on demand", "spot"):
+        table.add_column(col, justify="right" if col not in ("method", "GPUs", "levers: what each saves") else "left")
     for i, c in enumerate(plan.ranked, 1):
         s = c.setup
         over = plan.budget is not None and c.price(plan.spot) > plan.budget
         table.add_row(
-            str(i), s.method, f"{s.gpus} x {c.gpu.key}", str(s.micro_batch), "yes" if s.grad_checkpointing else "no",
+            str(i), s.method, f"{s.gpus} x {c.gpu.key}", str(s.micro_batch), levers_text(c),
             f"{c.memory.total / GiB:.1f}/{c.gpu.memory_gib:.0f} GiB", f"{c.time.tokens_per_s:,.0f}",
             "" if s.gpus == 1 else f"{c.time.scaling_efficiency:.0%}", _hours(c.time.hours),
             _money(c.time.cost_on_demand) + (" (over budget)" if over and not plan.spot else ""),
@@ -80,6 +92,8 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
         c = plan.chosen
         console.print(describe(c))
         console.print(memory_table(c))
+        if c.levers:
+            console.print("levers: " + levers_text(c))
         t = c.time
         links = "" if c.setup.gpus == 1 else (f"; {c.gpu.interconnect}: {t.comm_s_per_step * 1e3:,.0f} ms of collectives "
                                                f"a step, {t.scaling_efficiency:.0%} scaling efficiency")

@@ -29,6 +29,8 @@ class Setup:
     device: Literal["cuda", "cpu"] = "cuda"
     loss_positions: float = 1.0  # share of positions whose logits are computed (leantune: labelled ones only)
     loss_chunk: int = 0  # positions whose logits exist at once (chunked cross-entropy); 0: all of them
+    activation_offload: bool = False  # saved activations kept in CPU memory until backward needs them
+    master_weights: bool = True  # trained weights and their Adam moments in fp32 (mixed precision); False: pure bf16
 
     @property
     def act_bytes(self) -> int:
@@ -38,10 +40,19 @@ class Setup:
     def is_adapter(self) -> bool:
         return self.method != "full"
 
+    def levers(self) -> list[str]:
+        """The memory levers this setup pulls, as the ranked list names them."""
+        named = [("checkpointing", self.grad_checkpointing), ("offload", self.activation_offload),
+                 (f"chunked loss {self.loss_chunk}", bool(self.loss_chunk)), ("8-bit Adam", self.optimizer == "adamw8bit"),
+                 (self.sharding, self.sharding != "none"), ("pure bf16", not self.master_weights)]
+        return [name for name, on in named if on]
+
     def validate(self, hidden: int | None = None) -> "Setup":
         problems = []
         if self.method not in METHODS:
             problems.append(f"method '{self.method}' is not one of {', '.join(METHODS)}")
+        if self.loss_chunk < 0:
+            problems.append(f"loss-chunk must be 0 (off) or a number of positions, got {self.loss_chunk}")
         for name in ("seq_len", "micro_batch", "gpus", "lora_rank"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -74,5 +85,6 @@ def setup_from_run_config(run, **changes) -> Setup:
         lora_targets=targets if targets == "all-linear" else tuple(targets),
         lora_dropout=run.method.dropout,
         loss_chunk=run.training.loss_chunk,
+        activation_offload=run.training.activation_offload,
     )
     return replace(setup, **changes)

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from .catalog import GPU
-from .memory import trainable_params, weight_bytes
+from .memory import activation_split, trainable_params, weight_bytes
 from .setup import Setup
 from .shapes import ModelShape
 
@@ -42,6 +42,11 @@ COMM_OVERLAP = 0.8
 STARTUP_MINUTES = 5.0
 DOWNLOAD_GBS = 0.25  # model weights from a hub or bucket, GB/s
 MIN_BILLED_HOURS = 1 / 60
+# Activation offloading copies what it offloads to the host in forward and back in backward over the card's PCIe
+# link: ~20 GB/s each way for pinned copies on PCIe 4.0 x16 (25-26 GB/s peak in bandwidth tests). leantune's
+# offloading (torch.autograd.graph.save_on_cpu) copies on the compute stream, so the copies add to the step; an
+# assumed figure until measured on a GPU.
+HOST_LINK_GBS = 20.0
 
 
 def flops_per_token(shape: ModelShape, setup: Setup) -> float:
@@ -55,6 +60,8 @@ def flops_per_token(shape: ModelShape, setup: Setup) -> float:
     total = forward + backward
     if setup.grad_checkpointing:
         total += forward
+    if setup.loss_chunk:  # chunked loss recomputes the output layer for its positions in the backward pass
+        total += 2 * shape.vocab * shape.hidden * setup.loss_positions
     if setup.objective == "dpo":
         total += forward  # reference log-probs: adapters off (LoRA family) or a frozen copy (full)
     return total
@@ -99,15 +106,17 @@ def estimate_time(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu:
     step_tokens = setup.micro_batch * setup.seq_len  # per GPU
     compute_s = step_tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu)
     comm_s = communication_seconds(shape, setup, gpu)
-    step_s = compute_s + max(0.0, comm_s - COMM_OVERLAP * compute_s)
+    offload_s = 2 * activation_split(shape, setup)[1] / (HOST_LINK_GBS * 1e9)
+    exposed_comm_s = max(0.0, comm_s - COMM_OVERLAP * compute_s)
+    step_s = compute_s + exposed_comm_s + offload_s
     tokens_per_s = setup.gpus * step_tokens / step_s
     hours = tokens / tokens_per_s / 3600
     start = startup_hours(shape)
     gpu_hours = max(hours + start, MIN_BILLED_HOURS) * setup.gpus
     on_demand = gpu_hours * gpu.on_demand_usd if gpu.on_demand_usd is not None else None
     spot = gpu_hours * gpu.spot_usd if gpu.spot_usd is not None else None
-    return TimeEstimate(tokens, fpt, mfu, tokens_per_s, hours, gpu_hours, on_demand, spot, comm_s, compute_s / step_s,
-                        start)
+    return TimeEstimate(tokens, fpt, mfu, tokens_per_s, hours, gpu_hours, on_demand, spot, comm_s,
+                        compute_s / (compute_s + exposed_comm_s), start)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from .objectives import Batches, make_objective
 from .objectives.ewc import ewc_term
 from .objectives.replay import mix_replay
 from .optimizer import check_method_available, make_optimizer
+from .offload import offload_note, saved_activations
 from .precision import autocast, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
@@ -139,6 +140,8 @@ class FineTuneRecipe:
         cfg = self.config
         if cfg.training.gradient_checkpointing:
             enable_activation_checkpointing(base.model)
+        if note := offload_note(cfg.training.activation_offload, self.device):
+            self.note(note)
         self.compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
         # what inference must load the base in (models/inference.py): for QLoRA it decides the 4-bit weights
         self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."))
@@ -245,7 +248,7 @@ class FineTuneRecipe:
         started = time.perf_counter()
         with self.clock.phase("train"):
             micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
-            with autocast(self.device, self.autocast_dtype):
+            with autocast(self.device, self.autocast_dtype), saved_activations(t.activation_offload, self.device):
                 loss, tokens, extra = self.objective.step(self.forward_model, self.batches,
                                                           distributed.my_share(micro_batches, self.world))
             distributed.reduce_gradients(self.model, self.config, self.world)
