@@ -378,3 +378,25 @@ def test_plan_flags_for_levers_and_targets(monkeypatch, capsys):
     assert (setup["activation_offload"], setup["loss_chunk"], setup["lora_targets"]) == (True, 512, ["q_proj", "v_proj"])
     code, out, err = run_cli(monkeypatch, capsys, "plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--targets", "qproj")
     assert code == 2 and "qproj" in err and "all-linear" in err
+
+
+def test_published_figures_table_is_current_and_states_each_error():
+    """bench/results/plan_vs_published.json: >= 12 published figures with their settings, each with the planner's
+    prediction from the current code (a change to the planner must re-run the bench) and its error."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("plan_vs_published", root / "bench" / "plan_vs_published.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stored = json.loads((root / "bench" / "results" / "plan_vs_published.json").read_text())
+    rows = {r["id"]: r for r in stored["rows"]}
+    assert len(rows) == len(bench.CASES) >= 12
+    for case in bench.CASES:
+        now = bench.evaluate(case)
+        assert rows[case["id"]]["predicted"] == now["predicted"], case["id"]
+        assert now["error"] is not None or now["bound"] == "at most"
+        assert now["source"] and now["setup"]
+    assert stored["_provenance"]["commit"] and not stored["_provenance"]["command"].startswith("/")
+    assert rows["seed-70b-fp16-200gb"]["note"].startswith("looks wrong")

@@ -201,6 +201,9 @@ def estimate_peak_memory(shape: ModelShape, setup: Setup) -> MemoryBreakdown:
         gradients = n_train * 4
     reference = weights if (setup.objective == "dpo" and setup.method == "full") else 0.0
 
+    if setup.optimizer_in_backward:  # one weight's gradient at a time: the largest weight matrix's
+        largest = max([shape.vocab * shape.hidden] + [d_in * d_out for _, d_in, d_out, _ in shape.linear_layers()])
+        gradients = min(gradients, largest * (gradients / max(n_train, 1)))
     n = setup.gpus
     if setup.sharding in ("zero1", "zero2", "zero3", "fsdp"):
         optimizer /= n

@@ -46,6 +46,7 @@ def lever_effects(shape: ModelShape, c: Candidate, tokens: float, mfu: float | N
     s = c.setup
     released = {"checkpointing": dict(grad_checkpointing=False), "offload": dict(activation_offload=False),
                 "8-bit Adam": dict(optimizer="adamw"), "pure bf16": dict(master_weights=True),
+                "optimizer in backward": dict(optimizer_in_backward=False),
                 s.sharding: dict(sharding="none")}
     effects = []
     for lever in s.levers():

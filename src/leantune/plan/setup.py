@@ -31,6 +31,9 @@ class Setup:
     loss_chunk: int = 0  # positions whose logits exist at once (chunked cross-entropy); 0: all of them
     activation_offload: bool = False  # saved activations kept in CPU memory until backward needs them
     master_weights: bool = True  # trained weights and their Adam moments in fp32 (mixed precision); False: pure bf16
+    # torchtune's optimizer_in_bwd: each weight is updated as soon as its gradient is complete and the gradient freed,
+    # so only one weight's gradient exists at a time (no accumulation, no clipping). Planned, not trained by leantune.
+    optimizer_in_backward: bool = False
 
     @property
     def act_bytes(self) -> int:
@@ -44,7 +47,8 @@ class Setup:
         """The memory levers this setup pulls, as the ranked list names them."""
         named = [("checkpointing", self.grad_checkpointing), ("offload", self.activation_offload),
                  (f"chunked loss {self.loss_chunk}", bool(self.loss_chunk)), ("8-bit Adam", self.optimizer == "adamw8bit"),
-                 (self.sharding, self.sharding != "none"), ("pure bf16", not self.master_weights)]
+                 (self.sharding, self.sharding != "none"), ("pure bf16", not self.master_weights),
+                 ("optimizer in backward", self.optimizer_in_backward)]
         return [name for name, on in named if on]
 
     def validate(self, hidden: int | None = None) -> "Setup":
