@@ -269,3 +269,47 @@ def test_a_run_without_held_out_examples_has_no_held_out_task(tiny_model_dir, ch
                                                                                       "data.eval_size": 0}))
     code, _, err = run_cli(monkeypatch, capsys, "eval", result.run_dir)
     assert_user_error(code, err, "held out no examples (data.eval_size=0", "--task")
+
+
+def test_few_shot_baseline_beside_base_and_tuned(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    """Issue 20: `leantune eval RUN --baseline few-shot` scores the base model with k training rows in its prompt on
+    the run's own items, says what the fine-tune gained over it and what the shots cost per request."""
+    from leantune.data.records import Example
+    from leantune.evaluation.few_shot import FewShot
+    from leantune.evaluation.tasks import Task
+
+    runs = tmp_path / "runs"
+    run = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{"cost.usd_per_hour": 3.6})).run_dir
+    code, out, err = run_cli(monkeypatch, capsys, "eval", run, "--baseline", "few-shot", "--shots", "3",
+                             "--prompt-usd-per-mtok", "0.5", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["models"] == ["base", "few-shot", "tuned"]
+    by_task = {t["task"]: t for t in data["tasks"]}
+    held = by_task["held-out"]["metrics"]
+    accuracy = next(m for m in held if m["metric"] == "accuracy")
+    assert set(accuracy["scores"]) == {"base", "few-shot", "tuned"}
+    assert accuracy["vs_few_shot"] == pytest.approx(accuracy["scores"]["tuned"] - accuracy["scores"]["few-shot"])
+    assert accuracy["vs_few_shot_ci"][0] <= accuracy["vs_few_shot"] <= accuracy["vs_few_shot_ci"][1]
+    # the general suite is not prompted with the task's rows
+    assert all("few-shot" not in m["scores"] for m in by_task["trivia"]["metrics"])
+    fs = data["few_shot"]
+    assert fs["shots"] == 3 and sorted(set(fs["shot_answers"])) == ["ham", "spam"]  # both labels shown
+    assert fs["extra_prompt_tokens"] > 0
+    assert fs["usd_per_million_requests"] == pytest.approx(fs["extra_prompt_tokens"] * 0.5)
+    assert fs["break_even_requests"] == pytest.approx(fs["training_usd"] / (fs["extra_prompt_tokens"] * 0.5 / 1e6))
+    report = (run / "report.md").read_text()
+    assert "tuned - few-shot" in report and "Fine-tuned vs few-shot" in report and "pays for itself after" in report
+
+    # the shots are earlier turns of the same chat, after a system message
+    shot = Example(({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}))
+    item = Example(({"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}))
+    viewed = FewShot([shot], 100).view(Task("t", ("accuracy",), [item]))
+    assert [m["content"] for m in viewed.examples[0].messages] == ["s", "q1", "a1", "q", "a"]
+    assert FewShot([shot], 100).view(Task("g", ("accuracy",), [item], general=True)) is None
+
+    # refusals: a model instead of a run, an unknown baseline
+    code, _, err = run_cli(monkeypatch, capsys, "eval", tiny_model_dir, "--baseline", "few-shot")
+    assert code == 2 and "give a run" in err
+    code, _, err = run_cli(monkeypatch, capsys, "eval", run, "--baseline", "retrieval")
+    assert code == 2 and "few-shot" in err

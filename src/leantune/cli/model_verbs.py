@@ -127,13 +127,20 @@ def eval_command(
     runs_dir: str = RUNS_DIR,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     no_save: bool = typer.Option(False, "--no-save", help="do not write eval.json / report.md into the run"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="few-shot: also score the base model with k of the "
+                                           "run's training rows in its prompt, and what those prompt tokens cost"),
+    shots: Optional[int] = typer.Option(None, "--shots", min=1, help="with --baseline few-shot: at most this many "
+                                        "training rows in the prompt (default 8, fewer when the context is full)"),
+    prompt_usd_per_mtok: float = typer.Option(0.10, "--prompt-usd-per-mtok", help="with --baseline few-shot: price of "
+                                              "a million prompt tokens where the model would be served"),
 ):
     """Score a run against its base model on the same items (task metrics + forgetting on the general suite), or a model alone."""
     from ..evaluation.api import evaluate
     from ..evaluation.render import eval_table
 
     result = evaluate(target, task or (), metric or (), limit, batch_size, save=not no_save, runs_dir=runs_dir,
-                      console=None if as_json else err)
+                      console=None if as_json else err, baseline=baseline, shots=shots,
+                      prompt_usd_per_mtok=prompt_usd_per_mtok)
     if as_json:
         print(result.to_json())
         return

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 
 from .. import atomic
+from ..data import run_splits
+from ..errors import UserError
 from ..models.adapters import base_behaviour, eval_mode
 from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
@@ -21,7 +24,8 @@ from ..runs.lookup import find_run
 from ..runs.report import replace_report_section
 from .general import GENERAL_TASKS
 from .result import EvalResult
-from .runner import Contender, Settings, evaluate_task, forgetting_score
+from .few_shot import DEFAULT_MAX_SHOTS, DEFAULT_PROMPT_USD_PER_MTOK, choose_shots, few_shot_cost
+from .runner import FEW_SHOT, Contender, Settings, evaluate_task, forgetting_score
 from .tasks import resolve_task
 
 RUN_TASKS = ("held-out",) + GENERAL_TASKS
@@ -68,18 +72,51 @@ def evaluate_models(contenders: list[Contender], tokenizer, tasks, settings: Set
                       time.perf_counter() - started, list(notes or []))
 
 
+def add_few_shot(contenders: list[Contender], tasks, config, tokenizer, max_shots: int | None,
+                 prompt_usd_per_mtok: float, training_usd: float | None) -> tuple[list[Contender], dict, list[str]]:
+    """The base model with k training rows in its prompt, beside base and tuned (evaluation/few_shot.py)."""
+    own = [t for t in tasks if not t.general]
+    if not own:
+        raise UserError("--baseline few-shot scores the run's own task: keep held-out (or a task of yours) among --task.")
+    if prompt_usd_per_mtok < 0:
+        raise UserError(f"--prompt-usd-per-mtok {prompt_usd_per_mtok:g} must be 0 or more (dollars per million prompt "
+                        "tokens of the model that would serve the few-shot prompts).")
+    base = next(c for c in contenders if c.name == "base")
+    context = getattr(base.model.config, "max_position_embeddings", None) or 2048
+    wanted = max_shots or DEFAULT_MAX_SHOTS
+    shots = choose_shots(run_splits(config).train, own[0].examples, tokenizer, context, wanted, own[0].labels,
+                         config.training.seed)
+    cost = few_shot_cost(shots, own[0].examples, tokenizer, prompt_usd_per_mtok, training_usd)
+    notes = []
+    if len(shots.shots) < wanted:
+        notes.append(f"Few-shot: {len(shots.shots)} shots, not {wanted}: more would not fit the model's context of "
+                     f"{context} tokens beside the longest item.")
+    few = Contender(FEW_SHOT, base.model, base.context, shots.view, context)
+    ordered = [c for c in contenders if c.name == "base"] + [few] + [c for c in contenders if c.name != "base"]
+    info = asdict(cost) | {"describe": cost.describe(), "context_tokens": context,
+                           "shot_answers": [s.answer for s in shots.shots]}
+    return ordered, info, notes
+
+
 def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metrics: list[str] | tuple[str, ...] = (),
              limit: int | None = None, batch_size: int = 16, save: bool = True, runs_dir: str = "runs",
-             console: Console | None = None) -> EvalResult:
+             console: Console | None = None, baseline: str | None = None, shots: int | None = None,
+             prompt_usd_per_mtok: float = DEFAULT_PROMPT_USD_PER_MTOK) -> EvalResult:
     """Evaluate a run (directory or id in `runs_dir`) against its base, or a model (name, HF directory, .gguf) alone.
 
     tasks: 'held-out' (a run's eval split), 'trivia', 'analogies', a built-in dataset or a data file; by default a
-    run gets held-out + the general suite and a model the general suite. metrics apply to every named task."""
+    run gets held-out + the general suite and a model the general suite. metrics apply to every named task.
+    baseline='few-shot' also scores the base model with `shots` training rows in its prompt on the run's own task."""
 
+    if baseline not in (None, "few-shot"):
+        raise UserError(f"--baseline {baseline!r} is not known; the one baseline is few-shot.")
     device, _ = detected_device()
     found = find_run(str(target), runs_dir, models_too=True)
     run = found.run if found else None
     metrics = tuple(metrics)
+    if run is None and baseline:
+        raise UserError(f"--baseline {baseline} compares a fine-tune with prompting its base: give a run, not a model "
+                        f"({target}).")
     if run is not None:
         config = run.config()
         # resolve tasks before loading weights: a bad task or metric is refused in a second, not after a load
@@ -87,9 +124,15 @@ def evaluate(target: str | Path, tasks: list[str] | tuple[str, ...] = (), metric
         contenders, tokenizer, notes = run_contenders(run, device)
 
         cost = row_for(run.path).get("cost_usd")
+        few_shot = None
+        if baseline == "few-shot":
+            contenders, few_shot, more = add_few_shot(contenders, task_list, config, tokenizer, shots,
+                                                      prompt_usd_per_mtok, cost)
+            notes = notes + more
         settings = Settings(batch_size=batch_size, max_seq_len=config.data.max_seq_len, limit=limit)
         result = evaluate_models(contenders, tokenizer, task_list, settings, str(run.path), console, cost,
                                  notes + replay_note(config))
+        result.few_shot = few_shot
         if save:
             save_to_run(run, result, tuple(tasks))
         return result

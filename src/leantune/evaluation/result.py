@@ -15,6 +15,8 @@ class MetricScore:
     extra: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. perplexity, balanced accuracy
     delta: float | None = None  # tuned - base
     ci: tuple[float, float] | None = None  # 95% paired-bootstrap interval of delta (per-item metrics)
+    vs_few_shot: float | None = None  # tuned - few-shot base, when the few-shot baseline was scored
+    vs_few_shot_ci: tuple[float, float] | None = None
 
     @property
     def in_points(self) -> bool:
@@ -61,6 +63,7 @@ class EvalResult:
     cost_usd: float | None = None  # the run's training cost
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    few_shot: dict | None = None  # the few-shot baseline's shots and what they cost a request (few_shot.FewShotCost)
 
     @property
     def items_per_s(self) -> float:
@@ -100,21 +103,30 @@ class EvalResult:
         return json.dumps(self.to_dict(), indent=2)
 
     @property
+    def paired(self) -> bool:
+        return {"base", "tuned"} <= set(self.models)
+
+    @property
+    def with_few_shot(self) -> bool:
+        return "few-shot" in self.models
+
+    @property
     def columns(self) -> list[str]:
-        return ["task", "metric", "n", *self.models] + (["tuned - base (95% CI)"] if len(self.models) == 2 else [])
+        return (["task", "metric", "n", *self.models] + (["tuned - base (95% CI)"] if self.paired else [])
+                + (["tuned - few-shot (95% CI)"] if self.with_few_shot else []))
 
     def rows(self) -> list[list[str]]:
         """The table's rows, formatted: one per task and metric, then one per extra value (perplexity, ...)."""
-        paired = len(self.models) == 2
         out = []
         for t in self.tasks:
             n = f"{t.n}" + (f" of {t.available}" if t.n < t.available else "")
             for m in t.metrics:
                 out.append([t.task, m.metric, n, *[format_value(m.metric, m.scores.get(name)) for name in self.models],
-                            *([format_delta(m)] if paired else [])])
+                            *([format_delta(m)] if self.paired else []),
+                            *([format_delta(m, m.vs_few_shot, m.vs_few_shot_ci)] if self.with_few_shot else [])])
                 for extra_name, values in m.extra.items():
                     out.append([t.task, extra_name, n, *[format_value(extra_name, values.get(name)) for name in self.models],
-                                *([""] if paired else [])])
+                                *([""] if self.paired else []), *([""] if self.with_few_shot else [])])
         return out
 
     def summary(self) -> list[str]:
@@ -128,12 +140,22 @@ class EvalResult:
                          f"{best[1].delta * 100:+.1f} pt {best[1].metric} on {best[0].task}).")
         elif best and self.cost_usd == 0 and best[1].delta:
             lines.append("Cost per point of task gain: unknown (the run's price is 0: set cost.usd_per_hour).")
+        if self.few_shot and best and best[1].vs_few_shot is not None:
+            m = best[1]
+            gain = (f"{m.vs_few_shot * 100:+.1f} pt" + (f" (95% CI {m.vs_few_shot_ci[0] * 100:+.1f} to "
+                                                       f"{m.vs_few_shot_ci[1] * 100:+.1f})" if m.vs_few_shot_ci else "")
+                    if m.in_points else f"{m.vs_few_shot:+.4f}")
+            lines.append(f"Fine-tuned vs few-shot ({self.few_shot['shots']} training rows in the prompt, base model): "
+                         f"{gain} {m.metric} on {best[0].task}.")
+            lines.append(self.few_shot["describe"])
         lines += self.notes
         lines.append(f"Evaluated in {self.seconds:.1f} s ({self.items_per_s:.1f} items/s per model).")
         return lines
 
     def markdown(self, heading: str = "## Evaluation") -> str:
-        lines = [heading, "", "Tuned and base scored on the same items." if len(self.models) == 2 else "", "",
+        same = ("Tuned and base scored on the same items." if self.models == ["base", "tuned"] else
+                f"{', '.join(self.models)} scored on the same items." if len(self.models) > 1 else "")
+        lines = [heading, "", same, "",
                  "| " + " | ".join(self.columns) + " |", "|---" * len(self.columns) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         return "\n".join(lines + [""] + self.summary()) + "\n"
@@ -147,14 +169,17 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:.4f}" if metric == "loss" else f"{value:.3f}"
 
 
-def format_delta(m: MetricScore) -> str:
-    if m.delta is None:
+def format_delta(m: MetricScore, delta: float | None = None, ci: tuple[float, float] | None = None) -> str:
+    """tuned - base by default; tuned - few-shot when those are passed."""
+    if delta is None and ci is None:
+        delta, ci = m.delta, m.ci
+    if delta is None:
         return "-"
     if not m.in_points:
-        return f"{m.delta:+.4f}"
-    text = f"{m.delta * 100:+.1f} pt"
-    if m.ci:
-        text += f" ({m.ci[0] * 100:+.1f} to {m.ci[1] * 100:+.1f})"
+        return f"{delta:+.4f}"
+    text = f"{delta * 100:+.1f} pt"
+    if ci:
+        text += f" ({ci[0] * 100:+.1f} to {ci[1] * 100:+.1f})"
     return text
 
 
@@ -162,9 +187,11 @@ def from_dict(data: dict) -> EvalResult:
     """An EvalResult back from eval.json."""
     tasks = [TaskResult(t["task"], t["n"], t["available"], t["general"],
                         [MetricScore(m["metric"], m["scores"], m.get("extra", {}), m.get("delta"),
-                                     tuple(m["ci"]) if m.get("ci") else None) for m in t["metrics"]], t["seconds"])
+                                     tuple(m["ci"]) if m.get("ci") else None, m.get("vs_few_shot"),
+                                     tuple(m["vs_few_shot_ci"]) if m.get("vs_few_shot_ci") else None)
+                         for m in t["metrics"]], t["seconds"])
              for t in data["tasks"]]
     f = data.get("forgetting")
     forgetting = Forgetting(f["points"], tuple(f["ci"]), f["n"], f["tasks"]) if f else None
     return EvalResult(data["target"], data["models"], tasks, forgetting, data.get("cost_usd"), data.get("seconds", 0.0),
-                      data.get("notes", []))
+                      data.get("notes", []), data.get("few_shot"))

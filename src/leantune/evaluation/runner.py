@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..data.tokenize import end_of_turn_ids, fit_to_length, tokenize_example
@@ -20,6 +20,7 @@ from .result import Forgetting, MetricScore, TaskResult
 from .scoring import score_rows
 from .tasks import Task, shuffled
 
+FEW_SHOT = "few-shot"
 CHUNK = 32
 BOXED_CHUNK = 8
 
@@ -29,6 +30,9 @@ class Contender:
     name: str  # 'base', 'tuned' or 'model'
     model: object
     context: Callable[[], AbstractContextManager]  # puts the model in the state to score (e.g. adapter off)
+    # the task as this contender sees it (the few-shot baseline adds its shots); None: it does not score that task
+    task_view: Callable[[Task], Task | None] | None = None
+    max_seq_len: int | None = None  # a longer limit than the run's (few-shot prompts)
 
 
 @dataclass
@@ -109,6 +113,8 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
     if any(m in ("exact_match", "token_f1") for m in task.metrics):
         longest = max(len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in task.examples)
         answer_tokens = min(256, longest + 8)  # room for the longest reference answer, and no more
+    views = {c.name: c.task_view(task) if c.task_view else task for c in contenders}
+    contenders = [c for c in contenders if views[c.name] is not None]
     values: dict[str, dict[str, list]] = {c.name: {m: [] for m in task.metrics} for c in contenders}
     done = 0
     # a time-boxed task checks its clock every few items, so it overshoots its share by little
@@ -117,8 +123,9 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
         chunk_started = time.perf_counter()
         items = order[done : done + chunk]
         for c in contenders:
+            own = settings if c.max_seq_len is None else replace(settings, max_seq_len=c.max_seq_len)
             with c.context():
-                for metric, v in score_chunk(task, items, c.model, tokenizer, settings, answer_tokens).items():
+                for metric, v in score_chunk(views[c.name], items, c.model, tokenizer, own, answer_tokens).items():
                     values[c.name][metric].extend(v)
         done += len(items)
         if progress:
@@ -141,6 +148,12 @@ def evaluate_task(task: Task, contenders: list[Contender], tokenizer, settings: 
             if metric != "loss":
                 _, lo, hi = paired_bootstrap(item_points(metric, values["tuned"][metric]), item_points(metric, values["base"][metric]))
                 score.ci = (lo, hi)
+        if {FEW_SHOT, "tuned"} <= scores.keys():
+            score.vs_few_shot = scores["tuned"] - scores[FEW_SHOT]
+            if metric != "loss":
+                _, lo, hi = paired_bootstrap(item_points(metric, values["tuned"][metric]),
+                                             item_points(metric, values[FEW_SHOT][metric]))
+                score.vs_few_shot_ci = (lo, hi)
         metrics.append(score)
     return TaskResult(task.name, done, len(task), task.general, metrics, time.perf_counter() - started, values)
 
