@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -231,3 +230,58 @@ def test_a_model_directory_without_weights_is_refused_by_name(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"model.base: '.*' holds no weight files .* Pass a Hugging Face model directory"):
         model_fingerprint(str(tmp_path))
+
+
+def test_cost_watch_flags_a_run_slower_than_its_plan_or_than_itself():
+    from leantune.runs.anomalies import WARMUP_STEPS, WINDOW, CostWatch, price_anomaly
+
+    # slower than planned: fires once, when the window after warm-up is in, with the dollars per million tokens
+    watch = CostWatch(planned_tokens_per_s=1000, planned_step_s=2.0, usd_per_hour=3.6)
+    fired = [watch.observe(250) for _ in range(WARMUP_STEPS + WINDOW + 3)]
+    assert [len(f) for f in fired] == [0] * (WARMUP_STEPS + WINDOW - 1) + [1, 0, 0, 0]
+    assert "4.0x slower" in fired[WARMUP_STEPS + WINDOW - 1][0] and "$4.0000 per million tokens instead of $1.0000" \
+        in fired[WARMUP_STEPS + WINDOW - 1][0]
+    # a plan whose steps are too short to mean anything (per-step overhead) is not held against the run
+    assert not any(CostWatch(1e6, 0.001, None).observe(100) for _ in range(20))
+    # a run that halves its own speed part-way
+    watch = CostWatch(None, None, None)
+    speeds = [50, 80] + [100] * WINDOW + [40] * WINDOW + [100] * 3 + [30] * WINDOW
+    alerts = [a for s in speeds for a in watch.observe(s)]
+    assert len(alerts) == 1 and "slowed to 40 tokens/s" in alerts[0] and "from 100" in alerts[0]
+    # steps too short for a slowdown to cost anything are not flagged
+    watch = CostWatch(None, None, None)
+    assert not [a for s in [100] * 6 + [30] * 6 for a in watch.observe(s, 0.01)]
+    # a steady run raises nothing
+    assert not any(CostWatch(100, 1.0, 2.0).observe(90 + i % 3) for i in range(30))
+    # prices: a typo tenfold is flagged, a discount is not
+    assert "10.0x the catalog" in price_anomaly(30.0, 3.0, "NVIDIA H100 80GB HBM3")
+    assert price_anomaly(2.0, 3.0, "NVIDIA H100 80GB HBM3") is None and price_anomaly(2.0, None, "cpu") is None
+
+
+def test_a_run_that_slows_down_raises_a_cost_alert(tiny_model_dir, chat_file, tmp_path, monkeypatch, capsys):
+    """A stalled step mid-run: the alert is printed, appended to the runs root's alerts.log, kept in run.json and
+    counted by `runs ls`."""
+    import time as time_module
+
+    from leantune import train
+    from leantune.training.objectives.sft import SFT
+    from test_cli import run_cli
+
+    real_step, calls = SFT.step, []
+
+    def stalling_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 6:  # the data loader stalls from step 7 on
+            time_module.sleep(0.25)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFT, "step", stalling_step)
+    runs = tmp_path / "runs"
+    result = train(None, tiny_overrides(tiny_model_dir, chat_file, runs, **{"training.max_steps": 12,
+                                                                           "method.dropout": 0.0}))
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert len(info["alerts"]) == 1 and info["alerts"][0].startswith("cost anomaly: slowed to")
+    log = (runs / "alerts.log").read_text()
+    assert result.run_dir.name in log and "cost anomaly: slowed to" in log
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "ls", "--runs-dir", runs)
+    assert code == 0 and "(1 alert)" in " ".join(out.split())

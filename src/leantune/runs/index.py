@@ -20,7 +20,7 @@ COLUMNS = (
     "id", "path", "name", "project", "status", "method", "objective", "base", "data", "steps", "total_steps",
     "final_loss", "eval_loss", "best_eval_loss", "tokens", "wall_s", "device", "gpu_hours", "usd_per_hour",
     "cost_usd", "usd_per_m_tokens", "peak_memory_mb", "planned_memory_gib", "started", "finished", "resumes",
-    "config_fp", "data_fp", "model_fp", "fields", "parent",
+    "config_fp", "data_fp", "model_fp", "fields", "parent", "alerts",
 )
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs ({", ".join(c + (" TEXT PRIMARY KEY" if c == "id" else "") for c in COLUMNS)});

@@ -69,6 +69,7 @@ def row_for(run_dir: str | Path) -> dict:
         "config_fp": info.get("config_fp"), "data_fp": info.get("data_fp"), "model_fp": info.get("model_fp"),
         "fields": json.dumps(result_fields(config), sort_keys=True),
         "parent": Path(config.model.parent).name if config.model.parent else None,  # lineage: the parent's id
+        "alerts": len(info.get("alerts", [])),  # cost anomalies raised while it trained (runs/anomalies.py)
     }
 
 

@@ -48,7 +48,8 @@ def runs_table(runs: list[dict], title: str) -> Table:
         table.add_column(col, overflow="fold")
     for r in runs:
         steps = f"{r['steps'] or 0}/{r['total_steps']}" if r.get("total_steps") else str(r["steps"] or 0)
-        table.add_row(escape(r["id"]), r["status"] or "", r["method"] or "", escape(Path(r["base"] or "").name),
+        status = (r["status"] or "") + (f" ({r['alerts']} alert{'s' if r['alerts'] > 1 else ''})" if r.get("alerts") else "")
+        table.add_row(escape(r["id"]), status, r["method"] or "", escape(Path(r["base"] or "").name),
                       escape(Path(r["data"] or "").name), steps, _num(r["best_eval_loss"]), _num(r["gpu_hours"], "{:.3f}"),
                       _cost_cell(r["cost_usd"]), _when(r["started"]))
     return table
@@ -62,6 +63,13 @@ def totals_line(runs: list[dict]) -> str:
     unpriced = sum(r["cost_usd"] is None for r in runs)
     unknown = f" ({unpriced} without a price, not counted)" if unpriced else ""
     return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}{unknown}, {tokens:,} tokens{per_m}"
+
+
+def _read_info(path: Path) -> dict:
+    try:
+        return json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def show_run(console: Console, run: dict) -> None:
@@ -105,6 +113,8 @@ def show_run(console: Console, run: dict) -> None:
         console.print(f"drift: {drift['verdict']} ({escape(str(drift['current']))}, {drift['rows']} prompts"
                       + (f"; flagged by {', '.join(drift['flagged'])}" if drift["flagged"] else "") + ")", highlight=False)
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
+    for message in _read_info(path).get("alerts", []):
+        console.print(f"[yellow]{escape(message)}[/]", highlight=False)
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 
 

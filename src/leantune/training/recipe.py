@@ -30,6 +30,8 @@ from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
+from ..runs.anomalies import CostWatch, price_anomaly, record_alert
+from ..runs.cost import gpu_for_device
 from ..runs.ledger import budget_alerts
 from ..runs.report import cost_section, replace_report_section, write_report
 from ..runs.rundir import RunDir
@@ -49,7 +51,7 @@ from .offload import offload_note, saved_activations
 from .precision import autocast, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
-from .run_plan import check_memory_plan, planned_seconds
+from .run_plan import check_memory_plan, planned_seconds, planned_tokens
 from .schedule import warmup_cosine
 from .signals import BudgetReached, Preempted, StopOnSignal
 
@@ -174,6 +176,9 @@ class FineTuneRecipe:
         self.planned_s = planned_seconds(self.config, model_config, rows, self.total_steps, self.device, self.device_name)
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
                           force, self.note, self.world.size)
+        planned_tps = planned_tokens(self.config, rows, self.total_steps) / self.planned_s if self.planned_s else None
+        self.cost_watch = CostWatch(planned_tps, self.planned_s / self.total_steps if self.planned_s else None,
+                                    self.price.usd_per_hour)
 
     def _setup_objective(self) -> None:
         self.objective.prepare(self.forward_model, self.tokenizer, self.batches, self.train_data, self.eval_data, self.device,
@@ -219,6 +224,9 @@ class FineTuneRecipe:
         t = self.config.training
         self.run.update_info(status="running", total_steps=self.total_steps, billed=self.clock.record(self.price))
         self.loggers.start(self.run, self.config, resumed=self.progress.step > 0)
+        gpu = gpu_for_device(self.device_name)
+        if message := price_anomaly(self.config.cost.usd_per_hour, gpu and gpu.on_demand_usd, self.device_name):
+            self.alert(message)
         self._stop_if_budget_spent()
         self.model.train()
         loss, eval_loss = float("nan"), None
@@ -272,7 +280,17 @@ class FineTuneRecipe:
         self.progress.elapsed_s += elapsed
         self.guard.observe_step(elapsed, tokens)
         bar.update(self.log_step(loss, tokens, elapsed, extra))
+        for message in self.cost_watch.observe(tokens / elapsed if elapsed > 0 else 0.0, elapsed):
+            self.alert(message)
         return loss
+
+    def alert(self, message: str) -> None:
+        """A cost anomaly: in the log, the runs root's alerts.log and run.json (`runs ls` counts them); rank 0 only."""
+        if not self.world.main:
+            return
+        self.note(f"[bold yellow]{message}[/]")
+        record_alert(self.run.path.parent, self.run.id, message)
+        self.run.update_info(alerts=self.run.info().get("alerts", []) + [message])
 
     def _resume_command(self) -> str:
         nproc = f" --nproc {self.world.size}" if self.world.several else ""

@@ -17,12 +17,17 @@ from ..runs.cost import gpu_for_device
 CPU_FLOPS = 50e9  # the lower half of what bench/memory_model.py measured for training steps on 2 cores
 
 
+def planned_tokens(config, rows: list, total_steps: int) -> float:
+    """The tokens the run's steps will process (the mean row length x rows per step x steps; DPO: both replies)."""
+    per_row = sum(len(e.input_ids) for e in rows) / max(len(rows), 1) * (2 if config.objective.name == "dpo" else 1)
+    return total_steps * config.training.micro_batch_size * config.training.grad_accum * per_row
+
+
 def planned_seconds(config, model_config: dict, rows: list, total_steps: int, device: str, device_name: str) -> float | None:
     """Training time before it starts: its tokens x the planner's FLOPs per token over this device's throughput
     (the detected GPU's catalog FLOP/s at the planner's default MFU; a CPU at CPU_FLOPS). None on a GPU the
     catalog does not list: guessing another card's speed would make a plan that looks real and is not."""
-    per_row = sum(len(e.input_ids) for e in rows) / max(len(rows), 1) * (2 if config.objective.name == "dpo" else 1)
-    tokens = total_steps * config.training.micro_batch_size * config.training.grad_accum * per_row
+    tokens = planned_tokens(config, rows, total_steps)
     shape = shape_from_hf_config(model_config, config.model.base)
     setup = setup_from_run_config(config, device=device)
     if device == "cuda":
