@@ -58,18 +58,19 @@ def lever_effects(shape: ModelShape, c: Candidate, tokens: float, mfu: float | N
 
 
 def candidate_setups(base: Setup, methods: list[str], gpu_counts=GPU_COUNTS, micro_batches=MICRO_BATCHES):
+    """Groups of setups: the first of each pulls no activation lever, the rest are its lever variants (checkpointing,
+    offloading, a chunked loss), tried only when the first does not fit - a lever never makes a step cheaper."""
     chunks = sorted({base.loss_chunk, SEARCH_LOSS_CHUNK})
-    for method, gpus, mb, ckpt, offload, chunk in itertools.product(methods, gpu_counts, micro_batches, (False, True),
-                                                                     (False, True), chunks):
-        if offload and base.device != "cuda":  # on a CPU run the host memory is the device's
-            continue
+    offloads = (False, True) if base.device == "cuda" else (False,)  # on a CPU run the host memory is the device's
+    for method, gpus, mb in itertools.product(methods, gpu_counts, micro_batches):
         optimizers = ("adamw", "adamw8bit") if method == "full" else ("adamw",)
         # Several GPUs: plain data parallelism, or ZeRO-3/FSDP sharding (which frozen LoRA/QLoRA base
         # weights need too once they outgrow one GPU, as in FSDP + QLoRA).
         shardings = ("none",) if gpus == 1 else ("none", "zero3")
         for opt, shard in itertools.product(optimizers, shardings):
-            yield replace(base, method=method, gpus=gpus, micro_batch=mb, grad_checkpointing=ckpt, optimizer=opt,
-                          sharding=shard, activation_offload=offload, loss_chunk=chunk)
+            common = replace(base, method=method, gpus=gpus, micro_batch=mb, optimizer=opt, sharding=shard)
+            yield [replace(common, grad_checkpointing=ckpt, activation_offload=offload, loss_chunk=chunk)
+                   for ckpt, offload, chunk in itertools.product((False, True), offloads, chunks)]
 
 
 def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, methods: list[str],
@@ -80,12 +81,15 @@ def recommend(shape: ModelShape, base: Setup, gpus: list[GPU], tokens: float, me
     for gpu in gpus:
         smallest = None  # across methods: the closest this GPU type comes to holding the run
         for method in methods:
-            for setup in candidate_setups(base, [method]):
-                c = evaluate_setup(shape, setup, gpu, tokens, mfu)
-                if c.fits:
-                    fitting.append(c)
-                elif smallest is None or c.memory.total < smallest.memory.total:
-                    smallest = c
+            for group in candidate_setups(base, [method]):
+                for setup in group:
+                    c = evaluate_setup(shape, setup, gpu, tokens, mfu)
+                    if c.fits:
+                        fitting.append(c)
+                        if setup is group[0]:
+                            break  # fits without a lever: its lever variants only cost more
+                    elif smallest is None or c.memory.total < smallest.memory.total:
+                        smallest = c
         if smallest is not None and not any(c.gpu.key == gpu.key for c in fitting):
             s = smallest.setup
             reasons.append(
