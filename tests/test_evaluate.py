@@ -304,12 +304,24 @@ def test_few_shot_baseline_beside_base_and_tuned(tiny_model_dir, chat_file, tmp_
     # the shots are earlier turns of the same chat, after a system message
     shot = Example(({"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}))
     item = Example(({"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}))
-    viewed = FewShot([shot], 100).view(Task("t", ("accuracy",), [item]))
+    viewed = FewShot([shot]).view(Task("t", ("accuracy",), [item]))
     assert [m["content"] for m in viewed.examples[0].messages] == ["s", "q1", "a1", "q", "a"]
-    assert FewShot([shot], 100).view(Task("g", ("accuracy",), [item], general=True)) is None
+    assert FewShot([shot]).view(Task("g", ("accuracy",), [item], general=True)) is None
 
     # refusals: a model instead of a run, an unknown baseline
     code, _, err = run_cli(monkeypatch, capsys, "eval", tiny_model_dir, "--baseline", "few-shot")
     assert code == 2 and "give a run" in err
     code, _, err = run_cli(monkeypatch, capsys, "eval", run, "--baseline", "retrieval")
     assert code == 2 and "few-shot" in err
+    code, _, err = run_cli(monkeypatch, capsys, "eval", run, "--baseline", "few-shot", "--task", "trivia")
+    assert code == 2 and "run's own task" in err
+    code, _, err = run_cli(monkeypatch, capsys, "eval", run, "--baseline", "few-shot", "--prompt-usd-per-mtok", "-1")
+    assert code == 2 and "must be 0 or more" in err
+    # training rows that cannot be shots: plain text, or none that fits the context beside the longest item
+    from leantune.errors import UserError
+    from leantune.evaluation.few_shot import choose_shots
+    tokenizer = load_base(str(tiny_model_dir), "float32", "cpu").tokenizer
+    with pytest.raises(UserError, match="needs chat rows"):
+        choose_shots([Example(text="plain words")], [item], tokenizer, 512)
+    with pytest.raises(UserError, match="not even one training row fits"):
+        choose_shots([shot], [item], tokenizer, 8)

@@ -378,6 +378,8 @@ def test_plan_flags_for_levers_and_targets(monkeypatch, capsys):
     assert (setup["activation_offload"], setup["loss_chunk"], setup["lora_targets"]) == (True, 512, ["q_proj", "v_proj"])
     code, out, err = run_cli(monkeypatch, capsys, "plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--targets", "qproj")
     assert code == 2 and "qproj" in err and "all-linear" in err
+    code, out, err = run_cli(monkeypatch, capsys, "plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--loss-chunk", "-1")
+    assert code == 2 and "loss-chunk must be 0 (off) or a number of positions" in err
 
 
 def test_published_figures_table_is_current_and_states_each_error():

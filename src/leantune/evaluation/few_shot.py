@@ -32,7 +32,6 @@ LONG_ROW = 2.0  # rows longer than this many times the median are not used as sh
 @dataclass
 class FewShot:
     shots: list[Example]
-    context_tokens: int
 
     def turns(self) -> tuple[dict, ...]:
         out: list[dict] = []
@@ -81,16 +80,16 @@ def choose_shots(train: list[Example], eval_examples: list[Example], tokenizer, 
         pool = ordered
     longest_item = max((_length(tokenizer, ex, eot) for ex in eval_examples if ex.kind == "chat"), default=0)
     shots: list[Example] = []
+    longest = longest_item  # the longest prompt so far: that item after every shot taken
     for candidate in pool[:max_shots]:
-        trial = FewShot(shots + [candidate], context_tokens)
-        longest = longest_item + sum(lengths[id(s)] for s in trial.shots)
+        longest += lengths[id(candidate)]
         if longest > context_tokens:
             break
         shots.append(candidate)
     if not shots:
         raise UserError(f"--baseline few-shot: not even one training row fits the model's context of {context_tokens} "
                         "tokens beside the longest held-out item; this task cannot be prompted few-shot.")
-    return FewShot(shots, context_tokens)
+    return FewShot(shots)
 
 
 def extra_prompt_tokens(few_shot: FewShot, examples: list[Example], tokenizer) -> float:

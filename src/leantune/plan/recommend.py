@@ -43,15 +43,9 @@ def evaluate_setup(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu
 def lever_effects(shape: ModelShape, c: Candidate, tokens: float, mfu: float | None = None) -> list[dict]:
     """What each lever the setup pulls buys: GiB per GPU saved and the time it costs, against the same setup with
     that one lever released."""
-    s = c.setup
-    released = {"checkpointing": dict(grad_checkpointing=False), "offload": dict(activation_offload=False),
-                "8-bit Adam": dict(optimizer="adamw"), "pure bf16": dict(master_weights=True),
-                "optimizer in backward": dict(optimizer_in_backward=False),
-                s.sharding: dict(sharding="none")}
     effects = []
-    for lever in s.levers():
-        change = dict(loss_chunk=0) if lever.startswith("chunked loss") else released[lever]
-        without = evaluate_setup(shape, replace(s, **change), c.gpu, tokens, mfu)
+    for lever, release in c.setup.lever_releases().items():
+        without = evaluate_setup(shape, replace(c.setup, **release), c.gpu, tokens, mfu)
         effects.append({"lever": lever, "saves_gib": (without.memory.total - c.memory.total) / GiB,
                         "time_factor": c.time.hours / without.time.hours if without.time.hours else 1.0})
     return effects

@@ -43,13 +43,19 @@ class Setup:
     def is_adapter(self) -> bool:
         return self.method != "full"
 
+    def lever_releases(self) -> dict[str, dict]:
+        """The memory levers this setup pulls, as the ranked list names them, each with the change that releases it."""
+        named = [("checkpointing", self.grad_checkpointing, dict(grad_checkpointing=False)),
+                 ("offload", self.activation_offload, dict(activation_offload=False)),
+                 (f"chunked loss {self.loss_chunk}", bool(self.loss_chunk), dict(loss_chunk=0)),
+                 ("8-bit Adam", self.optimizer == "adamw8bit", dict(optimizer="adamw")),
+                 (self.sharding, self.sharding != "none", dict(sharding="none")),
+                 ("pure bf16", not self.master_weights, dict(master_weights=True)),
+                 ("optimizer in backward", self.optimizer_in_backward, dict(optimizer_in_backward=False))]
+        return {name: release for name, on, release in named if on}
+
     def levers(self) -> list[str]:
-        """The memory levers this setup pulls, as the ranked list names them."""
-        named = [("checkpointing", self.grad_checkpointing), ("offload", self.activation_offload),
-                 (f"chunked loss {self.loss_chunk}", bool(self.loss_chunk)), ("8-bit Adam", self.optimizer == "adamw8bit"),
-                 (self.sharding, self.sharding != "none"), ("pure bf16", not self.master_weights),
-                 ("optimizer in backward", self.optimizer_in_backward)]
-        return [name for name, on in named if on]
+        return list(self.lever_releases())
 
     def validate(self, hidden: int | None = None) -> "Setup":
         problems = []

@@ -106,7 +106,7 @@ def estimate_time(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu:
     step_tokens = setup.micro_batch * setup.seq_len  # per GPU
     compute_s = step_tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu)
     comm_s = communication_seconds(shape, setup, gpu)
-    offload_s = 2 * activation_split(shape, setup)[1] / (HOST_LINK_GBS * 1e9)
+    offload_s = 2 * activation_split(shape, setup)[1] / (HOST_LINK_GBS * 1e9) if setup.activation_offload else 0.0
     exposed_comm_s = max(0.0, comm_s - COMM_OVERLAP * compute_s)
     step_s = compute_s + exposed_comm_s + offload_s
     tokens_per_s = setup.gpus * step_tokens / step_s

@@ -14,9 +14,7 @@ tokens/s at 1/3 of the plan is $/token at 3x the plan."""
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 WARMUP_STEPS = 2  # first steps allocate, compile and fill caches
 WINDOW = 4
@@ -81,9 +79,3 @@ class CostWatch:
         per_m = lambda rate: self.usd_per_hour / 3600 / rate * 1e6  # noqa: E731
         return f"; ${per_m(actual):.4f} per million tokens instead of ${per_m(expected):.4f}"
 
-
-def record_alert(runs_root: Path, run_id: str, message: str) -> None:
-    """One line in the runs root's alerts.log, where the budget alerts go too."""
-    runs_root.mkdir(parents=True, exist_ok=True)
-    with open(runs_root / "alerts.log", "a", encoding="utf-8") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {run_id}: {message}\n")

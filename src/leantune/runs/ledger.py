@@ -90,6 +90,13 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
 
 
+def append_alert(runs_root: Path, message: str) -> None:
+    """One timestamped line in the runs root's alerts.log: budget alerts and cost anomalies alike."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    with open(runs_root / "alerts.log", "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
 def budget_alerts(index: RunIndex, project: str, note=print) -> list[str]:
     """Alerts newly crossed since the last check (each level fires once per budget)."""
     budget, alerted = index.budget(project)
@@ -102,8 +109,7 @@ def budget_alerts(index: RunIndex, project: str, note=print) -> list[str]:
             message = (f"budget alert: project '{project}' has spent {usd(spent)} of its {usd(budget)} budget "
                        f"({spent / budget:.0%}, past {level}%)")
             fired.append(message)
-            with open(index.root / "alerts.log", "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            append_alert(index.root, message)
             index.mark_alerted(project, level)
     for message in fired:
         note(f"[bold yellow]{message}[/]")

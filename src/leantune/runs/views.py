@@ -65,13 +65,6 @@ def totals_line(runs: list[dict]) -> str:
     return f"{len(runs)} runs, {gpu_h:.3f} GPU-h, {_money(cost) or '$0'}{unknown}, {tokens:,} tokens{per_m}"
 
 
-def _read_info(path: Path) -> dict:
-    try:
-        return json.loads((path / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def show_run(console: Console, run: dict) -> None:
     path = Path(run["path"])
     console.print(f"[bold]{escape(run['id'])}[/] ({escape(run['name'] or '')}), {run['status']}, project {run['project']}",
@@ -113,7 +106,7 @@ def show_run(console: Console, run: dict) -> None:
         console.print(f"drift: {drift['verdict']} ({escape(str(drift['current']))}, {drift['rows']} prompts"
                       + (f"; flagged by {', '.join(drift['flagged'])}" if drift["flagged"] else "") + ")", highlight=False)
     artifacts = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())] if path.is_dir() else []
-    for message in _read_info(path).get("alerts", []):
+    for message in RunDir(path).info().get("alerts", []):
         console.print(f"[yellow]{escape(message)}[/]", highlight=False)
     console.print(f"artifacts in {escape(str(path))}: {', '.join(artifacts)}", highlight=False)
 

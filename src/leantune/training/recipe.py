@@ -30,9 +30,9 @@ from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
-from ..runs.anomalies import CostWatch, price_anomaly, record_alert
+from ..runs.anomalies import CostWatch, price_anomaly
 from ..runs.cost import gpu_for_device
-from ..runs.ledger import budget_alerts
+from ..runs.ledger import append_alert, budget_alerts
 from ..runs.report import cost_section, replace_report_section, write_report
 from ..runs.rundir import RunDir
 from ..runs.trackers import Loggers
@@ -289,7 +289,7 @@ class FineTuneRecipe:
         if not self.world.main:
             return
         self.note(f"[bold yellow]{message}[/]")
-        record_alert(self.run.path.parent, self.run.id, message)
+        append_alert(self.run.path.parent, f"{self.run.id}: {message}")
         self.run.update_info(alerts=self.run.info().get("alerts", []) + [message])
 
     def _resume_command(self) -> str:
