@@ -16,7 +16,7 @@ from .catalog import GPU, find_gpu, load_catalog
 from .memory import GiB, MemoryBreakdown, estimate_peak_memory, trainable_params
 from .presets import resolve_shape
 from .recommend import Candidate, evaluate_setup, lever_effects, recommend
-from .setup import METHODS, Setup, setup_from_run_config
+from .setup import BLOCK_LINEARS, METHODS, Setup, setup_from_run_config
 from .shapes import ModelShape
 from .timing import PretrainingGap, TimeEstimate, estimate_time, pretraining_gap
 from .tokens import count_dataset_tokens, parse_token_count
@@ -146,18 +146,15 @@ def plan_from_options(config: str | None = None, model: str | None = None, metho
                      prices=prices)
 
 
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
 def parse_targets(targets: str | None) -> str | tuple[str, ...] | None:
     """--targets: all-linear, or a comma-separated list of the block's linear layers."""
     if targets is None or targets == "all-linear":
         return targets
     names = tuple(t.strip() for t in targets.split(",") if t.strip())
-    unknown = [n for n in names if n not in LINEAR_NAMES]
+    unknown = [n for n in names if n not in BLOCK_LINEARS]
     if unknown or not names:
         raise ConfigError(f"--targets {targets!r}: {', '.join(unknown) or 'empty'} is not a linear layer of a Llama-style "
-                          f"block; give all-linear or names from {', '.join(LINEAR_NAMES)}, e.g. q_proj,v_proj.")
+                          f"block; give all-linear or names from {', '.join(BLOCK_LINEARS)}, e.g. q_proj,v_proj.")
     return names
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .setup import Setup
+from .setup import BLOCK_LINEARS, Setup
 from .shapes import ModelShape
 
 GiB = 2**30
@@ -74,7 +74,7 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> float:
 
 
 def _targets(setup: Setup) -> set[str]:
-    names = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    names = set(BLOCK_LINEARS)
     if setup.method == "full" or setup.lora_targets == "all-linear":
         return names
     return names & set(setup.lora_targets)

@@ -8,6 +8,7 @@ from typing import Literal
 from ..errors import ConfigError
 
 METHODS = ("full", "lora", "qlora", "dora")
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # a Llama-style block
 SHARDING = ("none", "zero1", "zero2", "zero3", "fsdp")
 
 

@@ -173,10 +173,11 @@ class FineTuneRecipe:
 
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)
-        self.planned_s = planned_seconds(self.config, model_config, rows, self.total_steps, self.device, self.device_name)
+        tokens = planned_tokens(self.config, rows, self.total_steps)
+        self.planned_s = planned_seconds(self.config, model_config, tokens, self.device, self.device_name)
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
                           force, self.note, self.world.size)
-        planned_tps = planned_tokens(self.config, rows, self.total_steps) / self.planned_s if self.planned_s else None
+        planned_tps = tokens / self.planned_s if self.planned_s else None
         self.cost_watch = CostWatch(planned_tps, self.planned_s / self.total_steps if self.planned_s else None,
                                     self.price.usd_per_hour)
 

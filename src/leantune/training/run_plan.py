@@ -23,11 +23,10 @@ def planned_tokens(config, rows: list, total_steps: int) -> float:
     return total_steps * config.training.micro_batch_size * config.training.grad_accum * per_row
 
 
-def planned_seconds(config, model_config: dict, rows: list, total_steps: int, device: str, device_name: str) -> float | None:
+def planned_seconds(config, model_config: dict, tokens: float, device: str, device_name: str) -> float | None:
     """Training time before it starts: its tokens x the planner's FLOPs per token over this device's throughput
     (the detected GPU's catalog FLOP/s at the planner's default MFU; a CPU at CPU_FLOPS). None on a GPU the
     catalog does not list: guessing another card's speed would make a plan that looks real and is not."""
-    tokens = planned_tokens(config, rows, total_steps)
     shape = shape_from_hf_config(model_config, config.model.base)
     setup = setup_from_run_config(config, device=device)
     if device == "cuda":
