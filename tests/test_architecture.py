@@ -21,7 +21,7 @@ LAYERS = [
     {"runs"},
     {"evaluation"},
     {"training"},
-    {"generate", "demo", "export", "serve", "drift", "launch"},
+    {"generate", "demo", "export", "serve", "drift", "launch", "ui"},
     {"cli", "(root)", "__main__"},
 ]
 SIBLINGS = {("plan", "models"), ("models", "plan")}

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from ..errors import UserError
 from ..training.signals import TrainingStopped
-from . import data, drift, model_verbs, plan, runs
+from . import data, drift, model_verbs, plan, runs, ui
 from .common import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,6 +27,7 @@ app.command()(model_verbs.demo)
 app.command()(model_verbs.export)
 app.command()(model_verbs.launch)
 app.command()(model_verbs.serve)
+app.command()(ui.ui)
 app.add_typer(data.app, name="data")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(runs.budget_app, name="budget")
