@@ -5,6 +5,7 @@ under static/vendor (no CDN: the machine may be offline)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import time
@@ -24,7 +25,6 @@ from . import actions, pages
 
 HERE = Path(__file__).parent
 TOKEN_COOKIE = "leantune_ui_token"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PLAN_FIELDS = ("model", "method", "gpu", "gpus", "seq_len", "batch", "tokens", "epochs", "rank", "optimizer", "sharding",
                "budget", "spot", "grad_checkpointing")
 
@@ -47,7 +47,7 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
     index = RunIndex(runs_dir)
     evals = pages.EvalCache()
     policy = actions.WritePolicy(allow_write, token)
-    exposed = host not in LOOPBACK
+    exposed = not is_loopback(host)
     catalog = load_catalog(None)
     app = FastAPI(title="leantune ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -200,6 +200,15 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
                             lambda f: actions.do_budget(index, f.get("project", ""), f.get("usd", "")))
 
     return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume other machines can reach it
 
 
 def _plan(form: dict) -> dict:

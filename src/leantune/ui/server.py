@@ -35,7 +35,7 @@ def check_port(host: str, port: int) -> None:
 def run(runs_dir: str, host: str, port: int, allow_write: bool, token: str | None, say=print) -> None:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, is_loopback
 
     root = check_runs_dir(runs_dir)
     check_port(host, port)
@@ -46,6 +46,6 @@ def run(runs_dir: str, host: str, port: int, allow_write: bool, token: str | Non
     say(f"leantune ui on http://{shown}:{port}/ over {root} ({'writes allowed' if allow_write else 'read-only'}); Ctrl-C stops")
     if allow_write:
         say(f"open http://{shown}:{port}/?token={token} once to allow promote, rollback and budgets from this browser")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         say(f"warning: listening on {host}: other machines can reach this dashboard and read every run")
     uvicorn.run(app, host=host, port=port, log_level="warning")
