@@ -14,7 +14,12 @@ SKY := .venv-sky
 SKY_STAMP := $(SKY)/.installed
 SKYPILOT := skypilot==0.14.1
 
-.PHONY: install demo test test-fast test-llama-cpp skypilot-env clean
+# The dashboard's browser tests drive Debian's Chromium (Playwright's Python package, never a browser it downloads);
+# installed here with apt when missing, so a fresh CI machine has it. Without it those tests fail; they never skip.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install demo test test-fast test-llama-cpp skypilot-env browser ui clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,11 +41,20 @@ skypilot-env: $(SKY_STAMP)
 demo: $(STAMP)
 	$(BIN)/leantune demo
 
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the dashboard's browser tests (apt)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM) after apt install chromium: the browser tests will fail"; exit 1; }
+
+# The dashboard over ./runs (what `make demo` writes) on http://127.0.0.1:8765
+ui: $(STAMP)
+	$(BIN)/leantune ui
+
 # make installs bitsandbytes and MLflow, so no test may skip for want of them (tests/conftest.py)
-test: $(STAMP) $(SKY_STAMP)
+test: $(STAMP) $(SKY_STAMP) browser
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Opt-in: compiles llama-cpp-python from its sdist (no Linux wheel on PyPI; tens of minutes on 2 cores, once), then loads

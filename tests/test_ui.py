@@ -397,3 +397,47 @@ def test_the_runs_page_answers_for_1000_runs(runs_root, tmp_path):
         assert sorted(times)[2] < 1.5, times
     finally:
         stop(proc)
+
+
+def test_the_dashboard_imports_no_torch(runs_root):
+    """Like the other verbs that touch no model: building the app and rendering its pages loads neither torch nor
+    transformers (the server starts in well under a second)."""
+    runs, a, b = runs_root
+    code = (f"import sys\nfrom fastapi.testclient import TestClient\nfrom leantune.cli import main\nfrom leantune.ui.app import create_app\n"
+            f"client = TestClient(create_app({str(runs)!r}))\n"
+            f"codes = [client.get(p).status_code for p in ('/', '/runs/{a}', '/compare?run={a}&run={b}', '/budgets', "
+            f"'/registry', '/drift', '/plan?model=smollm2-135m&tokens=1M', '/api/runs')]\n"
+            "print('RESULT', codes, [m for m in ('torch', 'transformers') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "RESULT [200, 200, 200, 200, 200, 200, 200, 200] []" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_new_evaluation_and_a_changed_config_show_at_once(runs_root, tmp_path):
+    """No stale views: eval.json summaries are cached by modification time, configs are read on every request."""
+    from leantune.ui import pages
+
+    runs, a, _ = runs_root
+    index, cache = RunIndex(runs), pages.EvalCache()
+    row = lambda: next(r for r in pages.runs_page(index, cache)["rows"] if r["id"] == a)  # noqa: E731
+    before = row()["task_score"]
+    path = runs / a / "eval.json"
+    original = path.read_text()
+    try:
+        data = json.loads(original)
+        data["task_score"]["tuned"] = 0.999
+        path.write_text(json.dumps(data))
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000))  # a new mtime even on a coarse clock
+        assert row()["task_score"] == 0.999 != before
+        path.write_text("{ half-written")
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000))
+        assert row()["task_score"] is None  # unreadable: a dash on the page, the file left alone
+        assert path.read_text() == "{ half-written"
+    finally:
+        path.write_text(original)
+    config = runs / a / "config.yaml"
+    text = config.read_text()
+    try:
+        config.write_text(text.replace("max_seq_len: 64", "max_seq_len: 65"))
+        assert "max_seq_len: 65" in pages.run_page(index.find(a))["config_text"]
+    finally:
+        config.write_text(text)
