@@ -15,7 +15,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request

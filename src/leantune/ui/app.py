@@ -158,7 +158,7 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
     def _client(request: Request) -> str:
         return request.client.host if request.client else "?"
 
-    async def _write(request: Request, action: str, describe, perform):
+    async def _write(request: Request, action: str, describe, perform, back: str):
         """Confirm first (a page that says what will change), then check the token, do it, log it, go back."""
         form = await _form(request)
         try:
@@ -174,7 +174,6 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
             actions.log_action(index, _client(request), action, f"failed ({e})")
             raise
         actions.log_action(index, _client(request), action, done)
-        back = "/budgets" if "budget" in request.url.path else "/registry"
         return RedirectResponse(f"{back}?{urlencode({'done': done})}", status_code=303)
 
     @app.post("/registry/promote")
@@ -186,18 +185,18 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
                 raise UserError(f"Version {form.get('version')!r} is not a number.") from None
 
         return await _write(request, "promote", lambda f: actions.describe_promote(index, f.get("name", ""), version(f), f.get("stage", "")),
-                            lambda f: actions.do_promote(index, f.get("name", ""), version(f), f.get("stage", "")))
+                            lambda f: actions.do_promote(index, f.get("name", ""), version(f), f.get("stage", "")), "/registry")
 
     @app.post("/registry/rollback")
     async def rollback(request: Request):
         return await _write(request, "rollback", lambda f: actions.describe_rollback(index, f.get("name", "")),
-                            lambda f: actions.do_rollback(index, f.get("name", "")))
+                            lambda f: actions.do_rollback(index, f.get("name", "")), "/registry")
 
     @app.post("/budgets/set")
     async def budget(request: Request):
         return await _write(request, "budget",
                             lambda f: f"project '{f.get('project', '')}': budget ${f.get('usd', '')}",
-                            lambda f: actions.do_budget(index, f.get("project", ""), f.get("usd", "")))
+                            lambda f: actions.do_budget(index, f.get("project", ""), f.get("usd", "")), "/budgets")
 
     return app
 
