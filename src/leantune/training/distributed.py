@@ -132,12 +132,6 @@ def check_supported(config: RunConfig, world: World) -> None:
     if config.objective.name == "distill":
         raise ConfigError(f"objective.name=distill needs its teacher sharded too, which is not built ({where}); "
                           "run distillation on one process.")
-    if config.forgetting.ewc_lambda and config.training.distributed.strategy == "fsdp2":
-        # with ddp every process holds the whole model: the Fisher is estimated on it as on one process, and the
-        # penalty's gradient is added after the gradients are summed, the same on every process
-        raise ConfigError(f"forgetting.ewc_lambda needs the Fisher information of sharded weights, which is not built "
-                          f"for fsdp2 ({where}); use training.distributed.strategy=ddp, set it to 0 "
-                          "(forgetting.replay_fraction works), or run on one process.")
     if config.training.compile:
         raise ConfigError(f"training.compile is not combined with sharding yet ({where}); set it to false.")
 

@@ -165,6 +165,9 @@ class FineTuneRecipe:
                       f"{notes['quantized_params']:,} parameters of the quantised layers "
                       f"({notes['quantized_bytes_per_param']:.3f} bytes/parameter)")
             self.run.update_info(quantized_bytes_per_param=notes["quantized_bytes_per_param"], **notes.get("record", {}))
+        # EWC's Fisher and anchors are taken on the whole model, before any sharding (the same on every process)
+        self.ewc = ewc_term(self.model, self.tokenizer, self.config, self.compute_dtype, self.note) \
+            if self.config.forgetting.ewc_lambda else None
         # what every forward pass runs through: the model itself, or with several processes the sharded root
         self.forward_model = self.model
         if self.world.several:
@@ -184,8 +187,6 @@ class FineTuneRecipe:
     def _setup_objective(self) -> None:
         self.objective.prepare(self.forward_model, self.tokenizer, self.batches, self.train_data, self.eval_data, self.device,
                                self.note)
-        self.ewc = ewc_term(self.model, self.tokenizer, self.config, self.compute_dtype, self.note) \
-            if self.config.forgetting.ewc_lambda else None
 
     def _restore(self, resume: bool) -> None:
         """The last checkpoint's weights, optimizer, schedule, RNG and data position; or a fresh start whose RNG is

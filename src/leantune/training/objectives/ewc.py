@@ -24,6 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+try:  # what fsdp2 turns a weight into; absent where torch was built without distributed support
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
 from ...atomic import atomic_path
 from ...config import PARENT_DATA
 from ...data.batches import collate
@@ -104,43 +109,102 @@ def load_or_estimate_fisher(model, examples, pad_id: int, full: bool, key: dict,
 
 
 class EWCPenalty:
+    """Built on the whole model, before any sharding (the Fisher and the anchors are whole tensors); evaluated on the
+    model as it trains, which with fsdp2 holds each weight as a DTensor shard (`shard_aware`)."""
+
     def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float, full: bool, from_start: bool = False):
         """`from_start`: the change is measured from the adapter update the model starts with (a parent's), not
         from the base's weights."""
-        self.strength, self.full = strength, full
+        self.model, self.strength, self.full = model, strength, full
         self.device = next(model.parameters()).device
-        fisher = {n: f.to(self.device) for n, f in fisher.items()}  # the cache is read on the CPU
+        self.fisher = {n: f.to(self.device) for n, f in fisher.items()}  # the cache is read on the CPU
         if full:
             params = dict(model.named_parameters())
-            self.terms = [(params[n], f, params[n].detach().clone()) for n, f in fisher.items()]
+            self.anchors = {n: params[n].detach().clone() for n in self.fisher}
         else:
-            layers = adapted_layers(model)
-            unmatched = sorted(set(fisher) - set(layers))
+            self.layers = adapted_layers(model)
+            unmatched = sorted(set(self.fisher) - set(self.layers))
             if unmatched:  # dropping them would silently weaken (or zero) the penalty
                 raise ConfigError(f"EWC: {len(unmatched)} Fisher entries match no adapted layer (e.g. {unmatched[0]}); "
                                   "the Fisher was estimated for other layers. Delete it and train again.")
-            self.terms = [(layers[n], f, self._delta(layers[n]).detach().clone() if from_start else None)
-                          for n, f in fisher.items()]
-
-    @staticmethod
-    def _delta(layer) -> torch.Tensor:
-        return layer.get_delta_weight(layer.active_adapters[0])
+            self.anchors = {n: _delta(self.layers[n]).detach().clone() for n in self.fisher} if from_start else {}
+        self._local: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # fsdp2: this process's rows of F and anchor
 
     def add_to_step(self) -> dict:
-        """The penalty's gradient added to the step's; its value for the step's metrics."""
-        penalty = self()
-        penalty.backward()
-        return {"ewc_penalty": penalty.item()}
+        """The penalty's gradient added to the step's; its value (over every process) for the step's metrics."""
+        own, total = self.terms()
+        own.backward()
+        return {"ewc_penalty": total}
 
     def __call__(self) -> torch.Tensor:
+        own, _ = self.terms()
+        return own
+
+    def terms(self) -> tuple[torch.Tensor, float]:
+        """(what this process back-propagates, the whole penalty's value).
+
+        LoRA family: the adapter update B A of a layer needs whole A and B, which are small; with fsdp2 every process
+        gathers them and computes the whole penalty, and the gradient each gets back is its own shard's part of the
+        same whole gradient. Full fine-tuning: the penalty is a sum over weights, so each process takes the terms of
+        its own shard (the whole model is never gathered for it) and the values are summed for the log."""
         total = torch.zeros((), device=self.device)
-        for target, fisher, anchor in self.terms:
-            if self.full:
-                change = target - anchor
-            else:
-                change = self._delta(target) if anchor is None else self._delta(target) - anchor
-            total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
-        return self.strength * total
+        sharded = False
+        if self.full:
+            params = dict(self.model.named_parameters())  # with fsdp2 these are the DTensors that replaced the weights
+            for name, fisher in self.fisher.items():
+                p = params[name]
+                if _is_dtensor(p):
+                    sharded = True
+                    fisher_local, anchor_local = self._shard_of(name, p)
+                    change = p.to_local() - anchor_local
+                    total = total + (fisher_local.to(change.dtype) * change.pow(2)).sum()
+                else:
+                    change = p - self.anchors[name]
+                    total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
+        else:
+            for name, fisher in self.fisher.items():
+                change = _delta(self.layers[name])
+                if name in self.anchors:
+                    change = change - self.anchors[name]
+                total = total + (fisher.to(change.dtype) * change.pow(2)).sum()
+        own = self.strength * total
+        value = own.item()
+        if sharded:
+            import torch.distributed as dist
+
+            summed = torch.tensor([value], dtype=torch.float64)
+            dist.all_reduce(summed)
+            value = summed.item()
+        return own, value
+
+    def _shard_of(self, name: str, param) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's part of a weight's Fisher and anchor, cut the way FSDP2 cut the weight (once)."""
+        if name not in self._local:
+            from torch.distributed.tensor import distribute_tensor
+
+            self._local[name] = tuple(distribute_tensor(t.to(param.device), param.device_mesh, param.placements).to_local()
+                                      for t in (self.fisher[name], self.anchors[name]))
+        return self._local[name]
+
+
+def _is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def _delta(layer) -> torch.Tensor:
+    """PEFT's adapter update of a LoRA-family layer (get_delta_weight). Sharded by fsdp2, A and B are gathered
+    first (`full_tensor`: differentiable, and its gradient is this process's slice of the whole one)."""
+    adapter = layer.active_adapters[0]
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    if not (_is_dtensor(a) or _is_dtensor(b)):
+        return layer.get_delta_weight(adapter)
+    from peft.utils.other import transpose
+
+    a, b = (w.full_tensor() if _is_dtensor(w) else w for w in (a, b))
+    dtype = b.dtype
+    cast = b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)  # as get_delta_weight does
+    out = transpose((b.float() if cast else b) @ (a.float() if cast else a), layer.fan_in_fan_out) * layer.scaling[adapter]
+    return out.to(dtype) if cast else out
 
 
 def ewc_term(model, tokenizer, config, compute_dtype, note) -> EWCPenalty:
