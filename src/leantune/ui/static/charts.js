@@ -76,6 +76,12 @@ window.leantune = (function () {
       Object.keys(LABELS).forEach(function (key) {
         const el = document.getElementById("chart-" + key);
         if (!el) return;
+        if (c.step.length && c[key].every(function (v) { return v === null; })) {
+          // e.g. the cost of a run without a price: say so instead of drawing empty axes
+          el.textContent = key === "cost_usd" ? "No price, so the cost is unknown (set cost.usd_per_hour)." : "Not recorded.";
+          el.className = "chart empty";
+          return;
+        }
         const list = [{ label: "training " + LABELS[key], x: c.step, y: c[key] }];
         if (key === "loss" && c.eval_step.length) list.push({ label: "eval loss", x: c.eval_step, y: c.eval_loss, dashed: true, points: true });
         draw(key, el, list, { log: key === "loss" && s.log, smoothing: key === "lr" ? 0 : s.smoothing });
