@@ -16,6 +16,7 @@ Baselines:
 
     python bench/throughput.py                 # compare + levers + scaling (~45 min on 2 cores)
     python bench/throughput.py --only compare  # or levers, padding, fusion, scaling
+    python bench/throughput.py --only autocast --repeats 3   # training.autocast (own file: throughput_autocast.json)
     python bench/throughput.py --fresh         # forget finished jobs (kept per commit in bench/.work/throughput/<commit>/)
 
 Needs TRL (`pip install -c constraints.txt '.[bench]'`). Writes bench/results/throughput.json and
@@ -62,6 +63,12 @@ SCALING = [(128, 8), (256, 8), (512, 4), (1024, 2), (128, 1), (512, 1), (2048, 1
 
 
 # ---------------------------------------------------------------------------------------------- workers
+def cpu_bf16() -> bool:
+    from leantune.models.loading import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -293,6 +300,54 @@ def levers(fresh: bool) -> dict:
     return out
 
 
+AUTOCAST_RESULTS = HERE / "results" / "throughput_autocast.json"
+AUTOCAST_SYSTEMS = {  # each precision against its like: fp32 with fp32, bf16 autocast with bf16 autocast
+    "leantune fp32": ("leantune", {"training.autocast": "off"}),
+    "leantune bf16 autocast": ("leantune", {"training.autocast": "bf16"}),
+    "trl-defaults (bf16 autocast)": ("trl-defaults", BASELINES["trl-defaults"]),
+}
+
+
+def autocast_lever(repeats: int, fresh: bool) -> dict:
+    """training.autocast on this CPU: leantune with float32 compute, leantune under bf16 autocast (float32 weights and
+    updates), and TRL's CPU defaults (bf16 autocast too), alternated `repeats` times on sms-spam; medians and
+    quartiles. Its own results file, so throughput.json's older sections are not mixed with this commit's."""
+    shape = COMPARE["sms-spam"]
+    print(f"[autocast] sms-spam: {shape['steps']} steps x {shape['mb']} examples, max {shape['seq']} tokens, {repeats} rounds")
+    runs: dict[str, list[dict]] = {name: [] for name in AUTOCAST_SYSTEMS}
+    for rep in range(repeats):
+        for name, (system, variant) in AUTOCAST_SYSTEMS.items():
+            job = {"id": f"autocast-{name.split()[0]}-{'bf16' if 'bf16' in name else 'fp32'}-{rep}", "system": system,
+                   "dataset": "sms-spam", **shape, "variant": variant}
+            result = run_job(job, fresh)
+            if result:
+                runs[name].append(result)
+
+    def spread(values: list[float]) -> dict:
+        q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "values": values}
+
+    out = {name: {"tokens_per_s": spread([r["tokens_per_s"] for r in rs]), "peak_rss_mib": spread([r["peak_rss_mib"] for r in rs]),
+                  "eval_loss": spread([r["eval_loss"] for r in rs]), "tokens": sorted({r["tokens"] for r in rs})}
+           for name, rs in runs.items() if rs}
+    fp32, bf16, trl = (out.get(n) for n in AUTOCAST_SYSTEMS)
+    if fp32 and bf16:
+        out["bf16 autocast vs fp32"] = {"speed_ratio": bf16["tokens_per_s"]["median"] / fp32["tokens_per_s"]["median"],
+                                        "memory_ratio": bf16["peak_rss_mib"]["median"] / fp32["peak_rss_mib"]["median"]}
+    if bf16 and trl:
+        out["leantune vs trl-defaults, both bf16 autocast"] = {
+            "speed_ratio": bf16["tokens_per_s"]["median"] / trl["tokens_per_s"]["median"],
+            "memory_ratio": bf16["peak_rss_mib"]["median"] / trl["peak_rss_mib"]["median"]}
+    for key in ("bf16 autocast vs fp32", "leantune vs trl-defaults, both bf16 autocast"):
+        if key in out:
+            print(f"  {key}: {out[key]['speed_ratio']:.2f}x tokens/s, {out[key]['memory_ratio']:.2f}x peak memory")
+    for name in AUTOCAST_SYSTEMS:
+        if name in out:
+            print(f"  {name:30s} {out[name]['tokens_per_s']['median']:7.0f} tok/s, eval loss {out[name]['eval_loss']['median']:.4f}, "
+                  f"tokens {out[name]['tokens']}")
+    return out
+
+
 def scaling(fresh: bool) -> list[dict]:
     print("[scaling] synthetic rows of a fixed length, 4 steps each")
     rows = []
@@ -416,12 +471,19 @@ def plot_scaling(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
-    parser.add_argument("--only", choices=("compare", "levers", "scaling", "padding", "fusion"))
+    parser.add_argument("--only", choices=("compare", "levers", "scaling", "padding", "fusion", "autocast"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    if args.only == "autocast":  # its own file: see autocast_lever
+        previous = {} if args.fresh else load_results(AUTOCAST_RESULTS)
+        write_results(AUTOCAST_RESULTS, {**previous, "machine": f"{platform.processor() or platform.machine()}, "
+                                         f"{os.cpu_count()} cores, cpu bf16: {cpu_bf16()}", "model": "smollm2-135m",
+                                         "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT},
+                                         "autocast": autocast_lever(args.repeats, args.fresh)})
+        return
     previous = {} if args.fresh else load_results(RESULTS)  # never mixed with another commit's results
     results = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m", "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT}}

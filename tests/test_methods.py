@@ -196,10 +196,20 @@ def test_full_fine_tuning_keeps_float32_weights_where_auto_would_store_bf16(monk
     from leantune.training import precision
 
     monkeypatch.setattr(precision, "resolve_dtype", lambda name, device: torch.bfloat16 if device == "cuda" else torch.float32)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert precision.weights_and_autocast("auto", "cuda", trains_base_weights=True) == ("float32", torch.bfloat16)
     assert precision.weights_and_autocast("auto", "cuda", trains_base_weights=False) == ("auto", None)
     assert precision.weights_and_autocast("auto", "cpu", trains_base_weights=True) == ("auto", None)
     assert precision.weights_and_autocast("bfloat16", "cuda", trains_base_weights=True) == ("bfloat16", None)
+    # training.autocast: on a CPU with bf16 hardware, auto computes in bf16 over float32 weights (any method), unless
+    # the user named a dtype; off never autocasts; bf16 always does, over whatever the weights are stored in
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    for trains in (True, False):
+        assert precision.weights_and_autocast("auto", "cpu", trains) == ("float32", torch.bfloat16)
+        assert precision.weights_and_autocast("auto", "cpu", trains, "off") == ("auto", None)
+    assert precision.weights_and_autocast("float32", "cpu", True) == ("float32", None)
+    assert precision.weights_and_autocast("float32", "cpu", False, "bf16") == ("float32", torch.bfloat16)
+    assert precision.weights_and_autocast("auto", "cuda", True, "off") == ("auto", None)
     from leantune.training.methods import make_method
     from leantune.config import MethodConfig
 

@@ -8,6 +8,7 @@ safetensors + config + tokenizer; later loads read the cache in about a second.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import sys
@@ -52,6 +53,17 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo's flags; elsewhere
+    (another OS, AVX2-only cores, where a bf16 matmul is several times slower than fp32) False."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def detected_device() -> tuple[str, str]:

@@ -6,6 +6,11 @@ learned nothing in 40 steps that way (50% balanced accuracy on every seed; bench
 re-measured after this fix). The forward and backward then run under bf16 autocast, so the matmuls stay bf16.
 Frozen weights (LoRA and its family: only the adapter trains, and PEFT keeps it in float32) stay in bf16.
 fp16-only cards train full fine-tunes in float32: fp16 autocast would need a loss scaler, which is not built.
+
+`training.autocast` (auto / bf16 / off) generalises the same split to CPUs: on a core that multiplies bf16 in
+hardware (AVX512-BF16, AMX) bf16 autocast over float32 weights ran a SmolLM2 LoRA step faster than float32
+(bench/results/throughput.json, lever "bf16 autocast") while every weight and its AdamW update stays float32 -
+unlike model.dtype=bfloat16, which stores the weights in bf16 and learned worse on the demo.
 """
 
 from __future__ import annotations
@@ -14,14 +19,25 @@ import contextlib
 
 import torch
 
-from ..models.loading import resolve_dtype
+from ..errors import ConfigError
+from ..models.loading import cpu_has_bf16, resolve_dtype
 
 
-def weights_and_autocast(dtype: str, device: str, trains_base_weights: bool) -> tuple[str, torch.dtype | None]:
-    """(the dtype to load the weights in, the autocast dtype or None)."""
-    if dtype == "auto" and trains_base_weights and resolve_dtype("auto", device) == torch.bfloat16:
-        return "float32", torch.bfloat16
-    return dtype, None
+def weights_and_autocast(dtype: str, device: str, trains_base_weights: bool,
+                         setting: str = "auto") -> tuple[str, torch.dtype | None]:
+    """(the dtype to load the weights in, the autocast dtype or None) for model.dtype and training.autocast."""
+    if setting == "off":
+        return dtype, None
+    if setting == "bf16":
+        if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+            raise ConfigError("training.autocast=bf16: this GPU has no bf16; set it to auto or off.")
+        return ("float32" if dtype == "auto" else dtype), torch.bfloat16
+    if dtype != "auto":
+        return dtype, None  # an explicit dtype is what the user wants the model computed in
+    if device.startswith("cuda"):
+        return ("float32", torch.bfloat16) if trains_base_weights and resolve_dtype("auto", device) == torch.bfloat16 \
+            else (dtype, None)
+    return ("float32", torch.bfloat16) if cpu_has_bf16() else (dtype, None)
 
 
 def autocast(device: str, dtype: torch.dtype | None):

@@ -113,7 +113,8 @@ class FineTuneRecipe:
 
     def _setup_base(self):
         cfg = self.config
-        dtype, self.autocast_dtype = weights_and_autocast(cfg.model.dtype, self.device, self.method.trains_base_weights)
+        dtype, self.autocast_dtype = weights_and_autocast(cfg.model.dtype, self.device, self.method.trains_base_weights,
+                                                          cfg.training.autocast)
         base = load_base(cfg.model.base, dtype, self.device, quantize_4bit=self.method.quantize_4bit)
         self.note(f"loaded {cfg.model.base} from {base.path} in {base.load_seconds:.1f}s")
         check_architecture(base.model)  # the label-only output path must know its final logits
@@ -146,7 +147,11 @@ class FineTuneRecipe:
             self.note(note)
         self.compute_dtype = next(p for p in base.model.parameters() if p.is_floating_point()).dtype
         # what inference must load the base in (models/inference.py): for QLoRA it decides the 4-bit weights
-        self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."))
+        self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."),
+                             autocast=str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None)
+        if self.autocast_dtype is not None and self.device == "cpu":
+            self.note(f"training.autocast={cfg.training.autocast}: matmuls in bf16 under autocast, weights and updates in "
+                      f"{self.compute_dtype}")
         self.model = self.method.attach(base.model, cfg.training.seed, self.total_steps)
         if cfg.model.parent:  # an update: the adapter starts as the parent's, not at zero
             loaded = load_parent_adapter(self.model, parent_run(cfg))
