@@ -112,8 +112,8 @@ class TrainingConfig(_Section):
                             "time (recomputed in backward), so all fp32 logits never exist at once; 0: all together")
     autocast: Literal["auto", "bf16", "off"] = Field(
         "auto", description="bf16 autocast over float32 weights: matmuls in bf16, weights and their updates in float32. "
-        "auto: on bf16 GPUs for methods that train the base's weights, and on CPUs with AVX512-BF16 or AMX when "
-        "model.dtype is auto (training/precision.py); bf16: always; off: never")
+        "auto: on bf16 GPUs for methods that train the base's weights (CPUs stay float32: measured, "
+        "training/precision.py); bf16: always (on a CPU, one with AVX512-BF16 or AMX); off: never")
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays only for long runs: "
                           "see bench/results/throughput.json for its compile time and step-time gain on this machine")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")

@@ -7,10 +7,11 @@ re-measured after this fix). The forward and backward then run under bf16 autoca
 Frozen weights (LoRA and its family: only the adapter trains, and PEFT keeps it in float32) stay in bf16.
 fp16-only cards train full fine-tunes in float32: fp16 autocast would need a loss scaler, which is not built.
 
-`training.autocast` (auto / bf16 / off) generalises the same split to CPUs: on a core that multiplies bf16 in
-hardware (AVX512-BF16, AMX) bf16 autocast over float32 weights ran a SmolLM2 LoRA step faster than float32
-(bench/results/throughput.json, lever "bf16 autocast") while every weight and its AdamW update stays float32 -
-unlike model.dtype=bfloat16, which stores the weights in bf16 and learned worse on the demo.
+`training.autocast=bf16` applies the same split on a CPU: matmuls in bf16, every weight and AdamW update in float32
+(unlike model.dtype=bfloat16, which stores the weights in bf16 and learned worse on the demo). It is opt-in there:
+on this project's AVX512-BF16 machine it bought little for a SmolLM2 LoRA step, whose output layer already runs only
+at labelled positions, and its 14-step eval loss was worse (bench/results/throughput_autocast.json); `auto` keeps
+CPUs in float32.
 """
 
 from __future__ import annotations
@@ -37,7 +38,17 @@ def weights_and_autocast(dtype: str, device: str, trains_base_weights: bool,
     if device.startswith("cuda"):
         return ("float32", torch.bfloat16) if trains_base_weights and resolve_dtype("auto", device) == torch.bfloat16 \
             else (dtype, None)
-    return ("float32", torch.bfloat16) if cpu_has_bf16() else (dtype, None)
+    return dtype, None  # a CPU computes in float32 unless asked: see the module docstring for what bf16 measured
+
+
+def autocast_note(setting: str, autocast_dtype: torch.dtype | None, device: str) -> str | None:
+    """What the log says about autocast on a CPU: that it is on, and when the cores have no bf16 hardware."""
+    if autocast_dtype is None or device != "cpu":
+        return None
+    if not cpu_has_bf16():
+        return ("[yellow]training.autocast=bf16 on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated there "
+                "and run several times slower than float32; set training.autocast=auto[/]")
+    return f"training.autocast={setting}: matmuls in bf16 under autocast, weights and their updates in float32"
 
 
 def autocast(device: str, dtype: torch.dtype | None):

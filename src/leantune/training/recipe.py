@@ -48,7 +48,7 @@ from .objectives.ewc import ewc_term
 from .objectives.replay import mix_replay
 from .optimizer import check_method_available, make_optimizer
 from .offload import offload_note, saved_activations
-from .precision import autocast, weights_and_autocast
+from .precision import autocast, autocast_note, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
 from .run_plan import check_memory_plan, planned_seconds, planned_tokens
@@ -149,9 +149,8 @@ class FineTuneRecipe:
         # what inference must load the base in (models/inference.py): for QLoRA it decides the 4-bit weights
         self.run.update_info(dtype=str(self.compute_dtype).removeprefix("torch."),
                              autocast=str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None)
-        if self.autocast_dtype is not None and self.device == "cpu":
-            self.note(f"training.autocast={cfg.training.autocast}: matmuls in bf16 under autocast, weights and updates in "
-                      f"{self.compute_dtype}")
+        if note := autocast_note(cfg.training.autocast, self.autocast_dtype, self.device):
+            self.note(note)
         self.model = self.method.attach(base.model, cfg.training.seed, self.total_steps)
         if cfg.model.parent:  # an update: the adapter starts as the parent's, not at zero
             loaded = load_parent_adapter(self.model, parent_run(cfg))
