@@ -254,3 +254,23 @@ def test_activation_offloading_moves_saved_tensors_and_keeps_the_losses(tiny_mod
     from leantune.runs.fingerprint import result_fields
     fields = result_fields(load_config(offloaded.run_dir / "config.yaml"))
     assert "training.gradient_checkpointing" in fields and "training.activation_offload" not in fields
+
+
+def test_bf16_autocast_keeps_float32_weights_and_is_a_different_experiment(tiny_model_dir, chat_file, tmp_path):
+    """training.autocast=bf16 on a CPU: the step's matmuls run in bf16 (its losses are not float32's) while the
+    weights, the adapter and its updates stay float32; run.json records it and the fingerprint tells the two apart."""
+    import json
+
+    from leantune.config import load_config
+    from leantune.runs.fingerprint import config_fingerprint
+
+    common = {"method.dropout": 0.0, "training.max_steps": 3}
+    plain = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "a", **common))
+    cast = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "b", **common, **{"training.autocast": "bf16"}))
+    info = json.loads((cast.run_dir / "run.json").read_text())
+    assert info["autocast"] == "bfloat16" and info["dtype"] == "float32"
+    assert json.loads((plain.run_dir / "run.json").read_text())["autocast"] is None
+    assert all(p.dtype == torch.float32 for p in cast.model.parameters())
+    a, b = losses(plain.run_dir), losses(cast.run_dir)
+    assert a[0] == pytest.approx(b[0], rel=2e-2) and a != b  # the same model, computed in another precision
+    assert config_fingerprint(load_config(plain.run_dir / "config.yaml")) != config_fingerprint(load_config(cast.run_dir / "config.yaml"))
