@@ -19,7 +19,7 @@ SKYPILOT := skypilot==0.14.1
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast test-llama-cpp skypilot-env browser ui clean
+.PHONY: install demo test test-fast test-heavy test-llama-cpp skypilot-env browser ui clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ ui: $(STAMP)
 # make installs bitsandbytes and MLflow, so no test may skip for want of them (tests/conftest.py)
 test: $(STAMP) $(SKY_STAMP) browser
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
+
+# Real-model end-to-end checks that take minutes each (marker `heavy`), outside `make test`'s time budget
+test-heavy: $(STAMP)
+	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q -m heavy
 
 test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"

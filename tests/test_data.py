@@ -318,3 +318,19 @@ def test_word_forms_are_free_text_answers_apart_from_the_general_suite():
     assert not general & {ex.messages[1]["content"] for ex in examples}
     held = load_splits("word-forms", None, 200, 0)
     assert len(held.eval) == 200 and load_splits("word-forms", None, 200, 0).eval == held.eval
+
+
+def test_builtin_example_counts_are_cached_by_their_files(tmp_path, monkeypatch):
+    """`data list` counts each built-in dataset once per installed file (path, size, mtime), then reads the count."""
+    import dataclasses
+
+    from leantune.data.builtin import BUILTIN_INFO, example_count
+
+    trivia = BUILTIN_INFO["trivia"]
+    count = example_count(trivia)
+    assert count == len(trivia.load())
+    calls = []
+    counting = dataclasses.replace(trivia, load=lambda: calls.append(1) or [])
+    assert example_count(counting) == count and not calls  # from the cache
+    monkeypatch.setenv("LEANTUNE_HOME", str(tmp_path / "fresh-home"))
+    assert example_count(counting) == 0 and calls == [1]  # no cache there: counted

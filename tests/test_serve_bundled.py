@@ -10,7 +10,8 @@ from leantune.runs.rundir import open_run_dir
 from leantune.serve.api import build, running
 from leantune.training.api import train
 
-pytestmark = pytest.mark.slow
+# 40 real training steps then serving: ~4 minutes on 2 cores, the suite's largest item; `make test-heavy` runs it
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_the_spam_adapter_served_classifies_held_out_sms(tmp_path):

@@ -7,7 +7,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from .builtin import BUILTIN_INFO
+from .builtin import BUILTIN_INFO, example_count
 from .clean import CleanSummary
 from .preview import PreviewRow
 
@@ -17,7 +17,7 @@ def print_builtin_datasets(console: Console) -> None:
     for col in ("name", "examples", "from package", "license", "what"):
         table.add_column(col)
     for d in BUILTIN_INFO.values():
-        table.add_row(d.name, f"{len(d.load()):,}", d.package, d.license, d.description)
+        table.add_row(d.name, f"{example_count(d):,}", d.package, d.license, d.description)
     console.print(table)
 
 
