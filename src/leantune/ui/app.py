@@ -21,6 +21,7 @@ from ..errors import RunDirError, UserError
 from ..plan import load_catalog, plan_from_options
 from ..plan.presets import PRESETS
 from ..runs.index import RunIndex
+from ..runs.jsonl import read_jsonl
 from . import actions, pages
 
 HERE = Path(__file__).parent
@@ -106,7 +107,7 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
     def run_json(run_id: str):
         """What a run page's charts poll while the run is live: its curves, status and steps."""
         row = find(run_id)
-        return {"run": row, "curves": pages.curves(pages.read_jsonl(Path(row["path"]) / "metrics.jsonl")),
+        return {"run": row, "curves": pages.curves(read_jsonl(Path(row["path"]) / "metrics.jsonl")),
                 "live": row["status"] in ("running", "created")}
 
     @app.get("/compare", response_class=HTMLResponse)
