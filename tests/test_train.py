@@ -211,8 +211,9 @@ def test_packing_trains_exactly_like_padding_in_fewer_token_slots(tiny_model_dir
     assert packed.eval_loss == pytest.approx(padded.eval_loss, rel=1e-4)
 
 
-def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_path):
+def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_path, monkeypatch):
     """training.compile compiles the decoder in place (inductor on CPU): same losses, same adapter names."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     common = {"training.max_steps": 3, "method.dropout": 0.0}
     compiled = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "c", **common, **{"training.compile": "true"}))
     plain = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "p", **common))
@@ -225,6 +226,12 @@ def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_pat
 
     assert load_file(compiled.run_dir / "adapter" / "adapter_model.safetensors").keys() == \
         load_file(plain.run_dir / "adapter" / "adapter_model.safetensors").keys()
+    # Inductor's caches went under LEANTUNE_HOME (not /tmp), where a later run finds them (bench/compile_cache.py)
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert cache == Path(os.environ["LEANTUNE_HOME"]) / "inductor" and any(cache.rglob("*.py"))
 
 
 def test_activation_offloading_moves_saved_tensors_and_keeps_the_losses(tiny_model_dir, chat_file, tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ from .budget import BudgetGuard
 from . import distributed
 from .allocator import release_freed_memory
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from .compile_cache import use_persistent_compile_cache
 from .distributed import World
 from .lineage import load_parent_adapter, parent_run
 from .methods import make_method
@@ -156,9 +157,11 @@ class FineTuneRecipe:
             loaded = load_parent_adapter(self.model, parent_run(cfg))
             self.note(f"update of {cfg.model.parent}: training starts from its adapter ({loaded} tensors)")
         if cfg.training.compile:
+            cache = use_persistent_compile_cache()
             # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
             decoder_and_head(self.model)[0].compile(dynamic=True)
-            self.note("training.compile: the decoder is compiled on the first step (dynamic shapes)")
+            self.note(f"training.compile: the decoder is compiled on the first step (dynamic shapes; compiled graphs and "
+                      f"kernels cached in {cache}, so a later run of the same shapes compiles much faster)")
         trainable, total = trainable_parameter_count(self.model)
         self.note(f"{self.method.describe()}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
         for warning in self.method.warnings(self.total_steps):
