@@ -56,7 +56,6 @@ def _get(url: str) -> tuple[float, int]:
 
 
 def _template_run(work: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
     from conftest import tiny_overrides, write_spam_chat
     from tiny_model import build_tiny_model
 
@@ -69,7 +68,7 @@ def _template_run(work: Path) -> Path:
     return result.run_dir
 
 
-def main() -> None:
+def main() -> None:  # tests/ goes on the path below: the tiny model and start_ui come from there
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20)

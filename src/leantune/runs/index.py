@@ -134,6 +134,10 @@ class RunIndex:
             row = db.execute("SELECT usd, alerted_pct FROM budgets WHERE project = ?", (project,)).fetchone()
         return (row["usd"], row["alerted_pct"] or 0) if row else (None, 0)
 
+    def budgeted_projects(self) -> set[str]:
+        with self.connect() as db:
+            return {r[0] for r in db.execute("SELECT project FROM budgets")}
+
     def set_budget(self, project: str, usd: float) -> None:
         with self.connect(write=True) as db:
             db.execute("INSERT OR REPLACE INTO budgets (project, usd, alerted_pct) VALUES (?, ?, 0)", (project, usd))

@@ -73,12 +73,18 @@ def versions(index: RunIndex, name: str | None = None) -> list[dict]:
     return rows
 
 
-def promote(index: RunIndex, name: str, version: int, stage: str) -> None:
+def check_promotion(index: RunIndex, name: str, version: int, stage: str) -> list[dict]:
+    """Refuse a stage or version that does not exist; the name's rows otherwise."""
     if stage not in STAGES:
         raise RegistryError(f"Stage {stage!r} is not one of {', '.join(STAGES)}.")
     rows = versions(index, name)
     if version not in [r["version"] for r in rows]:
         raise RegistryError(f"{name} has no version {version} (versions: {', '.join(str(r['version']) for r in rows)}).")
+    return rows
+
+
+def promote(index: RunIndex, name: str, version: int, stage: str) -> None:
+    check_promotion(index, name, version, stage)
     with index.connect(write=True) as db:
         if stage == "production":
             db.execute("UPDATE registry SET stage = 'archived' WHERE name = ? AND stage = 'production'", (name,))

@@ -9,10 +9,10 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from ..errors import RegistryError, UserError
+from ..errors import UserError
 from ..runs.index import RunIndex
 from ..runs.ledger import set_project_budget
-from ..runs.registry import STAGES, check_name, promote, rollback, versions
+from ..runs.registry import check_name, check_promotion, promote, rollback, versions
 
 LOG_NAME = "ui-actions.log"
 
@@ -44,11 +44,7 @@ def log_action(index: RunIndex, client: str, action: str, outcome: str) -> None:
 def describe_promote(index: RunIndex, name: str, version: int, stage: str) -> str:
     """What a promotion will do, for the confirmation page (raises what promote would for a bad request)."""
     check_name(name)
-    rows = versions(index, name)
-    if stage not in STAGES:
-        raise RegistryError(f"Stage {stage!r} is not one of {', '.join(STAGES)}.")
-    if version not in [r["version"] for r in rows]:
-        raise RegistryError(f"{name} has no version {version} (versions: {', '.join(str(r['version']) for r in rows)}).")
+    rows = check_promotion(index, name, version, stage)
     current = [r["version"] for r in rows if r["stage"] == stage and r["version"] != version]
     then = (f"; v{', v'.join(map(str, current))} leaves {stage} for archived" if stage == "production" and current else "")
     return f"{name} v{version} -> {stage}{then}"

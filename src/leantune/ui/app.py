@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from ..errors import RunDirError, UserError
 from ..plan import load_catalog, plan_from_options
 from ..plan.presets import PRESETS
+from ..runs.cost import usd
 from ..runs.index import RunIndex
 from ..runs.jsonl import read_jsonl
 from . import actions, pages
@@ -28,12 +29,6 @@ HERE = Path(__file__).parent
 TOKEN_COOKIE = "leantune_ui_token"
 PLAN_FIELDS = ("model", "method", "gpu", "gpus", "seq_len", "batch", "tokens", "epochs", "rank", "optimizer", "sharding",
                "budget", "spot", "grad_checkpointing")
-
-
-def _money(v) -> str:
-    if v is None:
-        return "unknown"
-    return "$0" if v == 0 else f"${v:,.2f}" if abs(v) >= 0.01 else f"${v:.6f}"
 
 
 def _num(v, fmt: str = "{:.4f}") -> str:
@@ -53,7 +48,7 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
     app = FastAPI(title="leantune ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters.update(money=_money, num=_num, when=_when)
+    templates.env.filters.update(money=usd, num=_num, when=_when)  # dollars as the CLI prints them
 
     def render(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         base = {"runs_dir": str(index.root), "exposed": exposed, "host": host, "allow_write": allow_write,
@@ -82,9 +77,6 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
             return JSONResponse({"error": str(exc)}, status_code=status)
         return render(request, "error.html", status=status, message=str(exc))
 
-    def find(ref: str) -> dict:
-        return index.find(ref)  # raises RunDirError (a UserError) naming close matches
-
     # ------------------------------------------------------------------ reading
     @app.get("/", response_class=HTMLResponse)
     def runs(request: Request, q: str = "", status: str = "", method: str = "", project: str = "", sort: str = "started",
@@ -101,21 +93,21 @@ def create_app(runs_dir: str | Path, allow_write: bool = False, token: str | Non
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run(request: Request, run_id: str):
-        return render(request, "run.html", page=pages.run_page(find(run_id)), curve_names=pages.CURVES)
+        return render(request, "run.html", page=pages.run_page(index.find(run_id)), curve_names=pages.CURVES)
 
     @app.get("/api/runs/{run_id}")
     def run_json(run_id: str):
         """What a run page's charts poll while the run is live: its curves, status and steps."""
-        row = find(run_id)
+        row = index.find(run_id)
         return {"run": row, "curves": pages.curves(read_jsonl(Path(row["path"]) / "metrics.jsonl")),
-                "live": row["status"] in ("running", "created")}
+                "live": pages.is_live(row)}
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare(request: Request, run: list[str] = Query(default=[])):
         chosen = list(dict.fromkeys(run))
         if len(chosen) < 2:
             raise UserError("Compare needs at least two runs: tick them on the runs page, then press Compare.")
-        return render(request, "compare.html", page=pages.compare_page([find(r) for r in chosen], evals))
+        return render(request, "compare.html", page=pages.compare_page([index.find(r) for r in chosen], evals))
 
     @app.get("/budgets", response_class=HTMLResponse)
     def budgets(request: Request):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluation.result import POINT_METRICS
 from ..runs.cost import Price, cost_usd
 from ..runs.fingerprint import differing_fields
 from ..runs.index import RunIndex
@@ -149,7 +150,12 @@ def run_page(row: dict) -> dict:
             "evaluation": evaluation, "eval_rows": eval_rows(evaluation), "config_text": config_text,
             "fields": json.loads(row["fields"] or "{}"), "artifacts": artifacts, "exports": info.get("exports", []),
             "alerts": info.get("alerts", []), "drift": read_json(path / "drift.json"), "parent_comparison": read_json(path / "update.json"),
-            "live": row["status"] in ("running", "created")}
+            "live": is_live(row)}
+
+
+def is_live(row: dict) -> bool:
+    """Whether a run may still write steps: its page keeps polling until this turns false."""
+    return row["status"] in ("running", "created")
 
 
 def plan_vs_actual(row: dict, info: dict, plan: dict, metrics: list[dict]) -> list[dict]:
@@ -186,8 +192,7 @@ def eval_rows(evaluation: dict | None) -> list[dict]:
         for m in task.get("metrics", []):
             rows.append({"task": task["task"], "general": task.get("general", False), "n": task.get("n"),
                          "metric": m["metric"], "scores": m.get("scores", {}), "delta": m.get("delta"),
-                         "ci": m.get("ci"), "points": m["metric"] in ("accuracy", "multiple_choice", "exact_match",
-                                                                       "token_f1", "preference_accuracy")})
+                         "ci": m.get("ci"), "points": m["metric"] in POINT_METRICS})
     return rows
 
 
@@ -206,7 +211,7 @@ def compare_page(rows: list[dict], evals: EvalCache) -> dict:
 
 def budgets_page(index: RunIndex) -> dict:
     """Per project: spent, budget, share and what is left; then the alerts log, newest first."""
-    projects = sorted({r["project"] for r in index.runs()} | _budgeted(index))
+    projects = sorted({r["project"] for r in index.runs()} | index.budgeted_projects())
     rows = []
     for project in projects:
         budget, _ = index.budget(project)
@@ -216,11 +221,6 @@ def budgets_page(index: RunIndex) -> dict:
     log = index.root / "alerts.log"
     alerts = list(reversed(log.read_text(encoding="utf-8").splitlines())) if log.is_file() else []
     return {"rows": rows, "alerts": alerts}
-
-
-def _budgeted(index: RunIndex) -> set[str]:
-    with index.connect() as db:
-        return {r[0] for r in db.execute("SELECT project FROM budgets")}
 
 
 def registry_page(index: RunIndex) -> dict:
