@@ -213,6 +213,11 @@ def test_full_fine_tuning_keeps_float32_weights_where_auto_would_store_bf16(monk
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert "several times slower" in precision.autocast_note("bf16", torch.bfloat16, "cpu")
     assert precision.autocast_note("auto", None, "cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    from leantune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.autocast=bf16: this GPU has no bf16; set it to auto or off"):
+        precision.weights_and_autocast("auto", "cuda", True, "bf16")
     from leantune.training.methods import make_method
     from leantune.config import MethodConfig
 

@@ -443,3 +443,27 @@ def test_a_new_evaluation_and_a_changed_config_show_at_once(runs_root, tmp_path)
         assert "max_seq_len: 65" in pages.run_page(index.find(a))["config_text"]
     finally:
         config.write_text(text)
+
+
+def test_bad_form_and_plan_input_is_a_clear_refusal_that_changes_nothing(runs_root):
+    """What a hand-edited form or URL can send: each answered 400 with what is wrong, the registry and budgets as they were."""
+    from fastapi.testclient import TestClient
+
+    from leantune.ui.app import create_app
+
+    runs, _, _ = runs_root
+    client = TestClient(create_app(runs, allow_write=True, token=TOKEN))
+    before = (versions(RunIndex(runs), "bot"), RunIndex(runs).budget("default"))
+    for path, form, message in [
+        ("/registry/promote", {"name": "bot", "version": "two", "stage": "staging"}, "Version &#39;two&#39; is not a number"),
+        ("/registry/promote", {"name": "bot", "version": "9", "stage": "staging"}, "bot has no version 9"),
+        ("/registry/promote", {"name": "bot", "version": "1", "stage": "live"}, "Stage &#39;live&#39; is not one of"),
+        ("/budgets/set", {"project": "", "usd": "5", "confirmed": "yes"}, "Say which project the budget is for"),
+    ]:
+        answer = client.post(path, data={**form, "token": TOKEN})
+        assert answer.status_code == 400 and message in answer.text, (path, form, answer.text[-500:])
+    assert (versions(RunIndex(runs), "bot"), RunIndex(runs).budget("default")) == before
+    answer = client.get("/api/plan", params={"model": "smollm2-135m", "batch": "lots"})
+    assert answer.status_code == 400 and "batch='lots' is not a number" in answer.json()["error"]
+    answer = client.get("/api/plan")
+    assert answer.status_code == 400 and "Say which model" in answer.json()["error"]
