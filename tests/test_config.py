@@ -69,6 +69,18 @@ def test_override_without_equals_sign():
         parse_override("training.lr")
 
 
+def test_autocast_off_means_off_where_yaml_reads_a_boolean(tmp_path):
+    """YAML 1.1 reads a bare `off` as false; `training.autocast=off` and `autocast: off` must still mean 'off'."""
+    from leantune.config import load_config
+
+    assert load_config(None, ["training.autocast=off"]).training.autocast == "off"
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  autocast: off\n")
+    assert load_config(path).training.autocast == "off"
+    with pytest.raises(ConfigError, match="'auto', 'bf16', 'fp16' or 'off'"):
+        load_config(None, ["training.autocast=on"])
+
+
 def test_a_method_with_a_measured_learning_rate_gets_it_unless_one_is_given():
     from leantune.config import load_config
 

@@ -85,6 +85,28 @@ def test_two_processes_train_what_one_does(tiny_model_dir, chat_file, tmp_path, 
         assert sum("lora_" in n for n, _ in model.named_parameters()) == len(trained(run))
 
 
+def test_fp16_loss_scaling_agrees_over_processes(tiny_model_dir, chat_file, tmp_path):
+    """fp16 autocast under fsdp2: the sharded loss scaler agrees on overflow over both processes, so they skip the
+    same steps with the same scales as one process does; the losses and weights match one process's to fp16's
+    rounding of differently shaped matmuls (each process multiplies half the rows). With autocast's weight-cast
+    cache on, FSDP2's re-gathered weights were served stale casts in the second micro-batch: 1.1% off by step 6."""
+    # started at 2^18 the first steps' gradients overflow fp16 (the tiny model's overflow at 2^16 sometimes)
+    extra = {**SETTINGS, "training.autocast": "fp16", "training.fp16_initial_scale": 2.0**18}
+    one = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "one", **extra))
+    code, err = finish(launch(*tiny_overrides(tiny_model_dir, chat_file, tmp_path / "two", **extra)))
+    assert code == 0, err
+    run = only_run(tmp_path / "two")
+
+    def steps(path):
+        return [(m["loss_scale"], m["skipped_step"]) for m in RunDir(path).read_metrics() if "loss" in m]
+
+    assert steps(run) == steps(one.run_dir)
+    skipped = [skipped for _, skipped in steps(run)]
+    assert 1.0 in skipped and skipped.count(0.0) >= 2, skipped  # overflows found and agreed on; then it trained
+    assert losses(run) == pytest.approx(losses(one.run_dir), rel=1e-3)
+    assert_same_weights(trained(run), trained(one.run_dir), tol=1e-3)
+
+
 def worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of torchrun's workers (the launcher became torchrun: same pid)."""
     ranks = {}

@@ -216,8 +216,17 @@ def test_full_fine_tuning_keeps_float32_weights_where_auto_would_store_bf16(monk
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     from leantune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="training.autocast=bf16: this GPU has no bf16; set it to auto or off"):
+    with pytest.raises(ConfigError, match="training.autocast=bf16: this GPU has no bf16; set it to auto"):
         precision.weights_and_autocast("auto", "cuda", True, "bf16")
+    # a card without bf16 (T4, V100): auto computes in fp16 under autocast with loss scaling, for every method;
+    # weights that train stay float32, a frozen base is stored in fp16; an explicit dtype is the user's
+    monkeypatch.setattr(precision, "resolve_dtype", lambda name, device: torch.float16 if device == "cuda" else torch.float32)
+    assert precision.weights_and_autocast("auto", "cuda", True) == ("float32", torch.float16)
+    assert precision.weights_and_autocast("auto", "cuda", False) == ("float16", torch.float16)
+    assert precision.weights_and_autocast("float32", "cuda", False, "fp16") == ("float32", torch.float16)
+    assert precision.weights_and_autocast("auto", "cpu", False, "fp16") == ("float32", torch.float16)
+    assert "loss scaling" in precision.autocast_note("auto", torch.float16, "cuda")
+    assert precision.LossScaling(torch.float16, "cpu").on and not precision.LossScaling(torch.bfloat16, "cpu").on
     from leantune.training.methods import make_method
     from leantune.config import MethodConfig
 

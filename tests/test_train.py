@@ -281,3 +281,42 @@ def test_bf16_autocast_keeps_float32_weights_and_is_a_different_experiment(tiny_
     a, b = losses(plain.run_dir), losses(cast.run_dir)
     assert a[0] == pytest.approx(b[0], rel=2e-2) and a != b  # the same model, computed in another precision
     assert config_fingerprint(load_config(plain.run_dir / "config.yaml")) != config_fingerprint(load_config(cast.run_dir / "config.yaml"))
+
+
+def test_fp16_autocast_scales_the_loss_skips_overflowed_steps_and_resumes_exactly(tiny_model_dir, chat_file, tmp_path):
+    """training.autocast=fp16 (what a T4 or V100 gets by default): the step's matmuls in fp16, weights and updates in
+    float32, every backward through the loss scaler. A step whose gradients overflow fp16 at the starting scale (2^16)
+    is skipped with the scale halved, and training proceeds; the scaler's state is in the checkpoint, so a run
+    that crashed after step 3 resumes into exactly the uninterrupted run's losses and scales."""
+    import shutil
+
+    overrides = tiny_overrides(tiny_model_dir, chat_file, tmp_path / "ref", **{
+        "training.autocast": "fp16", "method.dropout": 0.0, "training.max_steps": 6, "training.checkpoint_every": 3,
+        "training.lr": 1e-2})
+    reference = train(None, overrides)
+    info = json.loads((reference.run_dir / "run.json").read_text())
+    assert info["autocast"] == "float16" and info["dtype"] == "float32"
+    assert all(p.dtype == torch.float32 for p in reference.model.parameters())
+    steps = [m for m in RunDir(reference.run_dir).read_metrics() if "loss" in m]
+    scales = [m["loss_scale"] for m in steps]
+    skipped = [m["skipped_step"] for m in steps]
+    assert 1.0 in skipped and skipped.count(0.0) >= 4, skipped  # here: step 3 overflowed at 2^16
+    previous = [65536.0] + scales[:-1]
+    assert all(scale == (before / 2 if skip else before) for before, scale, skip in zip(previous, scales, skipped))
+    adapter = reference.run_dir / "adapter" / "adapter_model.safetensors"
+    assert adapter.is_file()
+    from safetensors.torch import load_file
+
+    assert any(t.abs().sum() > 0 for k, t in load_file(adapter).items() if "lora_B" in k)  # the kept steps trained
+
+    # a crash after the step-3 checkpoint: the copy has no step-6 checkpoint, no adapter and is not completed
+    crashed = tmp_path / "crashed" / reference.run_dir.name
+    shutil.copytree(reference.run_dir, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step-000006")
+    shutil.rmtree(crashed / "adapter")
+    state = json.loads((crashed / "run.json").read_text())
+    (crashed / "run.json").write_text(json.dumps({**state, "status": "failed"}))
+    train(resume=crashed)
+    again = [m for m in RunDir(crashed).read_metrics() if "loss" in m]
+    assert [m["loss"] for m in again] == [m["loss"] for m in steps]
+    assert [m["loss_scale"] for m in again] == scales

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -110,10 +110,19 @@ class TrainingConfig(_Section):
                                      "backward needs it (GPU memory for PCIe copies; training/offload.py)")
     loss_chunk: int = Field(0, ge=0, description="compute the output layer and loss this many labelled positions at a "
                             "time (recomputed in backward), so all fp32 logits never exist at once; 0: all together")
-    autocast: Literal["auto", "bf16", "off"] = Field(
-        "auto", description="bf16 autocast over float32 weights: matmuls in bf16, weights and their updates in float32. "
-        "auto: on bf16 GPUs for methods that train the base's weights (CPUs stay float32: measured, "
-        "training/precision.py); bf16: always (on a CPU, one with AVX512-BF16 or AMX); off: never")
+    autocast: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="autocast over float32 trainable weights: matmuls in bf16 or fp16, weights and their "
+        "updates in float32. auto: bf16 on bf16 GPUs for methods that train the base's weights, fp16 with dynamic loss "
+        "scaling on GPUs without bf16 (T4, V100) for every method; CPUs stay float32 (measured, training/precision.py); "
+        "bf16: always (on a CPU, one with AVX512-BF16 or AMX); fp16: always, with loss scaling; off: never")
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, value):
+        """YAML reads a bare `off` (`training.autocast=off`, `autocast: off`) as false; it means the setting 'off'."""
+        return "off" if value is False else value
+
+    fp16_initial_scale: float = Field(2.0**16, gt=0, description="fp16 autocast's starting loss scale (dynamic: "
+                                      "halved at every overflow, which skips that step, doubled after 2000 clean steps)")
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays only for long runs: "
                           "see bench/results/throughput.json for its compile time and step-time gain on this machine")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")

@@ -150,8 +150,9 @@ def my_share(micro_batches: list[list], world: World) -> StepBatches:
 
 
 def mixed_precision(device: str):
-    """bf16 compute with float32 gradient reduction on GPUs that have bf16; float32 elsewhere (CPU; fp16-only cards
-    would need a sharded loss scaler, which is not built, so they compute in float32)."""
+    """bf16 compute with float32 gradient reduction on GPUs that have bf16; elsewhere the weights are gathered as
+    they are stored (fp16-only cards compute in fp16 under autocast, with the sharded loss scaler of
+    precision.LossScaling; CPUs in float32)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if device == "cuda" and torch.cuda.is_bf16_supported():

@@ -13,6 +13,7 @@ import math
 import shlex
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ from .objectives.ewc import ewc_term
 from .objectives.replay import mix_replay
 from .optimizer import check_method_available, make_optimizer
 from .offload import offload_note, saved_activations
-from .precision import autocast, autocast_note, weights_and_autocast
+from .precision import LossScaling, autocast, autocast_note, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
 from .run_plan import check_memory_plan, planned_seconds, planned_tokens
@@ -180,6 +181,9 @@ class FineTuneRecipe:
         if self.world.several:
             self.note(distributed.describe(cfg, self.world))
             self.forward_model = distributed.shard(self.model, cfg, self.world, self.device)
+        self.sharded = self.world.several and cfg.training.distributed.strategy == "fsdp2"
+        self.scaling = LossScaling(self.autocast_dtype, self.device, sharded=self.sharded,
+                                   initial_scale=cfg.training.fp16_initial_scale)
 
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)
@@ -205,6 +209,7 @@ class FineTuneRecipe:
             path, (self.progress, extra) = self._load_newest_readable(checkpoints)
             # the saved RNG is rank 0's: every process continues from it, as they all started from one seed
             self.method.load_state(self.model, extra.get("method", extra.get("adalora", {})))
+            self.scaling.load_state_dict(extra.get("loss_scaler", {}))
             self.run.truncate_metrics(self.progress.step)
             self.note(f"resumed from {path} (step {self.progress.step} of {self.total_steps})")
         else:
@@ -265,24 +270,29 @@ class FineTuneRecipe:
         started = time.perf_counter()
         with self.clock.phase("train"):
             micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
-            with autocast(self.device, self.autocast_dtype), saved_activations(t.activation_offload, self.device):
-                loss, tokens, extra = self.objective.step(self.forward_model, self.batches,
-                                                          distributed.my_share(micro_batches, self.world))
+            share = replace(distributed.my_share(micro_batches, self.world), scaling=self.scaling)
+            with autocast(self.device, self.autocast_dtype, cache=not self.sharded), \
+                    saved_activations(t.activation_offload, self.device):
+                loss, tokens, extra = self.objective.step(self.forward_model, self.batches, share)
             distributed.reduce_gradients(self.model, self.config, self.world)
             if self.world.several:  # the step's loss and tokens over every process; extra metrics averaged
                 names = sorted(extra)
                 totals = self.world.sum([loss, tokens] + [extra[k] for k in names])
                 loss, tokens = totals[0], int(totals[1])
                 extra = {k: v / self.world.size for k, v in zip(names, totals[2:])}
-            self.method.before_optimizer_step(self.model)
+            self.method.before_optimizer_step(self.model, self.scaling.backward)
             if self.ewc is not None:
-                extra.update(self.ewc.add_to_step())
+                extra.update(self.ewc.add_to_step(self.scaling.backward))
+            self.scaling.unscale(self.optimizer)
             if t.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.method.after_optimizer_step(self.model, self.progress.step)
+            stepped = self.scaling.step(self.optimizer)
+            self.scheduler.step()  # a skipped step still advances the schedule: the run's length is in steps
+            if stepped:
+                self.method.after_optimizer_step(self.model, self.progress.step)
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaling.on:
+                extra.update(loss_scale=self.scaling.scale(), skipped_step=0.0 if stepped else 1.0)
         elapsed = time.perf_counter() - started
         self.progress.step += 1
         self.progress.tokens += tokens
@@ -394,7 +404,8 @@ class FineTuneRecipe:
     def save_checkpoint(self) -> Path:
         started = time.perf_counter()
         with self.clock.phase("checkpoint"):
-            keep, extra = self.config.training.keep_checkpoints, {"method": self.method.state(self.model)}
+            keep = self.config.training.keep_checkpoints
+            extra = {"method": self.method.state(self.model), "loss_scaler": self.scaling.state_dict()}
             if self.world.several:
                 path = save_sharded_checkpoint(self.run.checkpoints, self.model, self.optimizer, self.scheduler,
                                                self.progress, keep, self.world, extra)

@@ -69,9 +69,9 @@ class AdaLoRA(LoRA):
                     "sensitivity estimates have little history. Train longer, or use method.name=lora."]
         return []
 
-    def before_optimizer_step(self, model) -> None:
+    def before_optimizer_step(self, model, backward) -> None:
         if self.config.orth_reg_weight:
-            (self.config.orth_reg_weight * orthogonality_penalty(model)).backward()
+            backward(self.config.orth_reg_weight * orthogonality_penalty(model))
 
     def after_optimizer_step(self, model, step: int) -> None:
         _inner(model).update_and_allocate(step)

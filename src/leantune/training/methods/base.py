@@ -34,11 +34,13 @@ class Method:
         """Facts about the prepared model worth recording in run.json (and saying)."""
         return {}
 
-    def before_optimizer_step(self, model) -> None:
-        """After the step's backward passes: extra gradient terms of the method (AdaLoRA's orthogonality)."""
+    def before_optimizer_step(self, model, backward) -> None:
+        """After the step's backward passes: extra gradient terms of the method (AdaLoRA's orthogonality),
+        back-propagated with `backward(loss)` so they carry the step's loss scale."""
 
     def after_optimizer_step(self, model, step: int) -> None:
-        """Between optimizer.step() and zero_grad(): the gradients are still there (AdaLoRA's rank allocator)."""
+        """Between optimizer.step() and zero_grad(): the gradients are still there, unscaled (AdaLoRA's rank
+        allocator). Not called for a step skipped because fp16 gradients overflowed."""
 
     def log(self, model, record: dict, run, step: int, total_steps: int) -> None:
         """Add the method's own figures to a step's metrics record."""

@@ -5,6 +5,7 @@ and what the eval loss is. An objective is one file in this folder and one line 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ...config import RunConfig
 from ...data.batches import collate, pack_micro_batch
@@ -37,11 +38,21 @@ class StepBatches:
     """One optimizer step's micro-batches as one process runs them. Every loss is divided by a count over the
     whole step (all processes' micro-batches), so the processes' gradients summed are exactly one process's
     gradient of the whole step. A process with a micro-batch fewer than the others runs a filler (weight 0) so
-    that every process makes the same number of passes (their collectives must pair up)."""
+    that every process makes the same number of passes (their collectives must pair up).
+
+    Objectives back-propagate through `backward`, never `loss.backward()`: under fp16 autocast every loss of the
+    step must carry the loss scale (precision.LossScaling)."""
 
     whole: list[list]
     mine: list[list]
     weights: tuple[float, ...]
+    scaling: Any = None  # precision.LossScaling, or None: plain backward
+
+    def backward(self, loss) -> None:
+        if self.scaling is None:
+            loss.backward()
+        else:
+            self.scaling.backward(loss)
 
     @classmethod
     def single(cls, micro_batches: list[list]) -> "StepBatches":

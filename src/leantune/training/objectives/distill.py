@@ -77,6 +77,6 @@ class Distillation(SFT):
             batch = batches.collate(examples)
             student, targets, _ = label_logits(model, batch)
             summed, kl, ce = distill_terms(student, self.teacher.logits(batch), targets, o.temperature, o.alpha)
-            (summed / n_labels).backward()
+            step.backward(summed / n_labels)
             total, kl_total, ce_total = total + summed.item(), kl_total + kl.item(), ce_total + ce.item()
         return total / n_labels, n_tokens, {"distill_kl": kl_total / n_labels, "sft_loss": ce_total / n_labels}

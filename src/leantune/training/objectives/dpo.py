@@ -114,7 +114,7 @@ class DPO(Objective):
             losses, chosen_reward, rejected_reward = dpo_terms(chosen, rejected, ref_chosen, ref_rejected,
                                                                self.config.objective.beta)
             if torch.is_grad_enabled():
-                (losses.sum() * (weight / n_pairs)).backward()
+                step.backward(losses.sum() * (weight / n_pairs))
             total += weight * losses.sum().item()
             if weight:
                 rewards.add(chosen_reward, rejected_reward)

@@ -130,10 +130,11 @@ class EWCPenalty:
             self.anchors = {n: _delta(self.layers[n]).detach().clone() for n in self.fisher} if from_start else {}
         self._local: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # fsdp2: this process's rows of F and anchor
 
-    def add_to_step(self) -> dict:
-        """The penalty's gradient added to the step's; its value (over every process) for the step's metrics."""
+    def add_to_step(self, backward) -> dict:
+        """The penalty's gradient added to the step's (through `backward`, the step's loss scaling); its value
+        (over every process) for the step's metrics."""
         own, total = self.terms()
-        own.backward()
+        backward(own)
         return {"ewc_penalty": total}
 
     def __call__(self) -> torch.Tensor:

@@ -23,7 +23,7 @@ class SFT(Objective):
         total, n_tokens = 0.0, 0
         for examples, weight in step.runs():
             summed, _ = summed_label_loss(model, batches.collate(examples), batches.loss_chunk)
-            (summed * (weight / n_labels)).backward()
+            step.backward(summed * (weight / n_labels))
             total += weight * summed.item()
             n_tokens += int(weight) * sum(len(e.input_ids) for e in examples)
         return total / n_labels, n_tokens, {}
