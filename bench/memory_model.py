@@ -6,10 +6,14 @@ everything a step touches) and its tokens/s; the parent compares both with leant
 for the same setup. On a CUDA machine the worker reports torch.cuda.max_memory_allocated instead.
 
 The planner predicts the memory the tensors need. On CPU, glibc's malloc keeps freed activation memory
-in its heap once its adaptive mmap threshold has grown, so the resident peak overstates that; the
-validation run therefore fixes the threshold (MALLOC_MMAP_THRESHOLD_=131072) and a second run with the
-default allocator records what a plain process shows. (Fixing it is not free: steps ran 1.4-1.9x slower
-here, so leantune does it only when training.release_memory asks.)
+in its heap once its adaptive mmap threshold has grown, so the resident peak overstates that. Each config
+therefore runs three times, back to back: with the threshold fixed (MALLOC_MMAP_THRESHOLD_=131072: the
+validation regime, what `training.release_memory` does), with the default allocator (a plain process), and with
+TCMalloc preloaded (what `leantune train` does with training.allocator=auto, training/allocator.py); the table
+gives each peak's error against the plan and the step time of each against the default's.
+
+Configs marked held-out were added after the two fitted constants (the process baseline and the CPU-only
+bitsandbytes term) were fitted, and were not used to set anything.
 
     python bench/memory_model.py            # all configs; results are kept, a rerun skips those done
     python bench/memory_model.py --fresh    # measure everything again
@@ -50,7 +54,13 @@ CONFIGS = [
     ("smol-full-s128-b8", "smollm2-135m", "full", 128, 8, False),
     ("smol-qlora-s256-b4", "smollm2-135m", "qlora", 256, 4, False),
     ("smol-qlora-s512-b4-ckpt", "smollm2-135m", "qlora", 512, 4, True),
+    # held out: not used to fit or set anything
+    ("tiny-lora-s1024-b4", "tiny-256", "lora", 1024, 4, False),
+    ("smol-lora-s768-b2", "smollm2-135m", "lora", 768, 2, False),
+    ("smol-full-s384-b2", "smollm2-135m", "full", 384, 2, False),
+    ("smol-qlora-s384-b2", "smollm2-135m", "qlora", 384, 2, False),
 ]
+HELD_OUT = {"tiny-lora-s1024-b4", "smol-lora-s768-b2", "smol-full-s384-b2", "smol-qlora-s384-b2"}
 LORA_RANK = 8
 STEPS = 3
 
@@ -163,10 +173,15 @@ def main() -> None:
         spec = {"model": model, "method": method, "seq_len": seq_len, "micro_batch": mb, "grad_checkpointing": ckpt}
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if device == "cpu" else os.environ
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env)
-        default_rss = None
+        others = {}
         if device == "cpu" and proc.returncode == 0:
-            plain = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-            default_rss = json.loads(plain.stdout.strip().splitlines()[-1])["peak_bytes"] if plain.returncode == 0 else None
+            for regime, extra_env in (("default_allocator", {}), ("tcmalloc", tcmalloc_env())):
+                if extra_env is None:
+                    continue
+                run = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                     text=True, env={**os.environ, **extra_env})
+                if run.returncode == 0:
+                    others[regime] = json.loads(run.stdout.strip().splitlines()[-1])
         if proc.returncode != 0:
             print("failed:", proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode, flush=True)
             runs[name] = {"spec": spec, "error": proc.stderr.strip()[-2000:]}
@@ -174,9 +189,13 @@ def main() -> None:
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
         memory, fpt = predict(name, model, method, seq_len, mb, ckpt, device)
         error = memory.total / measured["peak_bytes"] - 1
-        measured["default_allocator_peak_bytes"] = default_rss
+        for regime, other in others.items():
+            measured[f"{regime}_peak_bytes"] = other["peak_bytes"]
+            measured[f"{regime}_step_seconds"] = other["step_seconds"]
         runs[name] = {"spec": spec, "measured": measured, "predicted": memory.as_gib(), "predicted_bytes": memory.total,
-                      "error": error, "achieved_gflops": measured["tokens_per_s"] * fpt / 1e9}
+                      "error": error, "achieved_gflops": measured["tokens_per_s"] * fpt / 1e9, "held_out": name in HELD_OUT}
+        for regime in others:
+            runs[name][f"{regime}_error"] = memory.total / measured[f"{regime}_peak_bytes"] - 1
         print(f"measured {measured['peak_bytes'] / 2**30:.2f} GiB, predicted {memory.total / 2**30:.2f} GiB ({error:+.1%}), "
               f"{measured['tokens_per_s']:.0f} tok/s", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +205,14 @@ def main() -> None:
     print_table(results, device)
 
 
+def tcmalloc_env() -> dict | None:
+    """The environment `leantune train` restarts itself with (training/allocator.py), or None if not installed."""
+    from leantune.training.allocator import QUIET, find_allocator
+
+    found = find_allocator()
+    return None if found is None else {"LD_PRELOAD": str(found[1]), **QUIET}
+
+
 def write_results(results: dict) -> None:
     write_results_file(RESULTS, results)
 
@@ -193,19 +220,34 @@ def write_results(results: dict) -> None:
 def print_table(results: dict, device: str) -> None:
     runs = results["runs"][device]
     peak = results.get("matmul_gflops", {}).get(device)
-    print(f"\n| config | measured GiB | predicted GiB | error | default-malloc GiB | tokens/s | achieved GFLOP/s{' (of %.0f matmul)' % peak if peak else ''} |")
-    print("|---|---|---|---|---|---|---|")
-    errors = []
+    print("\n| config | predicted GiB | fixed threshold GiB (error) | default malloc GiB (error) | TCMalloc GiB (error) | "
+          f"step time fixed / TCMalloc, x default | tokens/s (fixed) | achieved GFLOP/s{' (of %.0f matmul)' % peak if peak else ''} |")
+    print("|---|---|---|---|---|---|---|---|")
+    errors = {"fixed": [], "default_allocator": [], "tcmalloc": []}
+    gib = 2**30
     for name, r in runs.items():
         if "error" in r and "measured" not in r:
-            print(f"| {name} | failed | | | | | |")
+            print(f"| {name} | failed | | | | | | |")
             continue
-        errors.append(abs(r["error"]))
-        plain = r["measured"].get("default_allocator_peak_bytes")
-        print(f"| {name} | {r['measured']['peak_bytes'] / 2**30:.2f} | {r['predicted_bytes'] / 2**30:.2f} | {r['error']:+.1%} | "
-              f"{plain / 2**30 if plain else float('nan'):.2f} | {r['measured']['tokens_per_s']:.0f} | {r['achieved_gflops']:.0f} |")
-    if errors:
-        print(f"\nwithin 10%: {sum(e <= 0.10 for e in errors)}/{len(errors)}, within 15%: {sum(e <= 0.15 for e in errors)}/{len(errors)}")
+        m = r["measured"]
+        errors["fixed"].append(abs(r["error"]))
+        cells = []
+        for regime in ("default_allocator", "tcmalloc"):
+            if f"{regime}_peak_bytes" in m:
+                errors[regime].append(abs(r[f"{regime}_error"]))
+                cells.append(f"{m[f'{regime}_peak_bytes'] / gib:.2f} ({r[f'{regime}_error']:+.1%})")
+            else:
+                cells.append("")
+        default_s = m.get("default_allocator_step_seconds")
+        speed = (f"{m['step_seconds'] / default_s:.2f} / {m['tcmalloc_step_seconds'] / default_s:.2f}"
+                 if default_s and "tcmalloc_step_seconds" in m else "")
+        label = f"{name} (held out)" if r.get("held_out") else name
+        print(f"| {label} | {r['predicted_bytes'] / gib:.2f} | {m['peak_bytes'] / gib:.2f} ({r['error']:+.1%}) | {cells[0]} | "
+              f"{cells[1]} | {speed} | {m['tokens_per_s']:.0f} | {r['achieved_gflops']:.0f} |")
+    for regime, values in errors.items():
+        if values:
+            print(f"{regime}: within 10% {sum(e <= 0.10 for e in values)}/{len(values)}, "
+                  f"within 15% {sum(e <= 0.15 for e in values)}/{len(values)}")
 
 
 if __name__ == "__main__":

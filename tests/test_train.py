@@ -121,6 +121,9 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resumed from" in err
+    # `leantune train` restarted itself with TCMalloc preloaded (training.allocator=auto): mapped into the process
+    assert json.loads((run / "run.json").read_text())["allocator"] == "tcmalloc", "make tcmalloc installs it"
+    assert "memory allocator: tcmalloc" in err and "tcmalloc: large alloc" not in err
     assert losses(run) == losses(reference.run_dir)  # exactly, not approximately
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
@@ -320,3 +323,22 @@ def test_fp16_autocast_scales_the_loss_skips_overflowed_steps_and_resumes_exactl
     again = [m for m in RunDir(crashed).read_metrics() if "loss" in m]
     assert [m["loss"] for m in again] == [m["loss"] for m in steps]
     assert [m["loss_scale"] for m in again] == scales
+
+
+def test_allocator_choice_falls_back_to_the_c_library_and_says_so(tmp_path, monkeypatch):
+    """training.allocator=system never restarts; auto without TCMalloc installed keeps glibc, once, and the run's
+    log says what that costs; a process that was not restarted reports what is really mapped into it."""
+    from leantune.training import allocator
+
+    monkeypatch.delenv(allocator.CHOSEN_ENV, raising=False)
+    monkeypatch.setattr(allocator.os, "execve", lambda *a: pytest.fail("restarted"))
+    allocator.preload_and_restart("system")
+    assert allocator.CHOSEN_ENV not in os.environ
+    assert allocator.allocator_note("system", "cpu") is None
+    allocator.preload_and_restart("auto", dirs=(str(tmp_path),))  # nothing installed there
+    assert os.environ[allocator.CHOSEN_ENV] == "system"
+    assert "no TCMalloc found" in allocator.allocator_note("auto", "cpu")
+    assert allocator.allocator_note("auto", "cuda") is None
+    assert allocator.running_allocator() == "system"  # this pytest process was started without a preload
+    (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert allocator.find_allocator((str(tmp_path),)) == ("tcmalloc", tmp_path / "libtcmalloc_minimal.so.4")

@@ -131,6 +131,10 @@ class TrainingConfig(_Section):
     threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores torch sees")
     release_memory: bool = Field(False, description="CPU: glibc gives freed large blocks back at once (a fixed mmap "
                                  "threshold): a lower resident peak for slower steps (training/allocator.py)")
+    allocator: Literal["auto", "system"] = Field(
+        "auto", description="CPU runs started by `leantune train`: auto preloads TCMalloc when it is installed (a "
+        "resident peak near the plan, and faster steps than glibc's malloc: bench/results/memory_model.json); system "
+        "keeps the C library's (training/allocator.py)")
     distributed: DistributedConfig = DistributedConfig()
 
 

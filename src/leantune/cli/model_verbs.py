@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -28,6 +28,7 @@ def train(
                                        "output.name in output.runs_dir, or start it (what `leantune launch` runs)"),
 ):
     """Fine-tune a model from a config file and/or dotted overrides (any method, any objective)."""
+    choose_allocator(args or [], resume)  # may re-execute this command once, before torch loads
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         refuse_what_cannot_shard(args or [], resume, nproc)  # exit 2 here, not a failed process inside torchrun
         launch_processes(nproc)  # does not return: torchrun starts N of this command without --nproc
@@ -78,6 +79,24 @@ def launch(
         err.print(f"SkyPilot reads it: {task.validated}", highlight=False)
     err.print(f"launch with: sky jobs launch {task.path}" if spot else f"launch with: sky launch {task.path}",
               highlight=False)
+
+
+def choose_allocator(args: list[str], resume: str | None) -> None:
+    """training.allocator=auto: restart with TCMalloc preloaded where it is installed (training/allocator.py). A
+    config that does not load is left for the training to report."""
+    from ..config import load_config
+    from ..errors import UserError
+    from ..training.allocator import preload_and_restart
+
+    try:
+        if resume:
+            setting = load_config(Path(resume) / "config.yaml").training.allocator
+        else:
+            path, overrides = split_train_args(args)
+            setting = load_config(path, overrides).training.allocator
+    except (UserError, OSError):
+        return
+    preload_and_restart(setting)
 
 
 def refuse_what_cannot_shard(args: list[str], resume: str | None, nproc: int) -> None:

@@ -39,7 +39,7 @@ from ..runs.rundir import RunDir
 from ..runs.trackers import Loggers
 from .budget import BudgetGuard
 from . import distributed
-from .allocator import release_freed_memory
+from .allocator import allocator_note, release_freed_memory, running_allocator
 from .checkpoint import Progress, list_checkpoints, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .compile_cache import use_persistent_compile_cache
 from .distributed import World
@@ -78,6 +78,9 @@ class FineTuneRecipe:
     def setup(self, resume: bool = False, force: bool = False) -> None:
         if self.config.training.threads:
             torch.set_num_threads(self.config.training.threads)
+        if note := allocator_note(self.config.training.allocator, self.device):
+            self.note(note)
+        self.run.update_info(allocator=running_allocator())
         if self.config.training.release_memory and self.device == "cpu":
             released = release_freed_memory()
             self.note("training.release_memory: freed large blocks go back to the system at once" if released else
