@@ -61,6 +61,18 @@ def test_several_nodes_shard_with_fsdp2(tmp_path, sky):
     assert task["num_nodes"] == 2 and task["resources"]["accelerators"] == "H100:8"
     assert "training.distributed.strategy=fsdp2" in task["run"] and "cost.usd_per_hour=24" in task["run"]
     assert "SkyPilot reads it: 2" in done.stderr
+    # planned as 16 GPUs over the network between the two machines, not as one machine of 8
+    from dataclasses import replace
+
+    from leantune.plan import plan_from_options
+    from leantune.plan.recommend import evaluate_setup
+
+    plan = plan_from_options(str(tmp_path / "run.yaml"), gpu="h100", gpus=8)
+    one = plan.best
+    both = evaluate_setup(plan.shape, replace(one.setup, gpus=16, sharding="fsdp"), one.gpu, plan.tokens)
+    assert both.time.nodes == 2
+    header = (tmp_path / "t.yaml").read_text().splitlines()[0]
+    assert f"planned {both.time.hours:.3g} h" in header and f"{both.time.hours:.3g}" != f"{one.time.hours:.3g}"
 
 
 def test_a_task_skypilot_refuses_is_a_user_error(tmp_path, sky):

@@ -184,7 +184,37 @@ def test_a_short_8b_lora_job_on_rtx_4090s_is_not_split_over_eight_cards():
     assert not plan.chosen.fits  # 2 x 2048 without any lever: what fits instead is ranked on the same card
     best = plan.ranked[0]
     assert best.setup.gpus == 1 and best.gpu.key == "rtx-4090"
-    assert [c.setup.gpus for c in plan.ranked] == [1, 2, 4, 8]
+    assert [c.setup.gpus for c in plan.ranked] == [1, 2, 4, 8, 16]
+
+
+def test_beyond_one_machine_the_collectives_share_its_network():
+    """16 GPUs are two machines of 8 (plan/gpus.json's gpus_per_node): each GPU's collective bandwidth is then its
+    share of the machine's network (H100 nodes: 3,200 Gbps EFA = 400 GB/s for 8 GPUs = 50 GB/s, not NVLink's 360);
+    by hand, and the scaling efficiency shows it."""
+    from leantune.plan.memory import trainable_params
+    from leantune.plan.timing import nodes
+
+    catalog = load_catalog()
+    shape = PRESETS["llama-3.1-8b"]
+    setup = Setup(method="full", gpus=16, micro_batch=1, seq_len=2048, sharding="zero3")
+    h100 = catalog["h100"]
+    assert nodes(setup, h100) == 2 and nodes(replace(setup, gpus=8), h100) == 1
+    two = estimate_time(shape, setup, h100, 20e6)
+    grads = trainable_params(shape, setup) * 4
+    volume = 2 * 15 / 16 * shape.total_params * 2 + 15 / 16 * grads
+    assert two.nodes == 2 and two.comm_s_per_step == pytest.approx(volume / (400 / 8 * 1e9))
+    one = estimate_time(shape, replace(setup, gpus=8), h100, 20e6)
+    assert two.scaling_efficiency < one.scaling_efficiency
+    # a price file can describe its own machines: 16 cards in one box use the box's interconnect
+    big_box = replace(h100, gpus_per_node=16)
+    assert estimate_time(shape, setup, big_box, 20e6).comm_s_per_step == pytest.approx(volume / (h100.collective_gbs * 1e9))
+    plan = make_plan("llama-3.1-8b", "full", "h100", "20M", setup=Setup(seq_len=2048, gpus=16, sharding="zero3"))
+    from leantune.plan.render import print_plan
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    print_plan(plan, console)
+    assert "2 machines of 8, 400 GB/s between them" in console.export_text()
 
 
 def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():
@@ -194,7 +224,7 @@ def test_plan_ranks_cheapest_first_and_explains_what_does_not_fit():
     assert not plan.not_fitting  # with ZeRO-3 over 8 GPUs even T4s hold a 70B QLoRA
     big = make_plan("llama-3.1-405b", "qlora", None, "10M", setup=Setup(seq_len=2048))
     assert big.ranked and all(c.setup.sharding == "zero3" and c.setup.gpus > 1 for c in big.ranked)
-    assert any(line.startswith("NVIDIA T4 16GB: even the smallest setup (qlora, 8 GPU(s), zero3") and "it has 15" in line
+    assert any(line.startswith("NVIDIA T4 16GB: even the smallest setup (qlora, 16 GPU(s), zero3") and "it has 15" in line
                for line in big.not_fitting)
 
 

@@ -18,7 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from . import atomic
 from .config import load_config
 from .errors import ConfigError, UserError
 from .plan import Candidate, plan_from_options
+from .plan.recommend import evaluate_setup
 
 # the planner's GPU keys -> SkyPilot's accelerator names
 SKYPILOT_ACCELERATORS = {
@@ -80,6 +81,10 @@ def write_task(config_path: str, out: str | Path, spot: bool = False, gpu: str |
                         "the sequence length or batch, or use a method that needs less memory.")
     per_node = best.setup.gpus
     strategy = "fsdp2" if best.setup.sharding != "none" or nodes > 1 else "ddp"
+    if nodes > 1:  # the whole job, priced with the network between the machines (plan/timing.py)
+        whole = replace(best.setup, gpus=per_node * nodes, sharding="fsdp" if best.setup.sharding == "none" else
+                        best.setup.sharding)
+        best = evaluate_setup(plan.shape, whole, replace(best.gpu, gpus_per_node=per_node), plan.tokens)
     price = best.gpu.spot_usd if spot else best.gpu.on_demand_usd
     name = config.output.name or Path(config_path).stem
     overrides = [f"output.runs_dir={RUNS_MOUNT}", f"output.name={name}", f"training.distributed.strategy={strategy}"]
@@ -108,7 +113,7 @@ def write_task(config_path: str, out: str | Path, spot: bool = False, gpu: str |
         # object store; a preemption mid-upload leaves a checkpoint without progress.json, which resume skips
         task["file_mounts"] = {RUNS_MOUNT: {"name": bucket, "mode": "MOUNT_CACHED"}}
     text = (f"# written by `leantune launch` for {Path(config_path).name}: {best.gpu.name} x {per_node} x {nodes} "
-            f"node(s), {'spot' if spot else 'on-demand'}, planned {best.time.hours:.2f} h\n"
+            f"node(s), {'spot' if spot else 'on-demand'}, planned {best.time.hours:.3g} h\n"
             + yaml.dump(task, Dumper=_BlockDumper, sort_keys=False, width=1000))
     out = Path(out)
     atomic.write_text(out, text)

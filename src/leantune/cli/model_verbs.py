@@ -69,7 +69,7 @@ def launch(
     task = write_task(config, out, spot, gpu, gpus, nodes, bucket, budget, prices)
     c = task.candidate
     err.print(f"wrote {task.path}: {c.gpu.name} x {c.setup.gpus} x {nodes} node(s), "
-              f"{'spot' if spot else 'on-demand'}, planned {c.time.hours:.2f} h", highlight=False)
+              f"{'spot' if spot else 'on-demand'}, planned {c.time.hours:.3g} h", highlight=False)
     if spot and not bucket:
         err.print("[yellow]no --bucket: checkpoints stay on the machine, and a preempted spot job starts over[/]")
     if task.validated is None:

@@ -27,6 +27,8 @@ class GPU:
     device_names: tuple[str, ...] = ()  # what the driver calls this card (torch.cuda.get_device_name, nvidia-smi)
     interconnect: str = "unknown"  # how the GPUs of one machine reach each other
     collective_gbs: float = 10.0  # all-reduce bus bandwidth per GPU between GPUs of one machine (GB/s), assumed
+    gpus_per_node: int = 8  # the most GPUs one machine of this kind holds; more are several machines
+    node_link_gbs: float = 1.25  # one machine's network to the others (GB/s, all NICs), assumed: 10 GbE unless known
     purchase_usd: float | None = None  # one card's street price (plan --buy); None: not sold on its own
     tdp_watts: float | None = None  # board power
 

@@ -12,7 +12,7 @@ from .setup import Setup
 from .shapes import ModelShape
 from .timing import TimeEstimate, estimate_time
 
-GPU_COUNTS = (1, 2, 4, 8)
+GPU_COUNTS = (1, 2, 4, 8, 16)  # 16: two machines of 8 (the network between them is priced: plan/timing.py)
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 # the chunk the search tries when the run has none: torchtune's 8 chunks of a 2 x 2048 batch; the fp32 logits of
 # 512 positions are 0.7 GiB for a 128k vocabulary

@@ -73,7 +73,8 @@ def ranked_table(plan: Plan) -> Table:
         s = c.setup
         over = plan.budget is not None and c.price(plan.spot) > plan.budget
         table.add_row(
-            str(i), s.method, f"{s.gpus} x {c.gpu.key}", str(s.micro_batch), levers_text(c),
+            str(i), s.method, f"{s.gpus} x {c.gpu.key}" + (f" ({c.time.nodes} machines)" if c.time.nodes > 1 else ""),
+            str(s.micro_batch), levers_text(c),
             f"{c.memory.total / GiB:.1f}/{c.gpu.memory_gib:.0f} GiB", f"{c.time.tokens_per_s:,.0f}",
             "" if s.gpus == 1 else f"{c.time.scaling_efficiency:.0%}", _hours(c.time.hours),
             _money(c.time.cost_on_demand) + (" (over budget)" if over and not plan.spot else ""),
@@ -95,7 +96,9 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
         if c.levers:
             console.print("levers: " + levers_text(c))
         t = c.time
-        links = "" if c.setup.gpus == 1 else (f"; {c.gpu.interconnect}: {t.comm_s_per_step * 1e3:,.0f} ms of collectives "
+        link = c.gpu.interconnect if t.nodes == 1 else (
+            f"{t.nodes} machines of {c.gpu.gpus_per_node}, {c.gpu.node_link_gbs:g} GB/s between them")
+        links = "" if c.setup.gpus == 1 else (f"; {link}: {t.comm_s_per_step * 1e3:,.0f} ms of collectives "
                                                f"a step, {t.scaling_efficiency:.0%} scaling efficiency")
         console.print(f"time: {t.tokens_per_s:,.0f} tokens/s at {t.mfu:.0%} MFU -> {_hours(t.hours)}{links}; "
                       f"+ {_hours(t.startup_hours)} start-up (machine, install, model download) = {t.gpu_hours:,.2f} "

@@ -28,13 +28,16 @@ from .shapes import ModelShape
 DEFAULT_MFU = {"full": 0.40, "lora": 0.38, "dora": 0.30, "qlora": 0.28}
 PRETRAINING_MFU = 0.40  # large pretraining runs report ~38-43% (Llama 3 paper: 38-43% on H100)
 
-# Several GPUs in one machine (ring collectives over the catalog's collective_gbs, the interconnect):
+# Several GPUs (ring collectives over the catalog's collective_gbs, the interconnect of one machine):
 #   replicated weights (ddp, ZeRO-1/2): the gradients all-reduced once a step, 2 (n-1)/n of their bytes;
 #   sharded weights (ZeRO-3 / FSDP): the weights all-gathered in forward and again in backward, 2 (n-1)/n of
 #   their bytes, and the gradients reduce-scattered, (n-1)/n.
 # Gradients are reduced in float32 (FSDP2's reduce dtype, and LoRA's float32 adapters). Communication overlaps
 # compute (DDP buckets during backward, FSDP prefetches the next layer) for up to COMM_OVERLAP of the compute time;
-# the rest adds to the step. Assumptions until measured on several GPUs.
+# the rest adds to the step. Beyond one machine (more GPUs than the catalog's gpus_per_node) the ring crosses the
+# machines' network, which every GPU of a machine shares: each GPU's collective bandwidth is then at most
+# node_link_gbs / gpus_per_node (flat rings; NCCL's trees and rail-optimised fabrics do better, so this errs slow).
+# Assumptions until measured on several GPUs.
 GRADIENT_BYTES = 4
 COMM_OVERLAP = 0.8
 # What an instance costs before the first step: start, image pull, install, model download and load. Billed like
@@ -80,6 +83,20 @@ class TimeEstimate:
     comm_s_per_step: float = 0.0  # collectives per micro-batch step, per GPU
     scaling_efficiency: float = 1.0  # compute time / step time: what the GPUs beyond one are worth
     startup_hours: float = 0.0
+    nodes: int = 1  # machines the GPUs take (plan/gpus.json's gpus_per_node)
+
+
+def nodes(setup: Setup, gpu: GPU) -> int:
+    """Machines the setup's GPUs take."""
+    return math.ceil(setup.gpus / max(1, gpu.gpus_per_node))
+
+
+def collective_gbs(setup: Setup, gpu: GPU) -> float:
+    """Each GPU's collective bandwidth (GB/s): the machine's interconnect, or its share of the network between
+    machines when the setup spans several."""
+    if nodes(setup, gpu) == 1:
+        return gpu.collective_gbs
+    return min(gpu.collective_gbs, gpu.node_link_gbs / min(setup.gpus, gpu.gpus_per_node))
 
 
 def communication_seconds(shape: ModelShape, setup: Setup, gpu: GPU) -> float:
@@ -93,7 +110,7 @@ def communication_seconds(shape: ModelShape, setup: Setup, gpu: GPU) -> float:
         volume = 2 * ring * weight_bytes(shape, setup) + ring * gradients
     else:
         volume = 2 * ring * gradients
-    return volume / (gpu.collective_gbs * 1e9)
+    return volume / (collective_gbs(setup, gpu) * 1e9)
 
 
 def startup_hours(shape: ModelShape) -> float:
@@ -116,7 +133,7 @@ def estimate_time(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu:
     on_demand = gpu_hours * gpu.on_demand_usd if gpu.on_demand_usd is not None else None
     spot = gpu_hours * gpu.spot_usd if gpu.spot_usd is not None else None
     return TimeEstimate(tokens, fpt, mfu, tokens_per_s, hours, gpu_hours, on_demand, spot, comm_s,
-                        compute_s / (compute_s + exposed_comm_s), start)
+                        compute_s / (compute_s + exposed_comm_s), start, nodes(setup, gpu))
 
 
 @dataclass
