@@ -121,9 +121,6 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resumed from" in err
-    # `leantune train` restarted itself with TCMalloc preloaded (training.allocator=auto): mapped into the process
-    assert json.loads((run / "run.json").read_text())["allocator"] == "tcmalloc", "make tcmalloc installs it"
-    assert "memory allocator: tcmalloc" in err and "tcmalloc: large alloc" not in err
     assert losses(run) == losses(reference.run_dir)  # exactly, not approximately
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
@@ -131,6 +128,13 @@ def test_resume_after_a_kill_continues_the_exact_loss_sequence(tiny_model_dir, c
     assert info["billed"]["seconds"] > billed_before + 1.0  # the second process's imports alone take longer
     with pytest.raises(RunDirError, match="already completed"):
         train(resume=run)
+    # `leantune train` restarted itself with TCMalloc preloaded (training.allocator=auto): mapped into the process
+    from leantune.training.allocator import find_allocator
+
+    if find_allocator() is None:
+        pytest.skip("TCMalloc is not installed (`make tcmalloc`); the rest of this test passed")
+    assert info["allocator"] == "tcmalloc"
+    assert "memory allocator: tcmalloc" in err and "tcmalloc: large alloc" not in err
 
 
 def test_sigterm_checkpoints_prints_the_resume_command_and_exits_nonzero(tiny_model_dir, chat_file, tmp_path):

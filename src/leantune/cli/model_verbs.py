@@ -187,6 +187,9 @@ def demo(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="optimizer steps (default: the demo's tuned value)"),
 ):
     """Fine-tune the bundled SmolLM2-135M on bundled SMS spam data and compare base vs tuned accuracy."""
+    from ..training.allocator import preload_and_restart
+
+    preload_and_restart("auto")  # the demo trains with the allocator `leantune train` would choose
     from ..demo import run_demo
 
     run_demo(runs_dir, steps, started_at=process_start_time())
