@@ -332,8 +332,11 @@ def test_fp16_autocast_scales_the_loss_skips_overflowed_steps_and_resumes_exactl
 def test_allocator_choice_falls_back_to_the_c_library_and_says_so(tmp_path, monkeypatch):
     """training.allocator=system never restarts; auto without TCMalloc installed keeps glibc, once, and the run's
     log says what that costs; a process that was not restarted reports what is really mapped into it."""
+    from leantune.cli.common import running_as_program
     from leantune.training import allocator
 
+    # a caller of main() from Python (tests/test_cli.py does) is never replaced by an exec
+    assert not running_as_program()
     monkeypatch.delenv(allocator.CHOSEN_ENV, raising=False)
     monkeypatch.setattr(allocator.os, "execve", lambda *a: pytest.fail("restarted"))
     allocator.preload_and_restart("system")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -9,6 +12,17 @@ from ..errors import ConfigError
 
 err = Console(stderr=True)
 RUNS_DIR = typer.Option("runs", "--runs-dir", help="the runs root (output.runs_dir)")
+
+
+def running_as_program() -> bool:
+    """Whether this process is the `leantune` program itself (its console script, `python -m leantune` or
+    `python -m leantune.cli`), not a Python caller of main() such as a test. Only the program may restart itself
+    with another allocator (training/allocator.py): an exec replaces whatever process calls it."""
+    program = sys.modules.get("__main__")
+    spec = getattr(program, "__spec__", None)
+    if spec is not None:
+        return spec.name in ("leantune.__main__", "leantune.cli.__main__")
+    return Path(getattr(program, "__file__", None) or "").name == "leantune"
 
 
 def parse_columns(pairs: list[str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ..runs.cost import process_start_time
-from .common import RUNS_DIR, err, split_train_args
+from .common import RUNS_DIR, err, running_as_program, split_train_args
 
 
 def train(
@@ -83,7 +83,9 @@ def launch(
 
 def choose_allocator(args: list[str], resume: str | None) -> None:
     """training.allocator=auto: restart with TCMalloc preloaded where it is installed (training/allocator.py). A
-    config that does not load is left for the training to report."""
+    config that does not load is left for the training to report; main() called from Python restarts nothing."""
+    if not running_as_program():
+        return
     from ..config import load_config
     from ..errors import UserError
     from ..training.allocator import preload_and_restart
@@ -189,7 +191,8 @@ def demo(
     """Fine-tune the bundled SmolLM2-135M on bundled SMS spam data and compare base vs tuned accuracy."""
     from ..training.allocator import preload_and_restart
 
-    preload_and_restart("auto")  # the demo trains with the allocator `leantune train` would choose
+    if running_as_program():
+        preload_and_restart("auto")  # the demo trains with the allocator `leantune train` would choose
     from ..demo import run_demo
 
     run_demo(runs_dir, steps, started_at=process_start_time())
