@@ -341,11 +341,11 @@ def test_allocator_choice_falls_back_to_the_c_library_and_says_so(tmp_path, monk
     monkeypatch.setattr(allocator.os, "execve", lambda *a: pytest.fail("restarted"))
     allocator.preload_and_restart("system")
     assert allocator.CHOSEN_ENV not in os.environ
-    assert allocator.allocator_note("system", "cpu") is None
+    assert allocator.allocator_note("system", "cpu", "system") is None
     allocator.preload_and_restart("auto", dirs=(str(tmp_path),))  # nothing installed there
     assert os.environ[allocator.CHOSEN_ENV] == "system"
-    assert "no TCMalloc found" in allocator.allocator_note("auto", "cpu")
-    assert allocator.allocator_note("auto", "cuda") is None
+    assert "no TCMalloc found" in allocator.allocator_note("auto", "cpu", "system")
+    assert allocator.allocator_note("auto", "cuda", "system") is None
     assert allocator.running_allocator() == "system"  # this pytest process was started without a preload
     (tmp_path / "libtcmalloc_minimal.so.4").write_bytes(b"")
     assert allocator.find_allocator((str(tmp_path),)) == ("tcmalloc", tmp_path / "libtcmalloc_minimal.so.4")

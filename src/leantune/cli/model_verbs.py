@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -86,32 +85,31 @@ def choose_allocator(args: list[str], resume: str | None) -> None:
     config that does not load is left for the training to report; main() called from Python restarts nothing."""
     if not running_as_program():
         return
-    from ..config import load_config
     from ..errors import UserError
     from ..training.allocator import preload_and_restart
 
     try:
-        if resume:
-            setting = load_config(Path(resume) / "config.yaml").training.allocator
-        else:
-            path, overrides = split_train_args(args)
-            setting = load_config(path, overrides).training.allocator
+        setting = command_config(args, resume).training.allocator
     except (UserError, OSError):
         return
     preload_and_restart(setting)
 
 
-def refuse_what_cannot_shard(args: list[str], resume: str | None, nproc: int) -> None:
+def command_config(args: list[str], resume: str | None):
+    """The config this `train` command will run: the resumed run's, or the file and overrides given."""
     from ..config import load_config
     from ..runs.rundir import open_run_dir
-    from ..training.distributed import World, check_supported
 
     if resume is not None:
-        config = open_run_dir(resume).config()
-    else:
-        path, overrides = split_train_args(args)
-        config = load_config(path, overrides)
-    check_supported(config, World(rank=0, size=nproc))
+        return open_run_dir(resume).config()
+    path, overrides = split_train_args(args)
+    return load_config(path, overrides)
+
+
+def refuse_what_cannot_shard(args: list[str], resume: str | None, nproc: int) -> None:
+    from ..training.distributed import World, check_supported
+
+    check_supported(command_config(args, resume), World(rank=0, size=nproc))
 
 
 def launch_processes(nproc: int) -> None:

@@ -94,11 +94,10 @@ def preload_and_restart(setting: str, argv: list[str] | None = None, dirs: tuple
     os.execve(sys.executable, [sys.executable, "-m", "leantune", *args], env)
 
 
-def allocator_note(setting: str, device: str) -> str | None:
-    """What the log says about the allocator of a CPU run."""
+def allocator_note(setting: str, device: str, chosen: str) -> str | None:
+    """What the log says about the allocator of a CPU run (`chosen`: running_allocator())."""
     if device != "cpu":
         return None
-    chosen = running_allocator()
     if chosen != "system":
         return f"memory allocator: {chosen} (training.allocator=system keeps the C library's)"
     if setting == "auto" and CHOSEN_ENV in os.environ:  # the CLI looked for one and found none

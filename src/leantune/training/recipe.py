@@ -78,9 +78,10 @@ class FineTuneRecipe:
     def setup(self, resume: bool = False, force: bool = False) -> None:
         if self.config.training.threads:
             torch.set_num_threads(self.config.training.threads)
-        if note := allocator_note(self.config.training.allocator, self.device):
+        allocator = running_allocator()
+        if note := allocator_note(self.config.training.allocator, self.device, allocator):
             self.note(note)
-        self.run.update_info(allocator=running_allocator())
+        self.run.update_info(allocator=allocator)
         if self.config.training.release_memory and self.device == "cpu":
             released = release_freed_memory()
             self.note("training.release_memory: freed large blocks go back to the system at once" if released else
