@@ -20,7 +20,7 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # CPU training runs with TCMalloc preloaded when it is installed (training.allocator=auto): its resident peak stays
-# near the plan where glibc's malloc runs up to 1.8x above it, and its steps are faster (bench/results/
+# near the plan where glibc's malloc ran up to 2.4x above it, and its steps are faster (bench/results/
 # memory_model.json). A system library (Debian's libtcmalloc-minimal4), installed with apt when missing and apt is there.
 TCMALLOC ?= /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 

@@ -3,16 +3,18 @@
 glibc serves a large allocation with mmap until a block that size is freed; then it raises its mmap threshold
 (up to 32 MiB) and serves the next ones from a heap it rarely returns. A training step frees and re-allocates
 tens of large tensors (activations; under FSDP2 every layer's gathered weights, twice a micro-batch), so the
-resident peak settles well above what the tensors need: SmolLM2 LoRA at 4 x 512 tokens peaked at 7.8 GiB where its
+resident peak settles well above what the tensors need: SmolLM2 LoRA at 4 x 512 tokens peaked at 7.9 GiB where its
 tensors need 4.4 (bench/results/memory_model.json). Two ways out, both measured there:
 
 - `training.allocator=auto` (the default): `leantune train` re-executes itself once with a faster allocator
   preloaded (LD_PRELOAD) before torch loads - TCMalloc, whose thread caches reuse freed blocks of the same size
-  class and which returns spans it no longer needs. On the same steps it peaked within a few percent of the
-  planner's figure and ran faster than glibc, not slower. It is found as the system library (Debian/Ubuntu
-  `libtcmalloc-minimal4`, which `make install` installs where it can); without it glibc stays, and the run says so.
+  class and which returns spans it no longer needs. On the same steps its peak stayed within 15% of the planner's
+  figure on every SmolLM2 config, and its steps took 0.85x glibc's time (median), not longer. It is found as the
+  system library (Debian/Ubuntu `libtcmalloc-minimal4`, which `make install` installs where it can); without it
+  glibc stays, and the run says so.
 - `training.release_memory` fixes glibc's threshold (mallopt M_MMAP_THRESHOLD, which also stops its adaptation):
-  the same low peak at 1.3-1.9x the step time. For a C library other than glibc it does nothing, and says so.
+  the same low peak at a median 1.2x glibc's step time (up to 1.8x). For a C library other than glibc it does
+  nothing, and says so.
 
 Only the CLI can choose the allocator (it must be loaded before anything allocates), and only for a CPU run (on a
 machine with an NVIDIA driver the host allocator is left alone); `leantune.train(...)` called from Python runs with
