@@ -4,20 +4,33 @@ Same model (the bundled SmolLM2-135M), same training examples (each seen once), 
 dropout 0.05, every linear layer), same micro-batch, learning rate, schedule and seed. The schedule is cosine to
 zero without warmup: the two libraries count warmup steps differently, and without warmup their
 learning rates are the same at every step.
-Every job runs in a fresh process (its peak memory is its own), alternating leantune and the baseline
-`--repeats` times; medians are reported. Tokens/s counts real tokens only (no padding), over the steps after the
-first two (warm-up: allocator growth, first-call overheads). The final eval loss of both is computed by the same
-function (leantune's, over the same 64 held-out examples), so "as good" is checked, not assumed.
+
+Protocol (`compare`): three tasks (sms-spam, trivia, tweets-sentiment); on each, `--repeats` rounds (default 5), each
+round running leantune, TRL's CPU defaults and TRL in fp32 one after the other, every job in a fresh process (its
+peak memory is its own), so drift in the machine's load hits every system alike. Per system: median and
+interquartile range of tokens/s and peak memory; per round, leantune's ratio to each baseline of the same round,
+and their median and quartiles. Tokens/s counts real tokens only (no padding) over the steps after the first two
+(warm-up: allocator growth, first-call overheads): 8 timed steps. Both systems must have trained on the same
+number of tokens (stored; a mismatch stops the benchmark). The eval loss of both is computed by one function
+(`eval_loss` below, leantune's loss over the same 64 held-out examples) on the trained model each returns.
+
+leantune runs as `leantune train` runs on a CPU: with TCMalloc preloaded when it is installed (training.allocator=auto
+restarts the program with it; the worker here is started with it), which the results record per job. The TRL
+jobs run with the C library's malloc (what a TRL user gets), limited to 2 arenas (MALLOC_ARENA_MAX=2, which
+lowers its peak). The `levers` rows alternate leantune's defaults with one change at a time, including the
+C library's malloc.
 
 Baselines:
 - trl-defaults: SFTConfig's defaults on this machine (use_cpu=True is required on a CPU; its defaults then
   turn on bf16 autocast and activation checkpointing);
-- trl-fp32: the same with bf16 and activation checkpointing off: the fastest plain HF setup here.
+- trl-fp32: the same with bf16 and activation checkpointing off: the fastest plain HF setup here, and the one in
+  leantune's precision (float32 on a CPU).
 
-    python bench/throughput.py                 # compare + levers + scaling (~45 min on 2 cores)
-    python bench/throughput.py --only compare  # or levers, padding, fusion, scaling
+    python bench/throughput.py --only compare        # the protocol above (~65 min on 2 cores)
+    python bench/throughput.py --only levers         # leantune's levers against its defaults, alternated
+    python bench/throughput.py --only padding        # or fusion, scaling
     python bench/throughput.py --only autocast --repeats 3   # training.autocast (own file: throughput_autocast.json)
-    python bench/throughput.py --fresh         # forget finished jobs (kept per commit in bench/.work/throughput/<commit>/)
+    python bench/throughput.py --fresh               # forget finished jobs (kept per commit in bench/.work/throughput/<commit>/)
 
 Needs TRL (`pip install -c constraints.txt '.[bench]'`). Writes bench/results/throughput.json and
 bench/results/throughput_scaling.png.
@@ -48,16 +61,14 @@ from common import job_key, load_results, work_dir, write_results  # noqa: E402
 WORK = work_dir("throughput")  # finished jobs of this commit, by job id + configuration
 
 LR, RANK, ALPHA, DROPOUT, SEED, EVAL_SIZE = 5e-4, 8, 16, 0.05, 0, 64
-COMPARE = {"sms-spam": {"steps": 14, "mb": 8, "seq": 256}, "trivia": {"steps": 12, "mb": 8, "seq": 256}}
+TIMED_AFTER = 2  # steps of warm-up before the clock counts
+COMPARE = {task: {"steps": TIMED_AFTER + 8, "mb": 8, "seq": 256} for task in ("sms-spam", "trivia", "tweets-sentiment")}
 BASELINES = {"trl-defaults": {}, "trl-fp32": {"bf16": False, "gradient_checkpointing": False}}
-LEVERS = {  # leantune with one thing changed from its defaults, on sms-spam
+LEVERS = {  # leantune with one thing changed from its defaults, on sms-spam, alternated with the defaults
     "defaults": {},
-    "no packing": {"data.packing": False},
-    "full-vocabulary logits": {"full_logits": True},
-    "loss in chunks of 64": {"training.loss_chunk": 64},
-    "torch.compile": {"training.compile": True},
-    "1 thread": {"training.threads": 1},
-    "activation checkpointing": {"training.gradient_checkpointing": True},
+    "PEFT's LoRA layers": {"training.lora_autograd": "peft"},
+    "LoRA dropout 0": {"method.dropout": 0.0},
+    "C library malloc": {"training.allocator": "system"},
 }
 SCALING = [(128, 8), (256, 8), (512, 4), (1024, 2), (128, 1), (512, 1), (2048, 1)]  # (sequence length, micro-batch)
 
@@ -67,6 +78,28 @@ def cpu_bf16() -> bool:
     from leantune.models.loading import cpu_has_bf16
 
     return cpu_has_bf16()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide the speed of these kernels (what oneDNN / MKL can use)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in wanted if f in flags]
+
+
+def allocator_env(job: dict) -> dict:
+    """The environment a job's process starts with: leantune's jobs as `leantune train` would run (TCMalloc when
+    installed, unless the job asks for the C library's), TRL's with glibc's malloc."""
+    from leantune.training.allocator import QUIET, find_allocator
+
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")
+    found = find_allocator()
+    if job["system"] == "leantune" and job.get("variant", {}).get("training.allocator") != "system" and found:
+        env.update(QUIET, LD_PRELOAD=str(found[1]))
+    return env
 
 
 def peak_rss_mib() -> float:
@@ -157,15 +190,19 @@ def run_ours(job: dict) -> dict:
     result = train(RunConfig.model_validate(values), allow_duplicate=True)
     wall = time.perf_counter() - started
     steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
-    return measured(steps, [(s["step"], s["elapsed_s"], s["tokens"]) for s in steps], result.eval_loss, wall)
+    loss = eval_loss(result.model, result.tokenizer, eval_ex, job["seq"], job["mb"])  # the function TRL's is scored by
+    return measured(steps, [(s["step"], s["elapsed_s"], s["tokens"]) for s in steps], loss, wall)
 
 
 def measured(steps, timeline: list[tuple[int, float, int]], loss_eval: float, wall: float) -> dict:
-    """tokens/s and seconds/step over the steps after the first two."""
-    first, last = timeline[1], timeline[-1]
+    """tokens/s and seconds/step over the steps after the first TIMED_AFTER."""
+    from leantune.training.allocator import running_allocator
+
+    first, last = timeline[TIMED_AFTER - 1], timeline[-1]
     seconds, tokens = last[1] - first[1], last[2] - first[2]
     return {"tokens_per_s": tokens / seconds, "step_s": seconds / (last[0] - first[0]), "first_steps_s": first[1],
-            "tokens": timeline[-1][2], "eval_loss": loss_eval, "peak_rss_mib": peak_rss_mib(), "wall_s": wall,
+            "tokens": timeline[-1][2], "timed_steps": last[0] - first[0], "eval_loss": loss_eval,
+            "peak_rss_mib": peak_rss_mib(), "wall_s": wall, "allocator": running_allocator(),
             "final_train_loss": steps[-1]["loss"] if steps and "loss" in steps[-1] else None}
 
 
@@ -232,8 +269,8 @@ def run_job(job: dict, fresh: bool) -> dict | None:
         return json.loads(out.read_text())
     print(f"  {job['id']} ...", end="", flush=True)
     started = time.perf_counter()
-    env = dict(os.environ, MALLOC_ARENA_MAX="2")
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
+                          env=allocator_env(job))
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         print(f" failed ({proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
@@ -247,56 +284,79 @@ def run_job(job: dict, fresh: bool) -> dict | None:
     return result
 
 
-def median_of(results: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in results)
+def spread(values: list[float]) -> dict:
+    """Median and interquartile range (quartiles by linear interpolation), with the values themselves."""
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "values": values}
 
 
 def compare(repeats: int, fresh: bool) -> dict:
     table = {}
+    systems = ["leantune", *BASELINES]
     for dataset, shape in COMPARE.items():
-        print(f"[compare] {dataset}: {shape['steps']} steps x {shape['mb']} examples, max {shape['seq']} tokens")
-        runs: dict[str, list[dict]] = {"leantune": [], **{b: [] for b in BASELINES}}
+        print(f"[compare] {dataset}: {shape['steps']} steps x {shape['mb']} examples, max {shape['seq']} tokens, "
+              f"{repeats} rounds")
+        rounds: list[dict[str, dict]] = []
         for rep in range(repeats):  # alternate, so drift in the machine's load hits every system alike
-            for system in runs:
+            done = {}
+            for system in systems:
                 job = {"id": f"{dataset}-{system}-{rep}", "system": system, "dataset": dataset, **shape,
                        "variant": BASELINES.get(system, {})}
-                result = run_job(job, fresh)
-                if result:
-                    runs[system].append(result)
-        summary = {s: {k: median_of(r, k) for k in ("tokens_per_s", "step_s", "peak_rss_mib", "eval_loss")} | {"runs": len(r)}
-                   for s, r in runs.items() if r}
+                if result := run_job(job, fresh):
+                    done[system] = result
+            rounds.append(done)
+        tokens = {r[s]["tokens"] for r in rounds for s in r}
+        if len(tokens) != 1:  # a ratio of tokens/s means nothing unless both trained on the same tokens
+            raise SystemExit(f"{dataset}: the systems trained on different numbers of tokens: {sorted(tokens)}")
+        summary: dict = {"tokens": tokens.pop(), "timed_steps": shape["steps"] - TIMED_AFTER, "rounds": len(rounds)}
+        for system in systems:
+            runs = [r[system] for r in rounds if system in r]
+            if runs:
+                summary[system] = {key: spread([r[key] for r in runs]) for key in ("tokens_per_s", "peak_rss_mib", "eval_loss")}
+                summary[system]["allocator"] = sorted({r["allocator"] for r in runs})
         for b in BASELINES:
-            if b in summary and "leantune" in summary:
-                summary[f"vs {b}"] = {
-                    "speed_ratio": summary["leantune"]["tokens_per_s"] / summary[b]["tokens_per_s"],
-                    "memory_ratio": summary["leantune"]["peak_rss_mib"] / summary[b]["peak_rss_mib"],
-                    "eval_loss_difference": summary["leantune"]["eval_loss"] - summary[b]["eval_loss"]}
-                print(f"  leantune vs {b}: {summary[f'vs {b}']['speed_ratio']:.2f}x tokens/s, "
-                      f"{summary[f'vs {b}']['memory_ratio']:.2f}x peak memory, eval loss "
-                      f"{summary['leantune']['eval_loss']:.4f} vs {summary[b]['eval_loss']:.4f}")
+            paired = [r for r in rounds if "leantune" in r and b in r]
+            if not paired:
+                continue
+            summary[f"vs {b}"] = {  # ratios within each round, then their spread
+                "speed_ratio": spread([r["leantune"]["tokens_per_s"] / r[b]["tokens_per_s"] for r in paired]),
+                "memory_ratio": spread([r["leantune"]["peak_rss_mib"] / r[b]["peak_rss_mib"] for r in paired]),
+                "eval_loss_difference": spread([r["leantune"]["eval_loss"] - r[b]["eval_loss"] for r in paired])}
+            v = summary[f"vs {b}"]
+            print(f"  leantune vs {b}: {v['speed_ratio']['median']:.2f}x tokens/s (IQR {v['speed_ratio']['q1']:.2f}-"
+                  f"{v['speed_ratio']['q3']:.2f}), {v['memory_ratio']['median']:.2f}x peak memory, eval loss "
+                  f"{summary['leantune']['eval_loss']['median']:.4f} vs {summary[b]['eval_loss']['median']:.4f}")
         table[dataset] = summary
     return table
 
 
-def levers(fresh: bool) -> dict:
-    print("[levers] leantune on sms-spam, one change from its defaults at a time")
+def levers(repeats: int, fresh: bool) -> dict:
+    print(f"[levers] leantune on sms-spam, one change from its defaults at a time, {repeats} rounds alternated")
     shape = COMPARE["sms-spam"]
+    rounds: list[dict[str, dict]] = []
+    for rep in range(repeats):
+        done = {}
+        for name, variant in LEVERS.items():
+            job = {"id": "lever-" + name.replace(" ", "_").replace(".", "").replace("'", "") + f"-{rep}",
+                   "system": "leantune", "dataset": "sms-spam", **shape, "variant": variant}
+            if result := run_job(job, fresh):
+                done[name] = result
+        rounds.append(done)
     out = {}
-    for name, variant in LEVERS.items():
-        job = {"id": "lever-" + name.replace(" ", "_").replace(".", ""), "system": "leantune", "dataset": "sms-spam",
-               **shape, "variant": variant}
-        if name == "torch.compile":
-            job["steps"] = 30  # compile time is paid once; enough steps to see what it buys per step
-        result = run_job(job, fresh)
-        if result:
-            out[name] = {k: result[k] for k in ("tokens_per_s", "step_s", "first_steps_s", "peak_rss_mib", "eval_loss")}
-    if "defaults" in out:
-        base = out["defaults"]
-        for name, r in out.items():
-            r["speed_vs_defaults"] = r["tokens_per_s"] / base["tokens_per_s"]
-            r["memory_vs_defaults"] = r["peak_rss_mib"] / base["peak_rss_mib"]
-            print(f"  {name:26s} {r['tokens_per_s']:7.0f} tok/s ({r['speed_vs_defaults']:.2f}x)  "
-                  f"{r['peak_rss_mib']:6.0f} MiB ({r['memory_vs_defaults']:.2f}x)  eval loss {r['eval_loss']:.4f}")
+    for name in LEVERS:
+        paired = [r for r in rounds if name in r and "defaults" in r]
+        if not paired:
+            continue
+        out[name] = {"tokens_per_s": spread([r[name]["tokens_per_s"] for r in paired]),
+                     "peak_rss_mib": spread([r[name]["peak_rss_mib"] for r in paired]),
+                     "eval_loss": spread([r[name]["eval_loss"] for r in paired]),
+                     "allocator": sorted({r[name]["allocator"] for r in paired}),
+                     "speed_vs_defaults": spread([r[name]["tokens_per_s"] / r["defaults"]["tokens_per_s"] for r in paired]),
+                     "memory_vs_defaults": spread([r[name]["peak_rss_mib"] / r["defaults"]["peak_rss_mib"] for r in paired])}
+        o = out[name]
+        print(f"  {name:22s} {o['tokens_per_s']['median']:6.0f} tok/s ({o['speed_vs_defaults']['median']:.2f}x, IQR "
+              f"{o['speed_vs_defaults']['q1']:.2f}-{o['speed_vs_defaults']['q3']:.2f})  {o['peak_rss_mib']['median']:6.0f} MiB "
+              f"({o['memory_vs_defaults']['median']:.2f}x)  eval loss {o['eval_loss']['median']:.4f}")
     return out
 
 
@@ -322,10 +382,6 @@ def autocast_lever(repeats: int, fresh: bool) -> dict:
             result = run_job(job, fresh)
             if result:
                 runs[name].append(result)
-
-    def spread(values: list[float]) -> dict:
-        q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "values": values}
 
     out = {name: {"tokens_per_s": spread([r["tokens_per_s"] for r in rs]), "peak_rss_mib": spread([r["peak_rss_mib"] for r in rs]),
                   "eval_loss": spread([r["eval_loss"] for r in rs]), "tokens": sorted({r["tokens"] for r in rs})}
@@ -472,25 +528,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
     parser.add_argument("--only", choices=("compare", "levers", "scaling", "padding", "fusion", "autocast"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, help="rounds of alternation (default: compare 5, levers and autocast 3)")
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    rounds = args.repeats or 3
     if args.only == "autocast":  # its own file: see autocast_lever
         previous = {} if args.fresh else load_results(AUTOCAST_RESULTS)
         write_results(AUTOCAST_RESULTS, {**previous, "machine": f"{platform.processor() or platform.machine()}, "
                                          f"{os.cpu_count()} cores, cpu bf16: {cpu_bf16()}", "model": "smollm2-135m",
                                          "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT},
-                                         "autocast": autocast_lever(args.repeats, args.fresh)})
+                                         "autocast": autocast_lever(rounds, args.fresh)})
         return
     previous = {} if args.fresh else load_results(RESULTS)  # never mixed with another commit's results
     results = {**previous, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m", "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT}}
+               "cpu_flags": cpu_flags(), "date": time.strftime("%Y-%m-%d"), "model": "smollm2-135m",
+               "lora": {"r": RANK, "alpha": ALPHA, "dropout": DROPOUT}}
     if args.only in (None, "compare"):
-        results["compare"] = compare(args.repeats, args.fresh)
+        results["compare"] = compare(args.repeats or 5, args.fresh)
     if args.only in (None, "levers"):
-        results["levers"] = levers(args.fresh)
+        results["levers"] = levers(rounds, args.fresh)
     if args.only in (None, "padding"):
         print("[padding] share of paid token slots that are padding, micro-batches of 8, max 256 tokens")
         results["padding"] = padding(args.fresh)

@@ -86,6 +86,22 @@ def test_activation_formula_by_hand():
     assert activation_bytes_per_layer(TINY, eager, 1) - activation_bytes_per_layer(TINY, s, 1) == 1 * 4 * 8 * 8 * (4 + 2)
 
 
+def test_lora_dropout_keeps_a_copy_in_peft_layers_and_a_byte_mask_in_leantune_s():
+    from leantune.config import RunConfig
+    from leantune.plan import setup_from_run_config
+
+    no_dropout = Setup(method="lora", seq_len=8, micro_batch=1, dtype="bf16", lora_rank=2)
+    peft = replace(no_dropout, lora_dropout=0.05)
+    ours = replace(peft, lora_dropout_mask_only=True)
+    inputs = 6 * 64 + 128  # d_in of q, k, v, o, gate, up and down
+    assert activation_bytes_per_layer(TINY, peft, 1) - activation_bytes_per_layer(TINY, no_dropout, 1) == 8 * inputs * 3
+    assert activation_bytes_per_layer(TINY, ours, 1) - activation_bytes_per_layer(TINY, no_dropout, 1) == 8 * inputs
+    run = {"model": {"base": "smollm2-135m"}, "data": {"train": "sms-spam"}}
+    assert setup_from_run_config(RunConfig.model_validate(run)).lora_dropout_mask_only
+    for changed in ({"training": {"lora_autograd": "peft"}}, {"method": {"name": "dora"}}, {"method": {"name": "qlora"}}):
+        assert not setup_from_run_config(RunConfig.model_validate(run | changed)).lora_dropout_mask_only, changed
+
+
 def test_checkpointing_keeps_layer_inputs_and_one_layer():
     s = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16")
     ck = Setup(method="full", seq_len=8, micro_batch=1, dtype="bf16", grad_checkpointing=True)

@@ -125,6 +125,10 @@ class TrainingConfig(_Section):
                                       "halved at every overflow, which skips that step, doubled after 2000 clean steps)")
     compile: bool = Field(False, description="torch.compile the decoder (dynamic shapes); pays only for long runs: "
                           "see bench/results/throughput.json for its compile time and step-time gain on this machine")
+    lora_autograd: Literal["leantune", "peft"] = Field(
+        "leantune", description="LoRA layers: leantune runs each plain one as one autograd function that keeps the "
+        "dropout mask in bytes instead of a float copy of the input (the same losses; models/lora_autograd.py); peft: "
+        "PEFT's modules as they are")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

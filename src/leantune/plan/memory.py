@@ -94,7 +94,8 @@ def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float
         also keeps the fp32 softmax and its 16-bit cast: b*heads*s^2*(4 + p).
       - SwiGLU MLP: gate output, SiLU output and up output always (p*3i); their product, the input of
         down_proj, when down_proj trains or is adapted (p*i).
-      - LoRA: x @ A (p*r) per adapted layer, and with dropout > 0 the dropped-out input and its mask.
+      - LoRA: x @ A (p*r) per adapted layer, and with dropout > 0 the dropped-out input and its mask (p + 1),
+        or with leantune's LoRA function only the byte mask (1).
     Grouped-query k/v are not expanded: SDPA takes them as they are (enable_gqa).
     """
     s, h, p = setup.seq_len, shape.hidden, setup.act_bytes
@@ -119,7 +120,7 @@ def activation_bytes_per_layer(shape: ModelShape, setup: Setup, b: int) -> float
             active = min(copies, experts)
             adapters += active * tokens * setup.lora_rank * p
             if setup.lora_dropout > 0:
-                adapters += active * tokens * d_in * (p + 1)
+                adapters += active * tokens * d_in * (1 if setup.lora_dropout_mask_only else p + 1)
     return norms + attention + mlp + adapters
 
 

@@ -22,6 +22,9 @@ class Setup:
     lora_rank: int = 16
     lora_targets: str | tuple[str, ...] = "all-linear"
     lora_dropout: float = 0.0
+    # with dropout, what the adapter path keeps: PEFT's modules a dropped-out copy of each adapted layer's input and
+    # its noise; leantune's LoRA function (models/lora_autograd.py) only a byte mask
+    lora_dropout_mask_only: bool = False
     dtype: Literal["bf16", "fp32"] = "bf16"  # weights (when not quantised) and activations
     attention: Literal["sdpa", "eager"] = "sdpa"  # sdpa/flash never store the s x s score matrix
     objective: Literal["sft", "dpo"] = "sft"
@@ -95,6 +98,8 @@ def setup_from_run_config(run, **changes) -> Setup:
         lora_rank=run.method.r,
         lora_targets=targets if targets == "all-linear" else tuple(targets),
         lora_dropout=run.method.dropout,
+        # DoRA and the quantised bases keep PEFT's layers (models/lora_autograd.py takes only plain LoRA layers)
+        lora_dropout_mask_only=run.method.name == "lora" and run.training.lora_autograd == "leantune",
         loss_chunk=run.training.loss_chunk,
         activation_offload=run.training.activation_offload,
     )

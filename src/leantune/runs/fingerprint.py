@@ -30,7 +30,9 @@ from ..paths import leantune_home
 NOT_RESULT = {
     ("output", "runs_dir"), ("output", "name"), ("output", "project"),
     ("training", "eval_every"), ("training", "checkpoint_every"), ("training", "keep_checkpoints"),
-    ("training", "threads"), ("training", "release_memory"), ("training", "allocator"), ("training", "distributed"),  # N processes train what one does (tests/test_distributed.py)
+    ("training", "threads"), ("training", "release_memory"), ("training", "allocator"),
+    ("training", "lora_autograd"),  # PEFT's arithmetic in one function (tests/test_lora_autograd.py)
+    ("training", "distributed"),  # N processes train what one does (tests/test_distributed.py)
     ("training", "activation_offload"),  # where saved tensors wait, not their values (tests/test_train.py)
     ("cost", "usd_per_hour"), ("cost", "budget_usd"), ("hardware", "memory_gib"),
 }

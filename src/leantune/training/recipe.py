@@ -29,6 +29,7 @@ from ..models.adapters import enable_activation_checkpointing, eval_mode, traina
 from ..models.forward import check_architecture, decoder_and_head
 from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
+from ..models.lora_autograd import use_lora_autograd
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
 from ..runs.anomalies import CostWatch, price_anomaly
@@ -161,6 +162,9 @@ class FineTuneRecipe:
         if cfg.model.parent:  # an update: the adapter starts as the parent's, not at zero
             loaded = load_parent_adapter(self.model, parent_run(cfg))
             self.note(f"update of {cfg.model.parent}: training starts from its adapter ({loaded} tensors)")
+        # after the parent's adapter is in: the layers' class changes, not their parameters
+        lora_layers = use_lora_autograd(self.model) if cfg.training.lora_autograd == "leantune" else 0
+        self.run.update_info(lora_autograd_layers=lora_layers)
         if cfg.training.compile:
             cache = use_persistent_compile_cache()
             # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
