@@ -71,6 +71,8 @@ METHODS = {
 DEFAULT_METHODS = tuple(METHODS)
 # Learning-rate candidates for the LoRA family's default (run with --only; not in the default set)
 METHODS.update({f"lora@{lr}": {"method.name": "lora", "training.lr": float(lr)} for lr in ("2e-4", "5e-4", "1e-3", "2e-3", "4e-3")})
+# LoRA dropout's quality effect, for its default (issue 23; run with --only lora,lora-dropout-0)
+METHODS["lora-dropout-0"] = {"method.name": "lora", "method.dropout": 0.0}
 # The trivia questions are split in two: EWC's Fisher and replay use one half (written to a data file), the
 # general suite scores the other, so protection is not confused with memorising the test.
 GENERAL_FILE = WORK / "trivia-general.jsonl"
