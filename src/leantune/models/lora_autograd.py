@@ -9,7 +9,8 @@ full-size multiply by s in backward (s goes onto the r-column tensors instead).
 
 The mask is drawn four values to one 64-bit random number (`dropout_keep_mask`): torch's CPU dropout draws one
 Bernoulli number per value, and at LoRA's sizes that draw was most of what dropout cost (SmolLM2-135M, 2 cores:
-~8 ns a value, a fifth of a step at dropout 0.05; bench/results/throughput.json, levers). Given the same mask, the
+~8 ns a value; dropout 0.05 took ~1.1 s of a 2.4 s forward, timed by hand). With this draw dropout costs ~13% of a
+step (bench/results/throughput.json, levers: dropout 0 ran 1.15x). Given the same mask, the
 arithmetic is PEFT's operation for operation, so losses and gradients are PEFT's to float rounding
 (tests/test_lora_autograd.py draws PEFT's masks to check it).
 
@@ -59,14 +60,16 @@ class LoRALinearFunction(torch.autograd.Function):
         grad_x = grad_bias = grad_a = grad_b = None
         # the gradient reaching x A^T, with s applied to r columns instead of the full output width
         grad_down = (grad_out @ lora_b) * s
+        # the mask as dropout's factors (0 or 1/share), built once for both uses below
+        factors = None if keep is None else keep.to(x.dtype).div_(kept_share)
         if needs_x:
             through_adapter = grad_down @ lora_a
-            if keep is not None:
-                through_adapter *= keep.to(x.dtype).div_(kept_share)
+            if factors is not None:
+                through_adapter *= factors
             grad_x = grad_out @ weight
             grad_x += through_adapter
         if needs_a:
-            dropped = x if keep is None else x * keep.to(x.dtype).div_(kept_share)
+            dropped = x if factors is None else x * factors
             grad_a = grad_down.reshape(-1, grad_down.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
         if needs_b:
             grad_b = (grad_out.reshape(-1, grad_out.shape[-1]).T @ down.reshape(-1, down.shape[-1])) * s
