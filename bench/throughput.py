@@ -11,7 +11,9 @@ peak memory is its own), so drift in the machine's load hits every system alike.
 interquartile range of tokens/s and peak memory; per round, leantune's ratio to each baseline of the same round,
 and their median and quartiles. Tokens/s counts real tokens only (no padding) over the steps after the first two
 (warm-up: allocator growth, first-call overheads): 8 timed steps. Both systems must have trained on the same
-number of tokens (stored; a mismatch stops the benchmark). The eval loss of both is computed by one function
+number of tokens (stored; a mismatch stops the benchmark). Tokens are the examples' tokens for both: leantune
+runs each micro-batch as one row and computes the examples' common prefix once (data.share_prefix), and the
+share of tokens it thereby did not compute is stored with its results (`shared_prefix_saving`). The eval loss of both is computed by one function
 (`eval_loss` below, leantune's loss over the same 64 held-out examples) on the trained model each returns.
 
 leantune runs as `leantune train` runs on a CPU: with TCMalloc preloaded when it is installed (training.allocator=auto
@@ -66,6 +68,8 @@ COMPARE = {task: {"steps": TIMED_AFTER + 8, "mb": 8, "seq": 256} for task in ("s
 BASELINES = {"trl-defaults": {}, "trl-fp32": {"bf16": False, "gradient_checkpointing": False}}
 LEVERS = {  # leantune with one thing changed from its defaults, on sms-spam, alternated with the defaults
     "defaults": {},
+    "packed rows of max_seq_len under a mask": {"training.segment_attention": False},
+    "one row without a shared prefix": {"data.share_prefix": False},
     "PEFT's LoRA layers": {"training.lora_autograd": "peft"},
     "LoRA dropout 0": {"method.dropout": 0.0},
     "C library malloc": {"training.allocator": "system"},
@@ -191,7 +195,9 @@ def run_ours(job: dict) -> dict:
     wall = time.perf_counter() - started
     steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     loss = eval_loss(result.model, result.tokenizer, eval_ex, job["seq"], job["mb"])  # the function TRL's is scored by
-    return measured(steps, [(s["step"], s["elapsed_s"], s["tokens"]) for s in steps], loss, wall)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    return {**measured(steps, [(s["step"], s["elapsed_s"], s["tokens"]) for s in steps], loss, wall),
+            "shared_prefix_saving": info.get("shared_prefix_saving", 0.0)}
 
 
 def measured(steps, timeline: list[tuple[int, float, int]], loss_eval: float, wall: float) -> dict:
@@ -314,6 +320,8 @@ def compare(repeats: int, fresh: bool) -> dict:
             if runs:
                 summary[system] = {key: spread([r[key] for r in runs]) for key in ("tokens_per_s", "peak_rss_mib", "eval_loss")}
                 summary[system]["allocator"] = sorted({r["allocator"] for r in runs})
+                if system == "leantune":  # tokens it did not compute: shared prefixes, once per micro-batch
+                    summary[system]["shared_prefix_saving"] = runs[0].get("shared_prefix_saving", 0.0)
         for b in BASELINES:
             paired = [r for r in rounds if "leantune" in r and b in r]
             if not paired:

@@ -198,24 +198,28 @@ def test_a_run_predicted_not_to_fit_is_refused_unless_forced(tiny_model_dir, cha
 
 
 def test_packing_trains_exactly_like_padding_in_fewer_token_slots(tiny_model_dir, chat_file, tmp_path):
-    """The packing lever: each micro-batch's examples share rows instead of padding to the longest, so the
-    losses of every step (and the eval loss) are the unpacked run's up to float rounding."""
+    """The packing lever: each micro-batch's examples share one row (attention example by example), or rows of up to
+    max_seq_len under a mask, instead of padding to the longest, so the losses of every step (and the eval loss)
+    are the unpacked run's up to float rounding."""
     from io import StringIO
 
     from rich.console import Console
 
-    log = StringIO()
     common = {"training.max_steps": 6, "method.dropout": 0.0, "data.max_seq_len": 48}
-    packed = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "p", **common, **{"data.packing": "true"}),
-                   console=Console(file=log, width=200))
-    padded = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "u", **common, **{"data.packing": "false"}))
-    assert "packing: each micro-batch's 4 examples packed into rows of <= 48 tokens" in log.getvalue()
+    logs, runs = {}, {}
+    for name, extra in (("one_row", {}), ("rows", {"training.segment_attention": "false"}), ("padded", {"data.packing": "false"})):
+        logs[name] = StringIO()
+        runs[name] = train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / name, **common, **extra),
+                           console=Console(file=logs[name], width=200))
+    assert "packing: each micro-batch's 4 examples in one row, attention example by example" in logs["one_row"].getvalue()
+    assert "packing: each micro-batch's 4 examples packed into rows of <= 48 tokens" in logs["rows"].getvalue()
 
     def losses(run):
         return [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
-    assert losses(packed) == pytest.approx(losses(padded), rel=1e-4)
-    assert packed.eval_loss == pytest.approx(padded.eval_loss, rel=1e-4)
+    for name in ("one_row", "rows"):
+        assert losses(runs[name]) == pytest.approx(losses(runs["padded"]), rel=1e-4)
+        assert runs[name].eval_loss == pytest.approx(runs["padded"].eval_loss, rel=1e-4)
 
 
 def test_torch_compile_lever_keeps_the_losses(tiny_model_dir, chat_file, tmp_path, monkeypatch):

@@ -46,6 +46,10 @@ class DataConfig(_Section):
     packing: bool = Field(True, description="padding-free micro-batches: each micro-batch's examples share rows of up to "
                           "max_seq_len tokens (no attention across them) instead of padding to the longest; same "
                           "examples per step, so the same training, on fewer token slots")
+    share_prefix: bool = Field(
+        True, description="with packing in one row (training.segment_attention), the micro-batch's common prefix (a "
+        "system prompt, an instruction; never a trained token) is computed once instead of once per example: the "
+        "same losses and gradients without LoRA dropout; with it, the prefix's dropout draw is shared by the examples")
 
 
 class MethodConfig(_Section):
@@ -129,6 +133,10 @@ class TrainingConfig(_Section):
         "leantune", description="LoRA layers: leantune runs each plain one as one autograd function that keeps the "
         "dropout mask in bytes instead of a float copy of the input (the same losses; models/lora_autograd.py); peft: "
         "PEFT's modules as they are")
+    segment_attention: bool = Field(
+        True, description="with data.packing, a micro-batch runs as one row with no padding and attention example by "
+        "example (models/segment_attention.py; models whose attention is transformers' SDPA, not compiled); false: "
+        "rows of up to max_seq_len under a block-diagonal mask. The same losses to float rounding")
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0: only at the end")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 # torch is imported inside the functions: `data check` uses this module's packing arithmetic, and importing
 # torch alone costs ~150 MB of a check's memory.
 
+SEGMENT_LENGTHS = "segment_lengths"  # batch key: a packed single row's examples' lengths (models/segment_attention.py)
+SHARED_PREFIX = "shared_prefix"  # batch key: the length of the prefix the row's first segment holds for the others
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a layout of their own
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     import torch  # only when training: `data check` and the planner use this module without torch
@@ -29,6 +33,11 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
     with FlashAttention-2 the same position ids select the variable-length kernel), so no token attends
     across an example boundary. The padding at the end becomes one more segment of its own. Only without a KV
     cache (use_cache=False, as models.forward runs): with one, transformers does not look for packed rows.
+    A batch of one packed row also carries its examples' lengths (SEGMENT_LENGTHS, a tuple of ints), with which
+    models/segment_attention.py runs attention example by example instead of under the mask; a row with a shared
+    prefix (pack_shared_prefix) carries its length too (SHARED_PREFIX), and the position ids of every later
+    segment start where the prefix ends. Such a row is only right with that attention: the mask transformers
+    would build from its position ids would not let the later segments see the prefix.
     """
     import torch
 
@@ -44,11 +53,19 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Te
         labels[row, :n] = torch.tensor(e.labels)
         attention_mask[row, :n] = 1
         start = 0
-        for length in list(e.segments or (n,)) + ([width - n] if n < width else []):
-            position_ids[row, start : start + length] = torch.arange(length)
+        for i, length in enumerate(list(e.segments or (n,)) + ([width - n] if n < width else [])):
+            first = e.shared_prefix if i else 0  # the examples after a shared prefix continue it
+            position_ids[row, start : start + length] = torch.arange(first, first + length)
             start += length
     if packed:
-        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+        batch = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+        if len(examples) == 1:
+            batch[SEGMENT_LENGTHS] = tuple(examples[0].segments)
+            if examples[0].shared_prefix:
+                batch[SHARED_PREFIX] = examples[0].shared_prefix
+        elif any(e.shared_prefix for e in examples):
+            raise ValueError("a row with a shared prefix must be its batch's only row")
+        return batch
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -117,11 +134,47 @@ def balanced_packing(lengths: list[int], capacity: int) -> list[list[int]]:
         cap = min(capacity, cap + max(1, cap // 16))
 
 
-def pack_micro_batch(examples: list[TokenizedExample], capacity: int) -> list[TokenizedExample]:
+def shared_prefix_length(examples: list[TokenizedExample]) -> int:
+    """How many leading tokens all the examples share and can share one computation of: the longest common prefix
+    that stops before any example's first labelled token and its predecessor (the prefix's last position then
+    predicts nothing any example trains on) and leaves every example a token of its own. 0 when that is shorter
+    than MIN_SHARED_PREFIX or there is nothing to share with."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    limit = min(min(len(e.input_ids) - 1 for e in examples),
+                min(next((j for j, t in enumerate(e.labels) if t != IGNORE), len(e.labels)) - 1 for e in examples))
+    length = 0
+    while length < limit and all(e.input_ids[length] == first[length] for e in examples):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def pack_shared_prefix(examples: list[TokenizedExample], prefix: int) -> TokenizedExample:
+    """One row: the examples' common `prefix` once, then each example's remainder. The remainders' attention sees
+    the prefix as its own start (models/segment_attention.py), so every example computes what it would alone, and
+    the prefix's hidden states - identical in every example, causal attention never lets them see what follows -
+    are computed once instead of once per example. Labels are the examples' own; the first token of each
+    remainder carries none (shared_prefix_length keeps labels out of the prefix and the token after it)."""
+    ids, labels, segments = list(examples[0].input_ids[:prefix]), [IGNORE] * prefix, [prefix]
+    for e in examples:
+        ids += e.input_ids[prefix:]
+        labels += [IGNORE] + e.labels[prefix + 1 :]
+        segments.append(len(e.input_ids) - prefix)
+    return TokenizedExample(ids, labels, examples[0].source, tuple(segments), shared_prefix=prefix)
+
+
+def pack_micro_batch(examples: list[TokenizedExample], capacity: int | None, share_prefix: bool = False) -> list[TokenizedExample]:
     """Padding-free micro-batch: the same examples (so the same loss and gradient as unpacked, up to float
-    rounding), concatenated into a few rows of at most `capacity` tokens."""
+    rounding), concatenated into a few rows of at most `capacity` tokens, or with capacity None into one row
+    (no padding at all; for attention that runs example by example, models/segment_attention.py), whose
+    examples' common prefix is computed once with share_prefix."""
     if len(examples) < 2:
         return examples
+    if capacity is None:
+        if share_prefix and (prefix := shared_prefix_length(examples)):
+            return [pack_shared_prefix(examples, prefix)]
+        return pack_examples(examples, 0, [list(range(len(examples)))])
     return pack_examples(examples, capacity, balanced_packing([len(e.input_ids) for e in examples], capacity))
 
 
@@ -141,8 +194,27 @@ def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, c
     return 1 - real / paid
 
 
-def packing_note(lengths: list[int], micro_batch: int, seed: int, max_seq_len: int) -> str:
+def shared_prefix_fraction(examples: list[TokenizedExample], micro_batch_size: int, seed: int = 0) -> float:
+    """Share of the tokens of the first epoch's micro-batches that a shared prefix saves computing."""
+    order = epoch_order(len(examples), seed, 0)
+    saved = total = 0
+    for start in range(0, len(order), micro_batch_size):
+        batch = [examples[i] for i in order[start : start + micro_batch_size]]
+        saved += shared_prefix_length(batch) * (len(batch) - 1)
+        total += sum(len(e.input_ids) for e in batch)
+    return saved / max(total, 1)
+
+
+def packing_note(examples: list[TokenizedExample], micro_batch: int, seed: int, max_seq_len: int,
+                 one_row: bool = False, shared_saving: float | None = None) -> str:
+    """What packing does to this run's micro-batches (shared_saving: shared_prefix_fraction, when prefixes are shared)."""
+    lengths = [len(e.input_ids) for e in examples]
     before = padding_fraction(lengths, micro_batch, seed)
+    if one_row:
+        shared = (f"; the examples' common prefix computed once per micro-batch: {shared_saving:.1%} of the tokens"
+                  if shared_saving is not None else "")
+        return (f"packing: each micro-batch's {micro_batch} examples in one row, attention example by example; "
+                f"padding {before:.1%} -> 0% of paid token slots{shared}")
     after = padding_fraction(lengths, micro_batch, seed, capacity=max_seq_len)
     return (f"packing: each micro-batch's {micro_batch} examples packed into rows of <= {max_seq_len} tokens; "
             f"padding {before:.1%} -> {after:.1%} of paid token slots")

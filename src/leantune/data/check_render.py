@@ -32,7 +32,8 @@ def print_check(report: CheckReport, console: Console | None = None) -> None:
     if report.padding:
         p = report.padding
         console.print(f"  padding: {p['padded']:.1%} of paid token slots in micro-batches of {p['micro_batch_size']} "
-                      f"padded to their longest row; {p['packed']:.1%} with packing (data.packing: true)", highlight=False)
+                      f"padded to their longest row; {p['packed']:.1%} with packing into rows of --seq-len (data.packing: "
+                      f"true; none where a micro-batch runs as one row, models with SDPA attention)", highlight=False)
     if report.labels:
         total = sum(report.labels.values())
         console.print("  answers: " + ", ".join(f"{escape(k)!r} {v:,} ({v / total:.1%})" for k, v in report.labels.items()),

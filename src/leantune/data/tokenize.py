@@ -25,6 +25,7 @@ class TokenizedExample:
     labels: list[int]
     source: str = ""
     segments: tuple[int, ...] | None = None  # a packed row: the lengths of the examples in it, in order
+    shared_prefix: int = 0  # a packed row whose first segment is a prefix every later segment continues
 
     @property
     def n_label_tokens(self) -> int:

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..data.batches import SEGMENT_LENGTHS, SHARED_PREFIX
 from ..data.tokenize import IGNORE
 from ..errors import ModelError
+from .segment_attention import uses_segment_attention
 
 
 def _softcap(config):
@@ -112,6 +114,12 @@ def label_hidden(model, batch: dict[str, torch.Tensor]):
     device = next(model.parameters()).device
     # packed rows carry position_ids and no attention mask (see data.batches.collate)
     extra = {k: batch[k].to(device) for k in ("attention_mask", "position_ids") if k in batch}
+    if SEGMENT_LENGTHS in batch and uses_segment_attention(model):
+        extra[SEGMENT_LENGTHS] = batch[SEGMENT_LENGTHS]  # handed to every attention call
+        extra[SHARED_PREFIX] = batch.get(SHARED_PREFIX, 0)
+    elif SHARED_PREFIX in batch:
+        raise ModelError("A micro-batch with a shared prefix needs leantune's per-example attention "
+                         "(models/segment_attention.py), which this model does not use. Set data.share_prefix=false.")
     hidden = decoder(input_ids=batch["input_ids"].to(device), use_cache=False, **extra).last_hidden_state
     targets = batch["labels"][:, 1:].to(device)
     keep = targets != IGNORE

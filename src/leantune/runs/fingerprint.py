@@ -32,6 +32,8 @@ NOT_RESULT = {
     ("training", "eval_every"), ("training", "checkpoint_every"), ("training", "keep_checkpoints"),
     ("training", "threads"), ("training", "release_memory"), ("training", "allocator"),
     ("training", "lora_autograd"),  # PEFT's arithmetic in one function (tests/test_lora_autograd.py)
+    ("training", "segment_attention"),  # the masked attention's result, example by example (tests/test_segment_attention.py)
+    ("data", "share_prefix"),  # each example's own result, its common prefix computed once (same test)
     ("training", "distributed"),  # N processes train what one does (tests/test_distributed.py)
     ("training", "activation_offload"),  # where saved tensors wait, not their values (tests/test_train.py)
     ("cost", "usd_per_hour"), ("cost", "budget_usd"), ("hardware", "memory_gib"),

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..data import run_splits
-from ..data.batches import micro_batches_for_step, packing_note, steps_per_epoch
+from ..data.batches import micro_batches_for_step, packing_note, shared_prefix_fraction, steps_per_epoch
 from ..errors import BudgetError, DataError
 from ..evaluation.api import evaluate_after_training
 from ..evaluation.tasks import after_train_tasks
@@ -30,6 +30,7 @@ from ..models.forward import check_architecture, decoder_and_head
 from ..models.inference import load_trained
 from ..models.loading import detected_device, load_base
 from ..models.lora_autograd import use_lora_autograd
+from ..models.segment_attention import use_segment_attention
 from ..runs.cost import BilledClock, Price, cost_usd, resolve_price
 from ..runs.index import RunIndex
 from ..runs.anomalies import CostWatch, price_anomaly
@@ -140,8 +141,6 @@ class FineTuneRecipe:
         packing = d.packing and self.objective.packs
         if d.packing and not self.objective.packs and "packing" in d.model_fields_set:
             self.note(f"data.packing is not used with {self.objective.name}: each reply is scored as its own row")
-        if packing:
-            self.note(packing_note([len(e.input_ids) for e in self.train_data], t.micro_batch_size, t.seed, d.max_seq_len))
         self.batches = Batches(tokenizer.pad_token_id, packing, d.max_seq_len, t.micro_batch_size, t.loss_chunk)
         self.eval_tokens = sum(len(e.input_ids) for e in self.objective.rows(self.eval_data))
         self.total_steps = t.max_steps or t.epochs * steps_per_epoch(len(self.train_data), t.micro_batch_size, t.grad_accum)
@@ -165,6 +164,7 @@ class FineTuneRecipe:
         # after the parent's adapter is in: the layers' class changes, not their parameters
         lora_layers = use_lora_autograd(self.model) if cfg.training.lora_autograd == "leantune" else 0
         self.run.update_info(lora_autograd_layers=lora_layers)
+        self._setup_packing()
         if cfg.training.compile:
             cache = use_persistent_compile_cache()
             # in place, on the decoder our loss path calls: parameter names (checkpoints, adapters) stay the same
@@ -193,10 +193,28 @@ class FineTuneRecipe:
         self.scaling = LossScaling(self.autocast_dtype, self.device, sharded=self.sharded,
                                    initial_scale=cfg.training.fp16_initial_scale)
 
+    def _setup_packing(self) -> None:
+        """A packed micro-batch runs as one row (no padding) when the model's attention can take it example by
+        example (models/segment_attention.py); compiled decoders keep rows of max_seq_len, whose shapes repeat."""
+        d, t = self.config.data, self.config.training
+        self.shared_saving = 0.0
+        if not self.batches.packing:
+            return
+        one_row = t.segment_attention and not t.compile and use_segment_attention(self.model)
+        share = one_row and d.share_prefix
+        self.batches = replace(self.batches, one_row=one_row, share_prefix=share)
+        # what the time plan discounts: the first epoch's share of tokens that shared prefixes leave uncomputed
+        self.shared_saving = shared_prefix_fraction(self.train_data, t.micro_batch_size, t.seed) if share else 0.0
+        self.run.update_info(packed_one_row=one_row, shared_prefix=share, shared_prefix_saving=round(self.shared_saving, 4))
+        self.note(packing_note(self.train_data, t.micro_batch_size, t.seed, d.max_seq_len, one_row,
+                               self.shared_saving if share else None))
+
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)
         tokens = planned_tokens(self.config, rows, self.total_steps)
         self.planned_s = planned_seconds(self.config, model_config, tokens, self.device, self.device_name)
+        if self.planned_s:  # prefixes computed once per micro-batch are tokens not computed
+            self.planned_s *= 1 - self.shared_saving
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
                           force, self.note, self.world.size)
         planned_tps = tokens / self.planned_s if self.planned_s else None

@@ -22,10 +22,13 @@ class Batches:
     max_seq_len: int
     micro_batch_size: int
     loss_chunk: int = 0
+    one_row: bool = False  # packed micro-batches as one row: the model's attention runs example by example
+    share_prefix: bool = False  # in that row, the examples' common prefix once (data.batches.pack_shared_prefix)
 
     def collate(self, examples) -> dict:
         if self.packing:
-            examples = pack_micro_batch(examples, self.max_seq_len)
+            examples = pack_micro_batch(examples, None if self.one_row else self.max_seq_len,
+                                        share_prefix=self.one_row and self.share_prefix)
         return collate(examples, self.pad_id)
 
     def chunks(self, data: list) -> list[list]:

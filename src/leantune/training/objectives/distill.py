@@ -18,6 +18,7 @@ from ...errors import ConfigError
 from ...models.adapters import base_behaviour
 from ...models.forward import label_logits
 from ...models.loading import load_base
+from ...models.segment_attention import use_segment_attention
 from .base import Batches, StepBatches
 from .sft import SFT
 
@@ -48,6 +49,7 @@ def load_teacher(spec: str | None, student, student_tokenizer, dtype: str, devic
         raise ConfigError(f"objective.teacher={spec} does not share the student's tokenizer and vocabulary, so their "
                           "token distributions cannot be compared. Pick a teacher from the same model family.")
     teacher.model.requires_grad_(False)
+    use_segment_attention(teacher.model)  # the student's packed rows, example by example (as the student runs them)
     return Teacher(teacher.model)
 
 

@@ -1,0 +1,159 @@
+"""A packed micro-batch as one row, attention example by example, and the examples' common prefix computed once:
+the same labelled positions, losses and LoRA gradients as the padded batch (LoRA dropout 0), generation untouched,
+and a clear error where the layout would be wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from conftest import tiny_overrides
+from leantune import train
+from leantune.config import load_config
+from leantune.data.batches import (SEGMENT_LENGTHS, SHARED_PREFIX, collate, pack_micro_batch, shared_prefix_length,
+                                   shared_prefix_fraction)
+from leantune.data.records import Example
+from leantune.data.tokenize import IGNORE, TokenizedExample, tokenize_example
+from leantune.errors import ModelError
+from leantune.models.forward import summed_label_loss
+from leantune.models.loading import load_base
+from leantune.models.segment_attention import segment_attention, use_segment_attention, uses_segment_attention
+
+SYSTEM = "Is the following SMS message spam or ham (not spam)? Answer with one word: spam or ham."
+TEXTS = ["Free entry in a weekly competition", "Are you coming home for dinner tonight?", "Congratulations, you have won",
+         "I will cook pasta", "The quick brown fox jumps over the lazy dog. What is the capital of France?", "ok thanks"]
+
+
+def examples(tokenizer, texts=TEXTS):
+    rows = [Example(({"role": "system", "content": SYSTEM}, {"role": "user", "content": t},
+                     {"role": "assistant", "content": "spam" if i % 2 else "ham"})) for i, t in enumerate(texts)]
+    return [tokenize_example(tokenizer, e) for e in rows]
+
+
+def adapted(tiny_model_dir):
+    torch.manual_seed(0)
+    base = load_base(str(tiny_model_dir), dtype="float32")
+    model = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    return model, base.tokenizer
+
+
+def loss_and_grads(model, batch):
+    summed, count = summed_label_loss(model, batch)
+    summed.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return summed.item(), count, grads
+
+
+def test_one_row_and_a_shared_prefix_give_the_padded_batchs_loss_and_gradients(tiny_model_dir):
+    model, tokenizer = adapted(tiny_model_dir)
+    rows = examples(tokenizer)
+    pad = tokenizer.pad_token_id
+    padded = loss_and_grads(model, collate(rows, pad))  # one example a row, transformers' own SDPA + padding mask
+    assert use_segment_attention(model) and uses_segment_attention(model)
+
+    one_row = collate(pack_micro_batch(rows, None), pad)
+    assert one_row["input_ids"].shape == (1, sum(len(e.input_ids) for e in rows))  # no padding at all
+    assert one_row[SEGMENT_LENGTHS] == tuple(len(e.input_ids) for e in rows) and SHARED_PREFIX not in one_row
+
+    [shared_row] = pack_micro_batch(rows, None, share_prefix=True)
+    prefix = shared_row.shared_prefix
+    assert prefix >= 8 and prefix == shared_prefix_length(rows)
+    assert len(shared_row.input_ids) == sum(len(e.input_ids) for e in rows) - prefix * (len(rows) - 1)
+    shared = collate([shared_row], pad)
+    # the examples after the prefix continue its positions
+    assert shared["position_ids"][0, prefix] == prefix and shared[SHARED_PREFIX] == prefix
+
+    for batch in (one_row, shared):
+        loss, count, grads = loss_and_grads(model, batch)
+        assert count == padded[1] == sum(e.n_label_tokens for e in rows)
+        assert loss == pytest.approx(padded[0], rel=1e-5)
+        assert grads.keys() == padded[2].keys() and len(grads) > 0
+        for name, g in grads.items():
+            scale = padded[2][name].abs().max().item()
+            assert (g - padded[2][name]).abs().max().item() <= 1e-5 * max(scale, 1e-3), name
+
+
+def test_the_shared_prefix_stops_before_anything_trained():
+    def row(ids, first_label):
+        return TokenizedExample(ids, [IGNORE] * first_label + ids[first_label:])
+
+    same_prompt = [row(list(range(20)) + [50], 20), row(list(range(20)) + [51], 20)]  # one prompt, two answers
+    # token 20 is trained, so the prefix's last position (18) predicts token 19, never a label
+    assert shared_prefix_length(same_prompt) == 19
+    assert shared_prefix_length([row(list(range(12)), 10), row(list(range(12)), 4)]) == 0  # 3 < the minimum (8)
+    assert shared_prefix_length([row(list(range(30)), 25), row([99] + list(range(29)), 25)]) == 0  # nothing common
+    assert shared_prefix_length(same_prompt[:1]) == 0
+    [packed] = pack_micro_batch(same_prompt, None, share_prefix=True)
+    assert packed.segments == (19, 2, 2) and packed.n_label_tokens == 2  # each answer kept, nothing else trained
+    assert shared_prefix_fraction(same_prompt, 2) == pytest.approx(19 / 42)
+
+
+def test_generation_and_unpacked_batches_are_transformers_own_attention(tiny_model_dir):
+    model, tokenizer = adapted(tiny_model_dir)
+    ids = torch.tensor([examples(tokenizer)[0].input_ids[:12]])
+    before = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        logits_before = model(input_ids=ids).logits
+    use_segment_attention(model)
+    assert torch.equal(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False), before)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, logits_before)
+    saved = model.get_base_model().config.to_dict()
+    assert "leantune_segments" not in json.dumps(saved)  # nothing of it is written with a model
+
+
+def test_a_shared_prefix_refuses_attention_that_cannot_run_per_example(tiny_model_dir):
+    model, tokenizer = adapted(tiny_model_dir)
+    batch = collate(pack_micro_batch(examples(tokenizer), None, share_prefix=True), tokenizer.pad_token_id)
+    with pytest.raises(ModelError, match="data.share_prefix=false"):  # the model still runs transformers' SDPA
+        summed_label_loss(model, batch)
+    # a sliding window shorter than prefix + example: transformers' mask would be needed, which this row cannot use
+    q = torch.randn(1, 4, 30, 8)
+    kv = torch.randn(1, 2, 30, 8)
+    windowed = types.SimpleNamespace(is_causal=True, sliding_window=16, num_key_value_groups=2)
+    with pytest.raises(ModelError, match="sliding window"):
+        segment_attention(windowed, q, kv, kv, None, **{SEGMENT_LENGTHS: (10, 10, 10), SHARED_PREFIX: 10})
+    # without a shared prefix it falls back to SDPA under the mask given, which is then exact
+    plain = types.SimpleNamespace(is_causal=True, sliding_window=None, num_key_value_groups=2)
+    out, _ = segment_attention(plain, q, kv, kv, None, **{SEGMENT_LENGTHS: (10, 20)})
+    first, _ = segment_attention(plain, q[:, :, :10], kv[:, :, :10], kv[:, :, :10], None)
+    torch.testing.assert_close(out[:, :10], first, atol=1e-6, rtol=1e-5)
+
+
+def write_prompted_chat(path, rows: int = 24):
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": TEXTS[i % len(TEXTS)] + f" {i}"},
+        {"role": "assistant", "content": "spam" if i % 3 == 0 else "ham"}]}) + "\n" for i in range(rows)))
+    return path
+
+
+def test_training_in_one_row_with_shared_prefixes_matches_padded_rows(tiny_model_dir, tmp_path, capsys):
+    data = write_prompted_chat(tmp_path / "prompted.jsonl")
+    runs = {}
+    for name, extra in (("rows", {"training.segment_attention": "false"}), ("one_row", {}),
+                        ("no_share", {"data.share_prefix": "false"})):
+        cfg = load_config(None, tiny_overrides(tiny_model_dir, data, tmp_path / name, **{
+            "method.dropout": 0.0, "training.max_steps": 4, "data.max_seq_len": 256, "output.name": name, **extra}))
+        result = train(cfg, allow_duplicate=True)
+        info = json.loads((result.run_dir / "run.json").read_text())
+        losses = [json.loads(l)["loss"] for l in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+        runs[name] = (info, losses)
+    out = " ".join(capsys.readouterr().err.split())  # the notes, on stderr (rich wraps them)
+    assert "packed into rows of <=" in out
+    saved = re.search(r"common prefix computed once per micro-batch: ([0-9.]+)% of the tokens", out)
+    assert saved and float(saved.group(1)) > 20
+    assert runs["rows"][0]["packed_one_row"] is False and runs["one_row"][0]["shared_prefix"] is True
+    assert runs["no_share"][0]["packed_one_row"] is True and runs["no_share"][0]["shared_prefix"] is False
+    for name in ("one_row", "no_share"):
+        assert runs[name][1] == pytest.approx(runs["rows"][1], rel=1e-5), name
