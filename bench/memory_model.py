@@ -15,6 +15,12 @@ gives each peak's error against the plan and the step time of each against the d
 Configs marked held-out were added after the two fitted constants (the process baseline and the CPU-only
 bitsandbytes term) were fitted, and were not used to set anything.
 
+The three regimes above measure a minimal PEFT/transformers step on random tokens. The fourth is what a user runs:
+a plain `leantune train` process (its own allocator choice, LoRA function, packing, loss at labelled positions),
+on the same shapes as plain text, and on three real tasks (held out) where packing and shared prefixes make the
+micro-batches smaller than micro-batch x longest example. Its peak (the process's ru_maxrss, from wait4) is
+compared with the plan the run itself wrote (plan.json) before its first step.
+
     python bench/memory_model.py            # all configs; results are kept, a rerun skips those done
     python bench/memory_model.py --fresh    # measure everything again
 
@@ -28,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory_model.json"
 sys.path.insert(0, str(HERE))
-from common import load_results, write_results as write_results_file  # noqa: E402
+from common import load_results, work_dir, write_results as write_results_file  # noqa: E402
+
+WORK = work_dir("memory_model")  # this commit's `leantune train` jobs
 
 # (name, model, method, seq_len, micro_batch, gradient checkpointing)
 CONFIGS = [
@@ -61,8 +70,16 @@ CONFIGS = [
     ("smol-qlora-s384-b2", "smollm2-135m", "qlora", 384, 2, False),
 ]
 HELD_OUT = {"tiny-lora-s1024-b4", "smol-lora-s768-b2", "smol-full-s384-b2", "smol-qlora-s384-b2"}
+# real tasks through `leantune train` only: (name, task, micro-batch, steps); the demo's and bench/throughput.py's
+# settings (max_seq_len 256, LoRA r 8 at its defaults). Held out: added after every constant was set.
+TASK_CONFIGS = [
+    ("task-sms-spam-b8", "sms-spam", 8, 12),
+    ("task-tweets-sentiment-b8", "tweets-sentiment", 8, 12),
+    ("task-trivia-b8", "trivia", 8, 12),
+]
 LORA_RANK = 8
 STEPS = 3
+TRAIN_REPEATS = 2
 
 
 def tiny_256_dir() -> Path:
@@ -74,6 +91,85 @@ def tiny_256_dir() -> Path:
         config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
         LlamaForCausalLM(config).save_pretrained(path)
+    if not (path / "tokenizer.json").is_file():  # `leantune train` needs one: SmolLM2's (same vocabulary)
+        from transformers import AutoTokenizer
+
+        from leantune.models.loading import hf_dir_for
+
+        AutoTokenizer.from_pretrained(hf_dir_for("smollm2-135m")).save_pretrained(path)
+    return path
+
+
+def leantune_train_job(name: str, spec: dict) -> dict:
+    """One plain `leantune train` process (a fresh interpreter, the program's own start-up: TCMalloc when
+    installed) on `spec`'s shapes; its peak resident memory from the kernel (wait4) against its own plan.json."""
+    job = WORK / name
+    if job.exists():
+        shutil.rmtree(job)
+    job.mkdir(parents=True)
+    overrides = {"output.runs_dir": str(job / "runs"), "eval.after_train": "false", "training.eval_every": 0,
+                 "training.checkpoint_every": 1000, "method.r": LORA_RANK, "data.max_seq_len": spec["seq_len"],
+                 "training.micro_batch_size": spec["micro_batch"], "training.max_steps": spec["steps"]}
+    if "task" in spec:
+        overrides.update({"model.base": "smollm2-135m", "data.train": spec["task"]})
+    else:  # the HF regimes' shapes: full rows of plain text, every token trained
+        model_dir = tiny_256_dir() if spec["model"] == "tiny-256" else hf_dir_for_model(spec["model"])
+        overrides.update({"model.base": str(model_dir), "data.train": str(text_rows(job, model_dir, spec)),
+                          "data.format": "text", "data.eval_size": 0, "method.name": spec["method"],
+                          "training.gradient_checkpointing": str(spec["grad_checkpointing"]).lower()})
+    command = [sys.executable, "-m", "leantune", "train", *[f"{k}={v}" for k, v in overrides.items()], "--allow-duplicate"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "LD_PRELOAD"))}
+    with open(job / "train.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"leantune train failed for {name}: {(job / 'train.log').read_text()[-1500:]}")
+    [run] = [p for p in (job / "runs").iterdir() if (p / "plan.json").is_file()]
+    plan = json.loads((run / "plan.json").read_text())
+    info = json.loads((run / "run.json").read_text())
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:])]
+    planned = plan["memory_gib"]["total"] * 2**30
+    peak = usage.ru_maxrss * 1024
+    return {"peak_bytes": peak, "planned_bytes": planned, "error": planned / peak - 1,
+            "reported_peak_mib": steps[-1]["peak_memory_mb"], "planned_gib": plan["memory_gib"],
+            "planned_rows": plan["setup"]["micro_batch"], "planned_row_len": plan["setup"]["seq_len"],
+            "step_seconds": sorted(times)[len(times) // 2] if times else None, "allocator": info.get("allocator"),
+            "packed_one_row": info.get("packed_one_row"), "shared_prefix_saving": info.get("shared_prefix_saving")}
+
+
+def leantune_train_runs(name: str, spec: dict) -> dict:
+    """TRAIN_REPEATS runs of the same job: TCMalloc's resident peak moves between identical runs (1.21-1.41 GiB
+    in four runs of the tiny LoRA config), so the highest is what a user should plan for."""
+    runs = [leantune_train_job(name, spec) for _ in range(TRAIN_REPEATS)]
+    worst = max(runs, key=lambda r: r["peak_bytes"])
+    return {**worst, "peaks_bytes": [r["peak_bytes"] for r in runs]}
+
+
+def hf_dir_for_model(model: str) -> Path:
+    from leantune.models.loading import hf_dir_for
+
+    return hf_dir_for(model)
+
+
+def text_rows(job: Path, model_dir: Path, spec: dict) -> Path:
+    """Plain text that `leantune train` splits into micro_batch x steps pieces of seq_len tokens each (one piece
+    more or less where decoding and re-encoding moves a token)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(0)
+    words = ["river", "stone", "market", "seven", "quiet", "engine", "garden", "paper", "winter", "silver", "orbit",
+             "candle", "harbor", "velvet", "thunder", "meadow", "copper", "lantern", "puzzle", "falcon"]
+    rows = []
+    for _ in range(spec["micro_batch"] * spec["steps"]):
+        text = " ".join(rng.choice(words) for _ in range(spec["seq_len"] * 2))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: spec["seq_len"] - 2]
+        rows.append({"text": tokenizer.decode(ids)})
+    path = job / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -198,11 +294,30 @@ def main() -> None:
             runs[name][f"{regime}_error"] = memory.total / measured[f"{regime}_peak_bytes"] - 1
         print(f"measured {measured['peak_bytes'] / 2**30:.2f} GiB, predicted {memory.total / 2**30:.2f} GiB ({error:+.1%}), "
               f"{measured['tokens_per_s']:.0f} tok/s", flush=True)
+        if device == "cpu":
+            runs[name]["leantune_train"] = leantune_train_runs(name, {**spec, "seq_len": seq_len, "micro_batch": mb,
+                                                                     "steps": STEPS})
+            print(f"    leantune train: {describe(runs[name]['leantune_train'])}", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         results["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                               "date": time.strftime("%Y-%m-%d")}
         write_results(results)  # resumable: every finished config is on disk
+    tasks = [c for c in TASK_CONFIGS if device == "cpu" and (not args.only or args.only in c[0])]
+    for i, (name, task, mb, steps) in enumerate(tasks, 1):
+        if name in runs and not args.fresh:
+            print(f"[task {i}/{len(tasks)}] {name}: done before, kept", flush=True)
+            continue
+        spec = {"task": task, "seq_len": 256, "micro_batch": mb, "steps": steps}
+        print(f"[task {i}/{len(tasks)}] {name} ...", end=" ", flush=True)
+        runs[name] = {"spec": spec, "leantune_train": leantune_train_runs(name, spec), "held_out": True}
+        print(f"leantune train: {describe(runs[name]['leantune_train'])}", flush=True)
+        write_results(results)
     print_table(results, device)
+
+
+def describe(job: dict) -> str:
+    return (f"peak {job['peak_bytes'] / 2**30:.2f} GiB (of {', '.join(f'{p / 2**30:.2f}' for p in job['peaks_bytes'])}), its plan {job['planned_bytes'] / 2**30:.2f} GiB "
+            f"({job['error']:+.1%}) for {job['planned_rows']} x {job['planned_row_len']} tokens, {job['allocator']}")
 
 
 def tcmalloc_env() -> dict | None:
@@ -226,6 +341,8 @@ def print_table(results: dict, device: str) -> None:
     errors = {"fixed": [], "default_allocator": [], "tcmalloc": []}
     gib = 2**30
     for name, r in runs.items():
+        if "measured" not in r and "leantune_train" in r:
+            continue  # a real task: leantune train only (below)
         if "error" in r and "measured" not in r:
             print(f"| {name} | failed | | | | | | |")
             continue
@@ -248,6 +365,20 @@ def print_table(results: dict, device: str) -> None:
         if values:
             print(f"{regime}: within 10% {sum(e <= 0.10 for e in values)}/{len(values)}, "
                   f"within 15% {sum(e <= 0.15 for e in values)}/{len(values)}")
+    trained = {name: r for name, r in runs.items() if "leantune_train" in r}
+    if not trained:
+        return
+    print(f"\n| config | `leantune train` peak GiB (highest of {TRAIN_REPEATS} runs) | its plan GiB (error) | "
+          "planned shape (rows x tokens) | allocator |")
+    print("|---|---|---|---|---|")
+    for name, r in trained.items():
+        job = r["leantune_train"]
+        label = f"{name} (held out)" if r.get("held_out") else name
+        print(f"| {label} | {job['peak_bytes'] / gib:.2f} | {job['planned_bytes'] / gib:.2f} ({job['error']:+.1%}) | "
+              f"{job['planned_rows']} x {job['planned_row_len']} | {job['allocator']} |")
+    values = [abs(r["leantune_train"]["error"]) for r in trained.values()]
+    print(f"leantune train: within 10% {sum(e <= 0.10 for e in values)}/{len(values)}, "
+          f"within 15% {sum(e <= 0.15 for e in values)}/{len(values)}")
 
 
 if __name__ == "__main__":

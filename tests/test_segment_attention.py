@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from conftest import tiny_overrides
 from leantune import train
 from leantune.config import load_config
-from leantune.data.batches import (SEGMENT_LENGTHS, SHARED_PREFIX, collate, pack_micro_batch, shared_prefix_length,
+from leantune.data.batches import (SEGMENT_LENGTHS, SHARED_PREFIX, collate, epoch_order, pack_micro_batch, shared_prefix_length,
                                    shared_prefix_fraction)
 from leantune.data.records import Example
 from leantune.data.tokenize import IGNORE, TokenizedExample, tokenize_example
@@ -99,6 +99,34 @@ def test_the_shared_prefix_stops_before_anything_trained():
     assert shared_prefix_fraction(same_prompt, 2) == pytest.approx(19 / 42)
 
 
+def test_the_memory_plan_sizes_the_largest_micro_batch_as_laid_out():
+    from leantune.training.objectives.base import Batches
+    from leantune.training.run_plan import largest_micro_batch as largest_shape
+
+    def largest_micro_batch(*args):
+        shape = largest_shape(*args)
+        return (shape.rows, shape.row_len, shape.examples, shape.labelled)
+
+    def row(length, first_label=12):  # 12 tokens every example shares, then its own
+        ids = list(range(12)) + [100 + length] * (length - 12)
+        return TokenizedExample(ids, [IGNORE] * first_label + ids[first_label:])
+
+    data = [row(n) for n in (20, 30, 40, 50)]
+    order = epoch_order(4, 0, 0)  # the run's micro-batches: pairs of examples in this order
+    pairs = [[data[i] for i in order[:2]], [data[i] for i in order[2:]]]
+    one_row = Batches(0, packing=True, max_seq_len=64, micro_batch_size=2, one_row=True, share_prefix=True)
+    # shared prefix: 11 tokens (it stops before the position that predicts the first label), counted once
+    widest = max(sum(len(e.input_ids) for e in p) - 11 for p in pairs)
+    assert largest_micro_batch(one_row, data, 0, 2) == (1, widest, 2, max(sum(e.n_label_tokens for e in p) for p in pairs))
+    rows = Batches(0, packing=True, max_seq_len=64, micro_batch_size=2)
+    shapes = [(len(r), max(len(x.input_ids) for x in r)) for r in (rows.layout(p) for p in pairs)]
+    assert largest_micro_batch(rows, data, 0, 2)[:2] == max(shapes, key=lambda s: s[0] * s[1])
+    padded = Batches(0, packing=False, max_seq_len=64, micro_batch_size=2)
+    assert largest_micro_batch(padded, data, 0, 2)[:2] == max(((2, max(len(e.input_ids) for e in p)) for p in pairs),
+                                                             key=lambda s: s[1])
+    assert largest_micro_batch(padded, data, 0, 1)[:2] == (2, max(len(e.input_ids) for e in pairs[0]))  # 1 step: 1 batch
+
+
 def test_generation_and_unpacked_batches_are_transformers_own_attention(tiny_model_dir):
     model, tokenizer = adapted(tiny_model_dir)
     ids = torch.tensor([examples(tokenizer)[0].input_ids[:12]])
@@ -157,3 +185,10 @@ def test_training_in_one_row_with_shared_prefixes_matches_padded_rows(tiny_model
     assert runs["no_share"][0]["packed_one_row"] is True and runs["no_share"][0]["shared_prefix"] is False
     for name in ("one_row", "no_share"):
         assert runs[name][1] == pytest.approx(runs["rows"][1], rel=1e-5), name
+    # the memory plan sizes each layout's largest micro-batch: one row, shorter again with the prefix shared
+    plans = {name: json.loads((tmp_path / name / runs[name][0]["id"] / "plan.json").read_text()) for name in runs}
+    assert plans["one_row"]["setup"]["micro_batch"] == plans["no_share"]["setup"]["micro_batch"] == 1
+    assert plans["one_row"]["setup"]["seq_len"] < plans["no_share"]["setup"]["seq_len"]
+    assert (plans["one_row"]["memory_gib"]["activations"] < plans["no_share"]["memory_gib"]["activations"]
+            < plans["rows"]["memory_gib"]["activations"])
+    assert "plan: peak" in out and "the largest packed micro-batch (4 examples in 1 row of up to" in out

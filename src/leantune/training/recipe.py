@@ -55,7 +55,7 @@ from .offload import offload_note, saved_activations
 from .precision import LossScaling, autocast, autocast_note, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
-from .run_plan import check_memory_plan, planned_seconds, planned_tokens
+from .run_plan import check_memory_plan, largest_micro_batch, planned_seconds, planned_tokens
 from .schedule import warmup_cosine
 from .signals import BudgetReached, Preempted, StopOnSignal
 
@@ -215,8 +215,11 @@ class FineTuneRecipe:
         self.planned_s = planned_seconds(self.config, model_config, tokens, self.device, self.device_name)
         if self.planned_s:  # prefixes computed once per micro-batch are tokens not computed
             self.planned_s *= 1 - self.shared_saving
+        t = self.config.training
+        packed = largest_micro_batch(self.batches, self.train_data, t.seed, self.total_steps * t.grad_accum) \
+            if self.batches.packing and self.world.size == 1 else None
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
-                          force, self.note, self.world.size)
+                          force, self.note, self.world.size, packed)
         planned_tps = tokens / self.planned_s if self.planned_s else None
         self.cost_watch = CostWatch(planned_tps, self.planned_s / self.total_steps if self.planned_s else None,
                                     self.price.usd_per_hour)

@@ -4,9 +4,12 @@ peak memory (a run predicted not to fit hardware.memory_gib is refused unless fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import atomic
+from ..data.batches import epoch_order
 from ..errors import PlanError
 from ..plan.memory import GiB, estimate_peak_memory
 from ..plan.setup import setup_from_run_config
@@ -39,22 +42,66 @@ def planned_seconds(config, model_config: dict, tokens: float, device: str, devi
     return tokens * flops_per_token(shape, setup) / flops
 
 
+# Sizing the largest packed micro-batch looks at this many of the run's first micro-batches at most (a few seconds
+# of list work); beyond that the run's micro-batches are the same examples in other random groups.
+SIZED_MICRO_BATCHES = 20_000
+
+
+@dataclass(frozen=True)
+class MicroBatchShape:
+    """The largest micro-batch a run feeds its model, as laid out: rows x the longest row (what is padded to), the
+    examples in it, and the most labelled positions of any micro-batch (where logits are computed)."""
+
+    rows: int
+    row_len: int
+    examples: int
+    labelled: int
+
+
+def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) -> MicroBatchShape:
+    """The largest of the run's first micro-batches (at most one epoch, at most SIZED_MICRO_BATCHES) after packing:
+    the data order is fixed by the seed (data/batches.epoch_order), so these are the micro-batches the run will
+    have. Packed in one row, a micro-batch of 8 short examples is one row of their summed length less the shared
+    prefix - not 8 x the longest example of the data set, which overstates activations two-fold on chat data."""
+    order = epoch_order(len(examples), seed, 0)
+    size = batches.micro_batch_size
+    starts = range(0, len(order), size)[: min(micro_batches, SIZED_MICRO_BATCHES)]
+    largest, labelled = (0, 0, 0), 0
+    for start in starts:
+        chosen = [examples[i] for i in order[start : start + size]]
+        rows = batches.layout(chosen)
+        shape = (len(rows), max(len(r.input_ids) for r in rows), len(chosen))
+        if shape[0] * shape[1] > largest[0] * largest[1]:
+            largest = shape
+        labelled = max(labelled, sum(e.n_label_tokens for e in chosen))
+    return MicroBatchShape(*largest, labelled)
+
+
 def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype, device: str, run, seconds,
-                      force: bool, note, processes: int = 1) -> None:
+                      force: bool, note, processes: int = 1, packed: MicroBatchShape | None = None) -> None:
     """Predict the peak with the planner for this run's own shapes (per process when there are several: each holds
-    its shard under fsdp2 and runs its share of every micro-batch); refuse what cannot fit."""
-    longest = max(len(e.input_ids) for e in rows)
-    labelled = max(e.n_label_tokens for e in rows) / longest  # logits only at labelled positions (models/forward.py)
+    its shard under fsdp2 and runs its share of every micro-batch); refuse what cannot fit. `packed`: the largest
+    packed micro-batch (largest_micro_batch), sized as laid out instead of micro-batch x the longest example."""
     t = config.training
-    several = {} if processes == 1 else {
-        "gpus": processes, "sharding": "fsdp" if t.distributed.strategy == "fsdp2" else "none",
-        "micro_batch": -(-t.micro_batch_size // processes)}
-    setup = setup_from_run_config(config, seq_len=longest, dtype="fp32" if dtype == torch.float32 else "bf16",
+    if packed is not None and processes == 1:
+        batch, seq_len = packed.rows, packed.row_len
+        labelled = packed.labelled / (batch * seq_len)  # logits only at labelled positions (models/forward.py)
+        shape_text = (f"the largest packed micro-batch ({packed.examples} examples in {batch} row"
+                      f"{'s' if batch > 1 else ''} of up to {seq_len} tokens)")
+        several = {"micro_batch": batch}
+    else:
+        seq_len = max(len(e.input_ids) for e in rows)
+        labelled = max(e.n_label_tokens for e in rows) / seq_len
+        shape_text = f"micro-batch {t.micro_batch_size if processes == 1 else -(-t.micro_batch_size // processes)} x up to {seq_len} tokens"
+        several = {} if processes == 1 else {
+            "gpus": processes, "sharding": "fsdp" if t.distributed.strategy == "fsdp2" else "none",
+            "micro_batch": -(-t.micro_batch_size // processes)}
+    setup = setup_from_run_config(config, seq_len=seq_len, dtype="fp32" if dtype == torch.float32 else "bf16",
                                   device=device, loss_positions=labelled, **several)
     memory = estimate_peak_memory(shape_from_hf_config(model_config, config.model.base), setup)
     gib = memory.as_gib()
     atomic.write_json(run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib, "seconds": seconds})
-    note(f"plan: peak ~{gib['total']:.2f} GiB for micro-batch {setup.micro_batch} x up to {longest} tokens "
+    note(f"plan: peak ~{gib['total']:.2f} GiB for {shape_text} "
          f"(weights {gib['weights']:.2f}, activations {gib['activations']:.2f}, logits {gib['logits']:.2f}, "
          f"overhead {gib['overhead']:.2f})")
     limit = config.hardware.memory_gib

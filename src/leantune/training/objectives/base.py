@@ -25,11 +25,15 @@ class Batches:
     one_row: bool = False  # packed micro-batches as one row: the model's attention runs example by example
     share_prefix: bool = False  # in that row, the examples' common prefix once (data.batches.pack_shared_prefix)
 
-    def collate(self, examples) -> dict:
+    def layout(self, examples: list[TokenizedExample]) -> list[TokenizedExample]:
+        """The rows a micro-batch becomes before padding (what the memory plan sizes, without building tensors)."""
         if self.packing:
-            examples = pack_micro_batch(examples, None if self.one_row else self.max_seq_len,
-                                        share_prefix=self.one_row and self.share_prefix)
-        return collate(examples, self.pad_id)
+            return pack_micro_batch(examples, None if self.one_row else self.max_seq_len,
+                                    share_prefix=self.one_row and self.share_prefix)
+        return examples
+
+    def collate(self, examples) -> dict:
+        return collate(self.layout(examples), self.pad_id)
 
     def chunks(self, data: list) -> list[list]:
         """Micro-batches for a pass over `data` in order (evaluation)."""
