@@ -24,6 +24,7 @@ from ..data.batches import SEGMENT_LENGTHS, SHARED_PREFIX
 from ..data.tokenize import IGNORE
 from ..errors import ModelError
 from .segment_attention import uses_segment_attention
+from .unwrap import transformers_model
 
 
 def _softcap(config):
@@ -97,14 +98,13 @@ def _through_root(compute):
 
 def decoder_and_head(model):
     """(the decoder stack, the output layer with the architecture's final logit transform)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = transformers_model(model)
     return base.get_decoder(), OutputLayer(base.get_output_embeddings(), final_logit_transform(base.config))
 
 
 def check_architecture(model) -> None:
     """Refuse a model whose logits this module cannot compute (before any time is spent on it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    final_logit_transform(base.config)
+    final_logit_transform(transformers_model(model).config)
 
 
 @_through_root

@@ -18,11 +18,14 @@ masked SDPA's to float rounding (tests/test_segment_attention.py); nothing of it
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from ..data.batches import SEGMENT_LENGTHS, SHARED_PREFIX
 from ..errors import ModelError
+from .unwrap import transformers_model
 
 NAME = "leantune_segments"
 
@@ -48,7 +51,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         if prefix and i:  # an example after the shared prefix: it sees the whole prefix, then itself causally
             k = torch.cat((key[:, :, :prefix], k), dim=2)
             v = torch.cat((value[:, :, :prefix], v), dim=2)
-            sees = torch.ones(length, prefix + length, dtype=torch.bool, device=q.device).tril(prefix)
+            sees = _prefix_causal_mask(length, prefix, q.device)
             outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=sees, dropout_p=dropout, scale=scaling,
                                                           enable_gqa=gqa))
         else:
@@ -56,6 +59,13 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                                                           is_causal=length > 1, enable_gqa=gqa))
         start = end
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix_causal_mask(length: int, prefix: int, device: torch.device) -> torch.Tensor:
+    """Which keys (the prefix, then the example's own) each of an example's `length` queries sees: built once per
+    shape rather than in every layer of every micro-batch (it is only read, never written)."""
+    return torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
 
 
 def _plain(module, query, key, lengths, prefix: int, kwargs) -> bool:
@@ -70,12 +80,8 @@ def _plain(module, query, key, lengths, prefix: int, kwargs) -> bool:
     return not window or max(lengths) + prefix <= window
 
 
-def _config(model):
-    return (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-
-
 def uses_segment_attention(model) -> bool:
-    return getattr(_config(model), "_attn_implementation", None) == NAME
+    return getattr(transformers_model(model).config, "_attn_implementation", None) == NAME
 
 
 def use_segment_attention(model) -> bool:
@@ -84,7 +90,7 @@ def use_segment_attention(model) -> bool:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    config = _config(model)
+    config = transformers_model(model).config
     if getattr(config, "_attn_implementation", None) == NAME:
         return True
     if getattr(config, "_attn_implementation", None) != "sdpa":
