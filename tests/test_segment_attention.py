@@ -127,6 +127,30 @@ def test_the_memory_plan_sizes_the_largest_micro_batch_as_laid_out():
     assert largest_micro_batch(padded, data, 0, 1)[:2] == (2, max(len(e.input_ids) for e in pairs[0]))  # 1 step: 1 batch
 
 
+def test_the_cpu_plan_counts_the_memory_the_data_took(tiny_model_dir, chat_file, tmp_path):
+    from leantune.data.tokenize import TokenizedExample as Row
+    from leantune.training.run_plan import ResidentGrowth, check_memory_plan
+
+    growth = ResidentGrowth()
+    with growth.during():
+        held = bytearray(64 * 2**20)
+        held[::4096] = b"\x01" * len(range(0, len(held), 4096))  # touched, so resident
+    assert growth.bytes >= 48 * 2**20
+    config = load_config(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
+    model_config = json.loads((tiny_model_dir / "config.json").read_text())
+    rows = [Row(list(range(40)), [IGNORE] * 30 + list(range(30, 40)))]
+    notes, plans = [], {}
+    for data_bytes in (0, 2**30):
+        run = types.SimpleNamespace(path=tmp_path / str(data_bytes))
+        run.path.mkdir()
+        check_memory_plan(config, model_config, rows, torch.float32, "cpu", run, None, False, notes.append,
+                          data_bytes=data_bytes)
+        plans[data_bytes] = json.loads((run.path / "plan.json").read_text())["memory_gib"]
+    assert plans[2**30]["total"] == pytest.approx(plans[0]["total"] + 1.0)
+    assert "of which data 1.00" in notes[1] and "of which data" not in notes[0]
+    del held
+
+
 def test_generation_and_unpacked_batches_are_transformers_own_attention(tiny_model_dir):
     model, tokenizer = adapted(tiny_model_dir)
     ids = torch.tensor([examples(tokenizer)[0].input_ids[:12]])

@@ -55,7 +55,7 @@ from .offload import offload_note, saved_activations
 from .precision import LossScaling, autocast, autocast_note, weights_and_autocast
 from .progress import TrainingProgress
 from .result import TrainResult, peak_memory_mb
-from .run_plan import check_memory_plan, largest_micro_batch, planned_seconds, planned_tokens
+from .run_plan import ResidentGrowth, check_memory_plan, largest_micro_batch, planned_seconds, planned_tokens
 from .schedule import warmup_cosine
 from .signals import BudgetReached, Preempted, StopOnSignal
 
@@ -91,11 +91,12 @@ class FineTuneRecipe:
         check_method_available(self.config.method, self.device)  # before minutes of model loading, not after
         # an unreachable tracking server stops us here; ranks above 0 log nothing (rank 0 logs the global step)
         self.loggers = Loggers(self.config, self.run, self.note) if self.world.main else Loggers.none()
-        with self.clock.phase("data"):
+        self.data_memory = ResidentGrowth()  # the memory plan counts it on a CPU
+        with self.clock.phase("data"), self.data_memory.during():
             train_examples = self._setup_splits()
         with self.clock.phase("load"):
             base = self._setup_base()
-        with self.clock.phase("data"):
+        with self.clock.phase("data"), self.data_memory.during():
             self._setup_data(base.tokenizer, train_examples)
         with self.clock.phase("load"):
             self._setup_model(base)
@@ -219,7 +220,7 @@ class FineTuneRecipe:
         packed = largest_micro_batch(self.batches, self.train_data, t.seed, self.total_steps * t.grad_accum) \
             if self.batches.packing and self.world.size == 1 else None
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
-                          force, self.note, self.world.size, packed)
+                          force, self.note, self.world.size, packed, self.data_memory.bytes)
         planned_tps = tokens / self.planned_s if self.planned_s else None
         self.cost_watch = CostWatch(planned_tps, self.planned_s / self.total_steps if self.planned_s else None,
                                     self.price.usd_per_hour)

@@ -4,7 +4,10 @@ peak memory (a run predicted not to fit hardware.memory_gib is refused unless fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -77,11 +80,38 @@ def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) 
     return MicroBatchShape(*largest, labelled)
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux's /proc/self/statm), or None where it cannot be read."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class ResidentGrowth:
+    """Resident memory the process gained inside `during()` blocks, summed: on a CPU, what loading the data cost
+    (what the allocator took for it and keeps, transients included). 0 where /proc cannot be read."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    @contextmanager
+    def during(self):
+        before = resident_bytes()
+        yield
+        after = resident_bytes()
+        if before is not None and after is not None:
+            self.bytes += max(0, after - before)
+
+
 def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype, device: str, run, seconds,
-                      force: bool, note, processes: int = 1, packed: MicroBatchShape | None = None) -> None:
+                      force: bool, note, processes: int = 1, packed: MicroBatchShape | None = None,
+                      data_bytes: int = 0) -> None:
     """Predict the peak with the planner for this run's own shapes (per process when there are several: each holds
     its shard under fsdp2 and runs its share of every micro-batch); refuse what cannot fit. `packed`: the largest
-    packed micro-batch (largest_micro_batch), sized as laid out instead of micro-batch x the longest example."""
+    packed micro-batch (largest_micro_batch), sized as laid out instead of micro-batch x the longest example;
+    `data_bytes`: the resident memory reading and tokenising the data took (ResidentGrowth), counted on a CPU."""
     t = config.training
     if packed is not None and processes == 1:
         batch, seq_len = packed.rows, packed.row_len
@@ -99,11 +129,15 @@ def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype
     setup = setup_from_run_config(config, seq_len=seq_len, dtype="fp32" if dtype == torch.float32 else "bf16",
                                   device=device, loss_positions=labelled, **several)
     memory = estimate_peak_memory(shape_from_hf_config(model_config, config.model.base), setup)
+    if data_bytes and device == "cpu":
+        # On a CPU the data is in the same memory as the model: the rows and their tokens, held as Python lists
+        # (~0.1 GiB for tweets-sentiment's 37,500 examples), measured while they were read and tokenised.
+        memory = replace(memory, overhead=memory.overhead + data_bytes)
     gib = memory.as_gib()
     atomic.write_json(run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib, "seconds": seconds})
     note(f"plan: peak ~{gib['total']:.2f} GiB for {shape_text} "
          f"(weights {gib['weights']:.2f}, activations {gib['activations']:.2f}, logits {gib['logits']:.2f}, "
-         f"overhead {gib['overhead']:.2f})")
+         f"overhead {gib['overhead']:.2f}{f', of which data {data_bytes / GiB:.2f}' if data_bytes and device == 'cpu' else ''})")
     limit = config.hardware.memory_gib
     if limit and memory.total > limit * GiB:
         message = (f"The plan predicts {gib['total']:.2f} GiB at peak, more than hardware.memory_gib={limit:g}. Lower "
