@@ -5,6 +5,7 @@ and a clear error where the layout would be wrong."""
 from __future__ import annotations
 
 import json
+import mmap
 import re
 import types
 
@@ -132,9 +133,10 @@ def test_the_cpu_plan_counts_the_memory_the_data_took(tiny_model_dir, chat_file,
     from leantune.training.run_plan import ResidentGrowth, check_memory_plan
 
     growth = ResidentGrowth()
-    with growth.during():
-        held = bytearray(64 * 2**20)
-        held[::4096] = b"\x01" * len(range(0, len(held), 4096))  # touched, so resident
+    with growth.during():  # a fresh mapping, touched page by page: resident whatever the allocator holds free
+        held = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(held), 4096):
+            held[offset] = 1
     assert growth.bytes >= 48 * 2**20
     config = load_config(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / "runs"))
     model_config = json.loads((tiny_model_dir / "config.json").read_text())
@@ -148,7 +150,7 @@ def test_the_cpu_plan_counts_the_memory_the_data_took(tiny_model_dir, chat_file,
         plans[data_bytes] = json.loads((run.path / "plan.json").read_text())["memory_gib"]
     assert plans[2**30]["total"] == pytest.approx(plans[0]["total"] + 1.0)
     assert "of which data 1.00" in notes[1] and "of which data" not in notes[0]
-    del held
+    held.close()
 
 
 def test_generation_and_unpacked_batches_are_transformers_own_attention(tiny_model_dir):
