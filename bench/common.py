@@ -124,3 +124,24 @@ def write_results(path: Path, results: dict) -> None:
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(path)
     print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path.name}")
+
+
+def text_rows(job: Path, model_dir: Path, spec: dict) -> Path:
+    """Plain text that `leantune train` splits into micro_batch x steps pieces of seq_len tokens each (one piece
+    more or less where decoding and re-encoding moves a token)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(0)
+    words = ["river", "stone", "market", "seven", "quiet", "engine", "garden", "paper", "winter", "silver", "orbit",
+             "candle", "harbor", "velvet", "thunder", "meadow", "copper", "lantern", "puzzle", "falcon"]
+    rows = []
+    for _ in range(spec["micro_batch"] * spec["steps"]):
+        text = " ".join(rng.choice(words) for _ in range(spec["seq_len"] * 2))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: spec["seq_len"] - 2]
+        rows.append({"text": tokenizer.decode(ids)})
+    path = job / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

