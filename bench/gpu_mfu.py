@@ -57,6 +57,10 @@ CASES = [
     dict(id="1b-lora", model="llama-3.2-1b", method="lora", seq_len=2048, micro_batch=2),
     dict(id="8b-lora-ckpt-b8", model="llama-3.1-8b", method="lora", seq_len=2048, micro_batch=8, checkpointing=True,
          loss_chunk=512),
+    # narrower models: how far MFU falls with width (plan/timing.py's size term)
+    dict(id="3b-lora", model="llama-3.2-3b", method="lora", seq_len=2048, micro_batch=2),
+    dict(id="360m-lora", model="smollm2-360m", method="lora", seq_len=2048, micro_batch=2),
+    dict(id="135m-lora", model="smollm2-135m", method="lora", seq_len=2048, micro_batch=2),
 ]
 # --tiny: the same cases on 2-layer models of the presets' widths' tenth, short rows, few steps (a CPU smoke run)
 TINY = dict(layers=2, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64, vocab=49152, seq_len=128, steps=5)

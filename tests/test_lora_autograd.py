@@ -30,13 +30,14 @@ def with_peft_masks(monkeypatch):
     monkeypatch.setattr(lora_autograd, "dropout_keep_mask", peft_draw)
 
 
-def adapted_pair(tiny_model_dir, dropout: float, **lora):
+def adapted_pair(tiny_model_dir, dropout: float, base_dtype=torch.float32, **lora):
     """Two copies of the tiny model with identical adapters (B made non-zero so every path carries gradient):
-    PEFT's layers, and the same layers with leantune's forward."""
+    PEFT's layers, and the same layers with leantune's forward. PEFT keeps the adapters in float32 whatever
+    base_dtype is."""
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=base_dtype)
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear",
                                                 task_type="CAUSAL_LM", **lora))
         with torch.no_grad():
@@ -115,25 +116,27 @@ def test_same_under_bf16_autocast(tiny_model_dir):
         assert cosine > 0.99, name
 
 
+def saved_bytes(model):
+    """What autograd keeps for backward over one training forward of the tiny model, each storage once."""
+    total = 0
+    seen = set()
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(5, 300, (4, 64), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids).loss.backward()
+    return total
+
+
 def test_keeps_less_for_backward_with_dropout(tiny_model_dir):
     """With dropout, PEFT keeps a float copy of each adapted layer's input and its float noise; leantune a byte mask."""
-    def saved_bytes(model):
-        total = 0
-        seen = set()
-
-        def pack(t):
-            nonlocal total
-            key = (t.untyped_storage().data_ptr(), t.dtype)
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
-            return t
-
-        ids = torch.randint(5, 300, (4, 64), generator=torch.Generator().manual_seed(0))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=ids, labels=ids).loss.backward()
-        return total
-
     peft_model, ours, _ = adapted_pair(tiny_model_dir, 0.1)
     peft_model.train(), ours.train()
     saved_peft, saved_ours = saved_bytes(peft_model), saved_bytes(ours)
@@ -187,3 +190,31 @@ def test_a_training_run_has_the_same_losses_either_way(tiny_model_dir, chat_file
         assert info["lora_autograd_layers"] == (14 if setting == "leantune" else 0)
     assert len(losses["peft"]) == 5
     assert losses["leantune"] == pytest.approx(losses["peft"], rel=1e-5)
+
+
+def test_float32_adapter_over_a_bf16_base_as_on_a_gpu(tiny_model_dir, with_peft_masks):
+    """A LoRA run on a GPU: the frozen base in bf16, PEFT's adapter in float32, no autocast. The function takes that
+    layer too (it fell back to PEFT's forward before), with PEFT's arithmetic, and keeps less for backward."""
+    peft_model, ours, changed = adapted_pair(tiny_model_dir, 0.1, base_dtype=torch.bfloat16)
+    assert changed == 14
+    layer = next(m for m in ours.modules() if isinstance(m, LeantuneLoRALinear))
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A["default"].weight.dtype == torch.float32
+    assert layer._plain_parts(torch.zeros(1, 64, dtype=torch.bfloat16), (), {}) is not None
+    called = []
+    original = lora_autograd.LoRALinearFunction.apply
+    lora_autograd.LoRALinearFunction.apply = lambda *a: called.append(1) or original(*a)
+    try:
+        loss_ours, grads_ours = loss_and_grads(ours)
+    finally:
+        lora_autograd.LoRALinearFunction.apply = original
+    assert len(called) == 14  # every adapted layer went through the function, none through PEFT's forward
+    loss_peft, grads_peft = loss_and_grads(peft_model)
+    assert loss_ours == pytest.approx(loss_peft, rel=1e-3)
+    assert grads_ours.keys() == grads_peft.keys() and len(grads_ours) == 28
+    for name, grad in grads_peft.items():
+        assert grads_ours[name].dtype == torch.float32
+        # bf16 activations: the same masks and casts, summed in another order where s is applied
+        cosine = torch.nn.functional.cosine_similarity(grads_ours[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.999, (name, cosine)
+    peft_model.train(), ours.train()
+    assert saved_bytes(ours) < 0.7 * saved_bytes(peft_model)

@@ -17,7 +17,11 @@ arithmetic is PEFT's operation for operation, so losses and gradients are PEFT's
 Only the forward of PEFT's own `lora.Linear` changes (the module keeps its class's parents, parameters, names
 and saving), and only where the layer is plain: one active adapter, unmerged, over a frozen `nn.Linear`, without
 DoRA or a LoRA bias. Everything else - adapters switched off for a reference pass, QLoRA's 4-bit base, DoRA,
-mixed-adapter batches - goes through PEFT's forward unchanged.
+mixed-adapter batches - goes through PEFT's forward unchanged. A plain layer may keep its adapter in another dtype
+than its base: on a GPU a LoRA run's frozen base is bf16 and PEFT's adapter float32, and the function computes the
+adapter in float32 on a cast of x as PEFT does. (Until that case was taken, every GPU LoRA run fell back to PEFT's
+forward, which kept a float32 dropped-out copy of each adapted layer's input: an 8B model's plan without
+checkpointing was 15% under its measured peak, bench/results/gpu_mfu.json.)
 """
 
 from __future__ import annotations
@@ -42,12 +46,18 @@ def dropout_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor | None, f
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
-        keep, kept_share = dropout_keep_mask(x, p) if p > 0 else (None, 1.0)
+        # The adapter may be kept in another dtype than the base (PEFT keeps it in float32 over a frozen 16-bit base
+        # on a GPU): PEFT casts x to the adapter's dtype, adds the two outputs with type promotion and returns x's
+        # dtype. The same order here; with one dtype every cast below is a no-op.
+        x_adapter = x.to(lora_a.dtype)
+        keep, kept_share = dropout_keep_mask(x_adapter, p) if p > 0 else (None, 1.0)
         # x * (mask / share): torch's dropout's own order of operations, so a PEFT mask gives PEFT's values
-        dropped = x if keep is None else x * keep.to(x.dtype).div_(kept_share)
+        dropped = x_adapter if keep is None else x_adapter * keep.to(x_adapter.dtype).div_(kept_share)
         down = F.linear(dropped, lora_a)
         out = F.linear(x, weight, bias)
-        out += F.linear(down, lora_b) * scaling
+        adapter_out = F.linear(down, lora_b) * scaling
+        out = out.add_(adapter_out) if adapter_out.dtype == out.dtype else (out + adapter_out).to(x.dtype)
+        # x itself, not its cast: the layers around it keep x anyway, so only the byte mask and x A^T are extra
         ctx.save_for_backward(x, weight, lora_a, lora_b, keep, down)
         ctx.scaling, ctx.kept_share = scaling, kept_share
         return out
@@ -58,21 +68,23 @@ class LoRALinearFunction(torch.autograd.Function):
         s, kept_share = ctx.scaling, ctx.kept_share
         needs_x, _, needs_bias, needs_a, needs_b = ctx.needs_input_grad[:5]
         grad_x = grad_bias = grad_a = grad_b = None
+        grad_adapter = grad_out.to(lora_b.dtype)  # what the promoting add hands the adapter's branch
         # the gradient reaching x A^T, with s applied to r columns instead of the full output width
-        grad_down = (grad_out @ lora_b) * s
+        grad_down = (grad_adapter @ lora_b) * s
         # the mask as dropout's factors (0 or 1/share), built once for both uses below
-        factors = None if keep is None else keep.to(x.dtype).div_(kept_share)
+        factors = None if keep is None else keep.to(lora_a.dtype).div_(kept_share)
         if needs_x:
             through_adapter = grad_down @ lora_a
             if factors is not None:
                 through_adapter *= factors
             grad_x = grad_out @ weight
-            grad_x += through_adapter
+            grad_x += through_adapter.to(grad_x.dtype)  # the cast of x to the adapter's dtype, backwards
         if needs_a:
-            dropped = x if factors is None else x * factors
+            x_adapter = x.to(lora_a.dtype)
+            dropped = x_adapter if factors is None else x_adapter * factors
             grad_a = grad_down.reshape(-1, grad_down.shape[-1]).T @ dropped.reshape(-1, dropped.shape[-1])
         if needs_b:
-            grad_b = (grad_out.reshape(-1, grad_out.shape[-1]).T @ down.reshape(-1, down.shape[-1])) * s
+            grad_b = (grad_adapter.reshape(-1, grad_adapter.shape[-1]).T @ down.reshape(-1, down.shape[-1])) * s
         if needs_bias:
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         return grad_x, None, grad_bias, grad_a, grad_b, None, None
@@ -96,7 +108,7 @@ class LeantuneLoRALinear(PeftLoRALinear):
             bias = None if bias is None else bias.to(dtype)
             with torch.autocast(device, enabled=False):
                 return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, p)
-        if not (x.dtype == weight.dtype == lora_a.dtype == lora_b.dtype):
+        if x.dtype != weight.dtype or lora_a.dtype != lora_b.dtype:
             return super().forward(x, *args, **kwargs)
         return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, p)
 
