@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from common import PROVENANCE, REPO, provenance  # noqa: E402
 
+from leantune.plan.catalog import load_catalog  # noqa: E402
 from leantune.plan.memory import CUDA_CONTEXT_BYTES, GiB, estimate_peak_memory  # noqa: E402
 from leantune.plan.presets import PRESETS  # noqa: E402
 from leantune.plan.setup import Setup  # noqa: E402
 from leantune.plan.shapes import ModelShape  # noqa: E402
+from leantune.plan.timing import estimate_time, flops_per_token  # noqa: E402
 
 GB = 1e9
 # LLaMA-65B (Touvron et al. 2023, table 2): the QLoRA paper's largest model
@@ -155,6 +157,75 @@ CASES = [
 ]
 
 
+# Tokens/s: torchtune's table (batch 2, packed to 2048, compiled; its Llama 3.1 recipes' defaults: activation
+# checkpointing on, LoRA rank 8 on q, v, output and the MLP). "Tokens/sec" is over all GPUs of a row: per GPU the
+# 8 x A100 rows would need 2-4x an A100's peak. The RTX A6000 is not in the catalog: its datasheet's dense bf16 peak.
+TT_SPEED = dict(seq_len=2048, micro_batch=2, grad_checkpointing=True, master_weights=False)
+TT_SPEED_LORA = dict(TT_SPEED, lora_rank=8, lora_targets=TT_LORA["lora_targets"])
+TT_8_A100 = dict(gpus=8, sharding="fsdp")
+THROUGHPUT_CASES = [
+    dict(id="torchtune-8b-full-4090", model="llama-3.1-8b", gpu="rtx-4090", published=1650,
+         setup=dict(TT_SPEED, method="full", optimizer="adamw8bit", optimizer_in_backward=True)),
+    dict(id="torchtune-8b-full-a6000", model="llama-3.1-8b", gpu="rtx-4090", card=("NVIDIA RTX A6000", 154.8),
+         published=2579, setup=dict(TT_SPEED, method="full", optimizer="adamw8bit", optimizer_in_backward=True)),
+    dict(id="torchtune-8b-lora-4090", model="llama-3.1-8b", gpu="rtx-4090", published=3083,
+         setup=dict(TT_SPEED_LORA, method="lora")),
+    dict(id="torchtune-8b-lora-a6000", model="llama-3.1-8b", gpu="rtx-4090", card=("NVIDIA RTX A6000", 154.8),
+         published=4699, setup=dict(TT_SPEED_LORA, method="lora")),
+    dict(id="torchtune-8b-qlora-4090", model="llama-3.1-8b", gpu="rtx-4090", published=2413,
+         setup=dict(TT_SPEED_LORA, method="qlora")),
+    dict(id="torchtune-70b-full-8xa100", model="llama-3.1-70b", gpu="a100-80gb", published=1568,
+         setup=dict(TT_SPEED, method="full", **TT_8_A100)),
+    dict(id="torchtune-70b-lora-8xa100", model="llama-3.1-70b", gpu="a100-80gb", published=3497,
+         setup=dict(TT_SPEED_LORA, method="lora", **TT_8_A100)),
+    dict(id="torchtune-405b-qlora-8xa100", model="llama-3.1-405b", gpu="a100-80gb", published=653,
+         setup=dict(TT_SPEED_LORA, method="qlora", **TT_8_A100)),
+]
+MEASURED = REPO / "bench" / "results" / "gpu_mfu_before_fixes.json"
+# the cases of bench/gpu_mfu.py's run that set plan/timing.py's constants (DEFAULT_MFU and the width exponent)
+FITTED = {"8b-lora-ckpt", "8b-lora", "8b-lora-ckpt-b8", "8b-dora-ckpt", "3b-full-ckpt", "1b-lora"}
+
+
+def speed_row(case_id: str, model: str, setup: Setup, gpu, tokens_per_s: float, source: str, **extra) -> dict:
+    shape = shape_of(model)
+    fpt = flops_per_token(shape, setup)
+    predicted = estimate_time(shape, setup, gpu, tokens=1.0)
+    implied = tokens_per_s * fpt / (setup.gpus * gpu.bf16_tflops * 1e12)
+    return {"id": case_id, "source": source, "model": model, "gpu": gpu.name, "gpus": setup.gpus,
+            "setup": asdict(setup), "published_tokens_per_s": tokens_per_s,
+            "predicted_tokens_per_s": round(predicted.tokens_per_s, 1), "planner_mfu": round(predicted.mfu, 4),
+            "implied_mfu": round(implied, 4), "error": round(predicted.tokens_per_s / tokens_per_s - 1, 4), **extra}
+
+
+def throughput_rows() -> list[dict]:
+    catalog = load_catalog()
+    rows = []
+    for case in THROUGHPUT_CASES:
+        gpu = catalog[case["gpu"]]
+        if "card" in case:
+            gpu = replace(gpu, name=case["card"][0], bf16_tflops=case["card"][1])
+        setup = Setup(**case["setup"]).validate()
+        row = speed_row(case["id"], case["model"], setup, gpu, case["published"], TORCHTUNE)
+        if row["implied_mfu"] > 0.5:
+            row["note"] = (f"looks wrong or counted differently: {row['published_tokens_per_s']:,} tokens/s x "
+                           f"{row['setup']['gpus']} GPU(s) of {gpu.bf16_tflops:g} TFLOP/s dense bf16 needs "
+                           f"{row['implied_mfu']:.0%} of the peak with the recipe's checkpointing")
+        rows.append(row)
+    if MEASURED.is_file():  # leantune's own runs on a GPU: what the constants were fitted on, and what was not
+        measured = json.loads(MEASURED.read_text())
+        commit = measured[PROVENANCE]["commit"][:7]
+        for case_id, r in measured.get("cases", {}).items():
+            if "tokens_per_s" not in r:
+                continue
+            setup = Setup(**{**r["setup"], "lora_targets": tuple(r["setup"]["lora_targets"])
+                             if isinstance(r["setup"]["lora_targets"], list) else r["setup"]["lora_targets"]})
+            model = r["model"]
+            rows.append(speed_row(f"leantune-{case_id}-h200", model, setup, catalog["h200"], r["tokens_per_s"],
+                                  f"bench/results/{MEASURED.name} (leantune train, commit {commit})",
+                                  fitted=case_id in FITTED))
+    return rows
+
+
 def shape_of(name: str) -> ModelShape:
     return LLAMA_65B if name == "llama-65b" else PRESETS[name]
 
@@ -187,14 +258,27 @@ def main() -> None:
     within = [r for r in scored if abs(r["error"]) <= 0.15]
     summary = {"cases": len(rows), "with_an_error": len(scored), "within_15_percent": len(within),
                "median_abs_error": sorted(abs(r["error"]) for r in scored)[len(scored) // 2]}
+    speeds = throughput_rows()
+    held_out = [r for r in speeds if not r.get("fitted")]
+    summary["throughput"] = {
+        "cases": len(speeds), "not_fitted": len(held_out),
+        "within_30_percent_not_fitted": sum(abs(r["error"]) <= 0.30 for r in held_out),
+        "published_above_50_percent_mfu": sum(r["implied_mfu"] > 0.5 for r in speeds)}
     out = REPO / "bench" / "results" / "plan_vs_published.json"
-    out.write_text(json.dumps({PROVENANCE: provenance(), "summary": summary, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({PROVENANCE: provenance(), "summary": summary, "rows": rows, "throughput_rows": speeds},
+                              indent=1) + "\n")
     print(f"{'case':34} {'published':>12} {'planned':>9} {'error':>8}")
     for r in rows:
         err = ("fits" if r["holds"] else "does not fit") if r.get("bound") else f"{r['error']:+.0%}"
         print(f"{r['id']:34} {r['published']:>8.2f} {r['unit']:>3} {r['predicted']:>9.2f} {err:>8}")
     print(f"{summary['within_15_percent']} of {summary['with_an_error']} published figures within 15% "
-          f"(median |error| {summary['median_abs_error']:.0%}); written to {out.relative_to(REPO)}")
+          f"(median |error| {summary['median_abs_error']:.0%})")
+    print(f"\n{'tokens/s case':40} {'GPUs':>14} {'measured':>9} {'planned':>9} {'error':>7} {'its MFU':>8}")
+    for r in speeds:
+        gpus = f"{r['gpus']}x {' '.join(r['gpu'].replace('NVIDIA ', '').split()[:2])}"
+        print(f"{r['id']:40} {gpus:>14} {r['published_tokens_per_s']:>9,.0f} {r['predicted_tokens_per_s']:>9,.0f} "
+              f"{r['error']:>+7.0%} {r['implied_mfu']:>8.0%}{'  (fitted)' if r.get('fitted') else ''}")
+    print(f"written to {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -448,3 +448,28 @@ def test_published_figures_table_is_current_and_states_each_error():
         assert now["source"] and now["setup"]
     assert stored["_provenance"]["commit"] and not stored["_provenance"]["command"].startswith("/")
     assert rows["seed-70b-fp16-200gb"]["note"].startswith("looks wrong")
+    speeds = {r["id"]: r for r in stored["throughput_rows"]}
+    now_speeds = bench.throughput_rows()
+    assert len(now_speeds) == len(speeds) >= 8
+    for row in now_speeds:  # the MFU constants changed: the bench must run again
+        assert speeds[row["id"]]["predicted_tokens_per_s"] == row["predicted_tokens_per_s"], row["id"]
+        assert row["error"] is not None and row["source"]
+    # an RTX A6000 has 154.8 TFLOP/s of dense bf16: 4,699 tokens/s of an 8B LoRA step with checkpointing needs more
+    assert speeds["torchtune-8b-lora-a6000"]["implied_mfu"] > 1
+    assert speeds["torchtune-8b-lora-a6000"]["note"].startswith("looks wrong")
+
+
+def test_mfu_is_measured_and_falls_with_width():
+    """plan/timing.py's MFU: the H200 measurements' figures at the reference width, the width term below it."""
+    from leantune.plan.timing import DEFAULT_MFU, MFU_REFERENCE_HIDDEN, default_mfu
+
+    assert PRESETS["llama-3.1-8b"].hidden == MFU_REFERENCE_HIDDEN
+    assert default_mfu(PRESETS["llama-3.1-8b"], "lora") == DEFAULT_MFU["lora"] == 0.30
+    assert default_mfu(PRESETS["llama-3.1-70b"], "lora") == 0.30  # not extrapolated above the reference width
+    assert default_mfu(PRESETS["llama-3.2-1b"], "lora") == pytest.approx(0.30 * 0.5**0.8)  # 17.2%; measured 15.9%
+    assert default_mfu(PRESETS["smollm2-135m"], "full") == pytest.approx(0.38 * (576 / 4096) ** 0.8)
+    # the time plan follows: the same tokens take a 1B model ~1.74x the time per FLOP an 8B model takes
+    h200 = load_catalog()["h200"]
+    setup = Setup(method="lora", seq_len=2048, micro_batch=2)
+    small, big = (estimate_time(PRESETS[m], setup, h200, 1e6) for m in ("llama-3.2-1b", "llama-3.1-8b"))
+    assert small.mfu / big.mfu == pytest.approx(0.5**0.8)

@@ -21,7 +21,7 @@ mixed-adapter batches - goes through PEFT's forward unchanged. A plain layer may
 than its base: on a GPU a LoRA run's frozen base is bf16 and PEFT's adapter float32, and the function computes the
 adapter in float32 on a cast of x as PEFT does. (Until that case was taken, every GPU LoRA run fell back to PEFT's
 forward, which kept a float32 dropped-out copy of each adapted layer's input: an 8B model's plan without
-checkpointing was 15% under its measured peak, bench/results/gpu_mfu.json.)
+checkpointing was 15% under its measured peak, bench/results/gpu_mfu_before_fixes.json.)
 """
 
 from __future__ import annotations

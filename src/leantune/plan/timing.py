@@ -8,11 +8,9 @@ over on average s/2 earlier positions), times 3 for training. Gradient checkpoin
 (+2N). DPO with a LoRA-family method runs an extra forward for the reference (adapters disabled).
 
 Achieved throughput per GPU = dense bf16 peak x MFU, less what collectives between GPUs cost (below), and every
-setup pays its instance's start-up and minimum billing. The MFU (model FLOPs utilisation) defaults below are
-assumptions, not measurements: typical figures reported for well-tuned single-node fine-tuning
-(torchtune/Unsloth benchmarks report 35-55% for LoRA on H100-class GPUs); QLoRA is lower because every
-forward de-quantises the weights (bitsandbytes: 15-40% slower than LoRA in user reports). Override with
---mfu; bench/ will replace them with measured values where a GPU was available.
+setup pays its instance's start-up and minimum billing. The MFU (model FLOPs utilisation: tokens/s x the FLOPs per
+token below, recomputation included, over the catalog's dense bf16 peak) is what `leantune train` itself reached on
+a GPU (below); override it with --mfu.
 """
 
 from __future__ import annotations
@@ -25,7 +23,22 @@ from .memory import activation_split, trainable_params, weight_bytes
 from .setup import Setup
 from .shapes import ModelShape
 
-DEFAULT_MFU = {"full": 0.40, "lora": 0.38, "dora": 0.30, "qlora": 0.28}
+# Measured: plain `leantune train` processes on one NVIDIA H200 (bench/gpu_mfu.py, random weights of the presets'
+# shapes, 2 rows of 2048 tokens a step; bench/results/gpu_mfu_before_fixes.json, commit bb32dbc):
+#   LoRA r=8, Llama 3.1 8B: 30.5% with checkpointing (32.3% at 8 rows, 27.7% without checkpointing);
+#   full fine-tuning, Llama 3.2 3B, checkpointing: 30.5% -> 38% at the reference width through the width term below;
+#   DoRA (PEFT's layers, which rebuild each weight's norm every forward), 8B with checkpointing: 4.8%.
+# That run predates two fixes that can only make steps faster (LoRA layers on a GPU through leantune's own function;
+# fused AdamW), so these are lower bounds until measured again. QLoRA was not measured (bitsandbytes was not on the
+# GPU machine): LoRA's figure less a quarter for de-quantising every weight in every pass (user reports: 15-40%
+# slower than LoRA), an assumption.
+DEFAULT_MFU = {"full": 0.38, "lora": 0.30, "dora": 0.048, "qlora": 0.23}
+# Narrower models reach less of the peak: their matrix products are smaller next to the work that does not grow with
+# the width squared (norms, activations, kernel launches). LoRA at the same settings: Llama 3.2 1B (hidden 2048) 15.9%
+# against 8B's (hidden 4096) 27.7%, i.e. MFU ~ width^0.8 - fitted on those two points alone; not extrapolated above
+# the reference width. SmolLM2-135M's 576 gets 21% of the reference MFU from it (not measured).
+MFU_REFERENCE_HIDDEN = 4096
+MFU_WIDTH_EXPONENT = 0.8
 PRETRAINING_MFU = 0.40  # large pretraining runs report ~38-43% (Llama 3 paper: 38-43% on H100)
 
 # Several GPUs (ring collectives over the catalog's collective_gbs, the interconnect of one machine):
@@ -117,8 +130,13 @@ def startup_hours(shape: ModelShape) -> float:
     return (STARTUP_MINUTES * 60 + shape.total_params * 2 / (DOWNLOAD_GBS * 1e9)) / 3600
 
 
+def default_mfu(shape: ModelShape, method: str) -> float:
+    """The measured MFU of `method` (DEFAULT_MFU) scaled to the model's width."""
+    return DEFAULT_MFU[method] * min(1.0, shape.hidden / MFU_REFERENCE_HIDDEN) ** MFU_WIDTH_EXPONENT
+
+
 def estimate_time(shape: ModelShape, setup: Setup, gpu: GPU, tokens: float, mfu: float | None = None) -> TimeEstimate:
-    mfu = mfu or DEFAULT_MFU[setup.method]
+    mfu = mfu or default_mfu(shape, setup.method)
     fpt = flops_per_token(shape, setup)
     step_tokens = setup.micro_batch * setup.seq_len  # per GPU
     compute_s = step_tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu)

@@ -17,8 +17,8 @@ def make_optimizer(model, method: MethodConfig, lr: float, weight_decay: float):
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     # On a GPU the fused kernel: torch's default there (foreach) takes a temporary the size of every trainable weight
     # for sqrt(v) in each step, which is the whole run's peak when the base trains (3.2B weights: +12 GiB, 59.9 GiB
-    # against a 50.3 GiB plan, bench/results/gpu_mfu.json); fused has none and launches one kernel. CPUs keep torch's
-    # default (one weight at a time: a temporary of the largest weight only).
+    # against a 50.3 GiB plan, bench/results/gpu_mfu_before_fixes.json); fused has none and launches one kernel.
+    # CPUs keep torch's default (one weight at a time: a temporary of the largest weight only).
     fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 

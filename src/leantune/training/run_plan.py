@@ -17,7 +17,7 @@ from ..errors import PlanError
 from ..plan.memory import GiB, estimate_peak_memory
 from ..plan.setup import setup_from_run_config
 from ..plan.shapes import shape_from_hf_config
-from ..plan.timing import DEFAULT_MFU, flops_per_token
+from ..plan.timing import default_mfu, flops_per_token
 from ..runs.cost import gpu_for_device
 
 CPU_FLOPS = 50e9  # the lower half of what bench/memory_model.py measured for training steps on 2 cores
@@ -31,15 +31,16 @@ def planned_tokens(config, rows: list, total_steps: int) -> float:
 
 def planned_seconds(config, model_config: dict, tokens: float, device: str, device_name: str) -> float | None:
     """Training time before it starts: its tokens x the planner's FLOPs per token over this device's throughput
-    (the detected GPU's catalog FLOP/s at the planner's default MFU; a CPU at CPU_FLOPS). None on a GPU the
-    catalog does not list: guessing another card's speed would make a plan that looks real and is not."""
+    (the detected GPU's catalog FLOP/s at the planner's measured MFU for this method and width; a CPU at
+    CPU_FLOPS). None on a GPU the catalog does not list: guessing another card's speed would make a plan that looks
+    real and is not."""
     shape = shape_from_hf_config(model_config, config.model.base)
     setup = setup_from_run_config(config, device=device)
     if device == "cuda":
         gpu = gpu_for_device(device_name)
         if gpu is None:
             return None
-        flops = gpu.bf16_tflops * 1e12 * DEFAULT_MFU.get(setup.method, 0.35)
+        flops = gpu.bf16_tflops * 1e12 * default_mfu(shape, setup.method)
     else:
         flops = CPU_FLOPS
     return tokens * flops_per_token(shape, setup) / flops
