@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from leantune.data.batches import collate, epoch_order, micro_batches_for_step
+from leantune.data.batches import collate, epoch_order, first_epoch_micro_batches, micro_batches_for_step
 from leantune.data.records import ChatExample
 from leantune.data.tokenize import tokenize_chat
 from leantune.models.loading import load_base
@@ -41,6 +41,12 @@ def test_batches_are_a_function_of_seed_and_step():
     first_epoch = [x for step in steps[:3] for mb in step for x in mb]
     assert sorted(first_epoch) == examples  # 3 steps of 4 cover the 10 examples once (last step has 2)
     assert steps[2] == [[first_epoch[8], first_epoch[9]]]
+    # what the planner and the packing notes look at: the same micro-batches in the same order, `limit` of them
+    run = [mb for step in steps[:3] for mb in step]
+    assert list(first_epoch_micro_batches(examples, 2, seed=1)) == run
+    assert list(first_epoch_micro_batches(examples, 2, seed=1, limit=2)) == run[:2]
+    assert list(first_epoch_micro_batches(examples, 3, seed=2)) == [
+        mb for s in range(2) for mb in micro_batches_for_step(examples, s, 3, 2, seed=2)]
 
 
 def test_chunked_cross_entropy_gives_the_same_loss_and_gradients(tiny_model_dir):

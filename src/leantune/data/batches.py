@@ -3,6 +3,7 @@ batches an uninterrupted run would have seen from the same data position."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .tokenize import IGNORE, TokenizedExample
@@ -178,15 +179,22 @@ def pack_micro_batch(examples: list[TokenizedExample], capacity: int | None, sha
     return pack_examples(examples, capacity, balanced_packing([len(e.input_ids) for e in examples], capacity))
 
 
+def first_epoch_micro_batches(items: list, micro_batch_size: int, seed: int, limit: int | None = None) -> Iterator[list]:
+    """The first epoch's micro-batches of `items` (examples, or anything listed in their order) as a run with this
+    seed takes them (micro_batches_for_step's order), at most `limit` of them."""
+    order = epoch_order(len(items), seed, 0)
+    for start in range(0, len(order), micro_batch_size)[:limit]:
+        yield [items[i] for i in order[start : start + micro_batch_size]]
+
+
 def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, capacity: int | None = None) -> float:
     """Share of the token slots a step pays for that are padding: random micro-batches right-padded to their
     longest row, or (capacity given) each micro-batch packed into rows of at most `capacity` first."""
     if not lengths:
         return 0.0
-    order = epoch_order(len(lengths), seed, 0)
     paid = real = 0
-    for start in range(0, len(order), micro_batch_size):
-        batch = [min(lengths[i], capacity or lengths[i]) for i in order[start : start + micro_batch_size]]
+    for chosen in first_epoch_micro_batches(lengths, micro_batch_size, seed):
+        batch = [min(length, capacity or length) for length in chosen]
         if capacity is not None:
             batch = [sum(batch[i] for i in b) for b in balanced_packing(batch, capacity)]
         paid += max(batch) * len(batch)
@@ -196,10 +204,8 @@ def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, c
 
 def shared_prefix_fraction(examples: list[TokenizedExample], micro_batch_size: int, seed: int = 0) -> float:
     """Share of the tokens of the first epoch's micro-batches that a shared prefix saves computing."""
-    order = epoch_order(len(examples), seed, 0)
     saved = total = 0
-    for start in range(0, len(order), micro_batch_size):
-        batch = [examples[i] for i in order[start : start + micro_batch_size]]
+    for batch in first_epoch_micro_batches(examples, micro_batch_size, seed):
         saved += shared_prefix_length(batch) * (len(batch) - 1)
         total += sum(len(e.input_ids) for e in batch)
     return saved / max(total, 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic
-from ..data.batches import epoch_order
+from ..data.batches import first_epoch_micro_batches
 from ..errors import PlanError
 from ..plan.memory import GiB, estimate_peak_memory
 from ..plan.setup import setup_from_run_config
@@ -64,15 +64,12 @@ class MicroBatchShape:
 
 def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) -> MicroBatchShape:
     """The largest of the run's first micro-batches (at most one epoch, at most SIZED_MICRO_BATCHES) after packing:
-    the data order is fixed by the seed (data/batches.epoch_order), so these are the micro-batches the run will
+    the data order is fixed by the seed (data/batches.first_epoch_micro_batches), so these are the micro-batches the run will
     have. Packed in one row, a micro-batch of 8 short examples is one row of their summed length less the shared
     prefix - not 8 x the longest example of the data set, which overstates activations two-fold on chat data."""
-    order = epoch_order(len(examples), seed, 0)
-    size = batches.micro_batch_size
-    starts = range(0, len(order), size)[: min(micro_batches, SIZED_MICRO_BATCHES)]
     largest, labelled = (0, 0, 0), 0
-    for start in starts:
-        chosen = [examples[i] for i in order[start : start + size]]
+    limit = min(micro_batches, SIZED_MICRO_BATCHES)
+    for chosen in first_epoch_micro_batches(examples, batches.micro_batch_size, seed, limit):
         rows = batches.layout(chosen)
         shape = (len(rows), max(len(r.input_ids) for r in rows), len(chosen))
         if shape[0] * shape[1] > largest[0] * largest[1]:
@@ -123,10 +120,11 @@ def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype
     else:
         seq_len = max(len(e.input_ids) for e in rows)
         labelled = max(e.n_label_tokens for e in rows) / seq_len
-        shape_text = f"micro-batch {t.micro_batch_size if processes == 1 else -(-t.micro_batch_size // processes)} x up to {seq_len} tokens"
+        per_process = -(-t.micro_batch_size // processes)  # each process's share of a micro-batch's rows
+        shape_text = f"micro-batch {per_process} x up to {seq_len} tokens"
         several = {} if processes == 1 else {
             "gpus": processes, "sharding": "fsdp" if t.distributed.strategy == "fsdp2" else "none",
-            "micro_batch": -(-t.micro_batch_size // processes)}
+            "micro_batch": per_process}
     setup = setup_from_run_config(config, seq_len=seq_len, dtype="fp32" if dtype == torch.float32 else "bf16",
                                   device=device, loss_positions=labelled, **several)
     memory = estimate_peak_memory(shape_from_hf_config(model_config, config.model.base), setup)
