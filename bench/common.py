@@ -48,9 +48,17 @@ def code_version() -> str:
 
 
 def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script.name
-    return " ".join(["python", str(shown), *sys.argv[1:]])
+    """The command as typed, with no absolute path of this machine in it: paths in the repository relative to it,
+    others (a GPU machine's output folder) by their name only."""
+    def shown(arg: str) -> str:
+        key, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        path = Path(value)
+        if not path.is_absolute():
+            return arg
+        path = path.resolve()
+        return key + sep + (str(path.relative_to(REPO)) if path.is_relative_to(REPO) else f"<elsewhere>/{path.name}")
+
+    return " ".join(["python", shown(str(Path(sys.argv[0]).resolve())), *map(shown, sys.argv[1:])])
 
 
 def machine() -> str:
