@@ -62,7 +62,8 @@ CASES = [
     dict(id="360m-lora", model="smollm2-360m", method="lora", seq_len=2048, micro_batch=2),
     dict(id="135m-lora", model="smollm2-135m", method="lora", seq_len=2048, micro_batch=2),
 ]
-# --tiny: the same cases on 2-layer models of the presets' widths' tenth, short rows, few steps (a CPU smoke run)
+# --tiny: the same cases on 2-layer models of these dimensions (each preset's tied or untied output layer kept), short
+# rows, few steps: a CPU smoke run of the whole path before a GPU is spent on it
 TINY = dict(layers=2, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64, vocab=49152, seq_len=128, steps=5)
 
 
