@@ -134,6 +134,19 @@ def write_results(path: Path, results: dict) -> None:
     print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path.name}")
 
 
+def smollm2_tokenizer(path: Path) -> Path:
+    """`path` holding the bundled SmolLM2's tokenizer (saved there once): random-weight benchmark models of any
+    vocabulary of at least its 49,152 ids train with it."""
+    if not (path / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        sys.path.insert(0, str(REPO / "src"))
+        from leantune.models.loading import hf_dir_for
+
+        AutoTokenizer.from_pretrained(hf_dir_for("smollm2-135m")).save_pretrained(path)
+    return path
+
+
 def text_rows(job: Path, model_dir: Path, spec: dict) -> Path:
     """Plain text that `leantune train` splits into micro_batch x steps pieces of seq_len tokens each (one piece
     more or less where decoding and re-encoding moves a token)."""

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
-from common import load_results, text_rows, work_dir, write_results  # noqa: E402
+from common import load_results, smollm2_tokenizer, text_rows, work_dir, write_results  # noqa: E402
 
 RESULTS = HERE / "results" / "gpu_mfu.json"
 WORK = work_dir("gpu_mfu")
@@ -76,16 +76,6 @@ def shape_for(case: dict, tiny: bool):
                                                              ("layers", "hidden", "intermediate", "heads", "kv_heads",
                                                               "head_dim", "vocab")})
     return shape
-
-
-def tokenizer_dir(path: Path) -> Path:
-    if not (path / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
-
-        from leantune.models.loading import hf_dir_for
-
-        AutoTokenizer.from_pretrained(hf_dir_for("smollm2-135m")).save_pretrained(path)
-    return path
 
 
 def random_model_dir(shape, tokenizer: Path, root: Path) -> Path:
@@ -178,7 +168,7 @@ def analyse(case: dict, measured: dict, tiny: bool, matmul: float | None) -> dic
     from leantune.config import RunConfig
     from leantune.plan.memory import CUDA_CONTEXT_BYTES, GiB
     from leantune.plan.setup import setup_from_run_config
-    from leantune.plan.timing import DEFAULT_MFU, estimate_time, flops_per_token
+    from leantune.plan.timing import estimate_time, flops_per_token
     from leantune.runs.cost import gpu_for_device
 
     records = measured["records"]
@@ -192,18 +182,15 @@ def analyse(case: dict, measured: dict, tiny: bool, matmul: float | None) -> dic
            "tokens_per_step": records[-1]["tokens"] / len(records), "tokens_per_s": round(tokens_per_s, 1),
            "tokens_per_s_steps": [round(r["tokens_per_s"], 1) for r in records],
            "flops_per_token": fpt, "achieved_tflops": round(tokens_per_s * fpt / 1e12, 2)}
-    device_name = None
     import torch
 
-    if torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name(0)
-    gpu = gpu_for_device(device_name) if device_name else None
+    gpu = gpu_for_device(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
     if gpu is not None:
         out["gpu"] = gpu.name
         out["peak_tflops"] = gpu.bf16_tflops
         out["mfu"] = round(tokens_per_s * fpt / (gpu.bf16_tflops * 1e12), 4)
         predicted = estimate_time(shape, setup, gpu, tokens=1.0)
-        out["planned_mfu"] = DEFAULT_MFU[setup.method]
+        out["planned_mfu"] = round(predicted.mfu, 4)  # the method's measured MFU at this model's width
         out["planned_tokens_per_s"] = round(predicted.tokens_per_s, 1)
         out["tokens_per_s_error"] = round(predicted.tokens_per_s / tokens_per_s - 1, 4)
     if matmul:
@@ -237,7 +224,7 @@ def main() -> None:
     if matmul:
         results["matmul_bf16_tflops"] = round(matmul, 1)
         print(f"bf16 8192^3 matrix products: {matmul:.0f} TFLOP/s", flush=True)
-    tokenizer = tokenizer_dir(args.tokenizer)
+    tokenizer = smollm2_tokenizer(args.tokenizer)
     wanted = [c for c in CASES if not args.only or c["id"] in args.only.split(",")]
     for case in wanted:
         if case["id"] in results.get("cases", {}):

@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "memory_model.json"
 sys.path.insert(0, str(HERE))
-from common import load_results, text_rows, work_dir, write_results as write_results_file  # noqa: E402
+from common import load_results, smollm2_tokenizer, text_rows, work_dir, write_results as write_results_file  # noqa: E402
 
 WORK = work_dir("memory_model")  # this commit's `leantune train` jobs
 
@@ -92,13 +92,7 @@ def tiny_256_dir() -> Path:
         config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
         LlamaForCausalLM(config).save_pretrained(path)
-    if not (path / "tokenizer.json").is_file():  # `leantune train` needs one: SmolLM2's (same vocabulary)
-        from transformers import AutoTokenizer
-
-        from leantune.models.loading import hf_dir_for
-
-        AutoTokenizer.from_pretrained(hf_dir_for("smollm2-135m")).save_pretrained(path)
-    return path
+    return smollm2_tokenizer(path)  # `leantune train` needs one: SmolLM2's (the same vocabulary)
 
 
 def leantune_train_job(name: str, spec: dict) -> dict:
@@ -227,19 +221,16 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="run configs whose name contains this")
-    parser.add_argument("--results", type=Path, default=None,
+    parser.add_argument("--results", type=Path, default=RESULTS,
                         help="results file (a subset at a later commit must not replace the whole table)")
     args = parser.parse_args()
-    if args.results:
-        global RESULTS
-        RESULTS = args.results
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {} if args.fresh else load_results(RESULTS)  # measurements of this commit only
+    results = {} if args.fresh else load_results(args.results)  # measurements of this commit only
     runs = results.setdefault("runs", {}).setdefault(device, {})
     results.setdefault("matmul_gflops", {})[device] = round(matmul_gflops(), 1) if device == "cpu" else None
     todo = [c for c in CONFIGS if (not args.only or args.only in c[0])]
@@ -280,10 +271,10 @@ def main() -> None:
             runs[name]["leantune_train"] = leantune_train_runs(name, {**spec, "seq_len": seq_len, "micro_batch": mb,
                                                                      "steps": STEPS})
             print(f"    leantune train: {describe(runs[name]['leantune_train'])}", flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
         results["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                               "date": time.strftime("%Y-%m-%d")}
-        write_results(results)  # resumable: every finished config is on disk
+        write_results_file(args.results, results)  # resumable: every finished config is on disk
     tasks = [c for c in TASK_CONFIGS if device == "cpu" and (not args.only or args.only in c[0])]
     for i, (name, task, mb, steps) in enumerate(tasks, 1):
         if name in runs and not args.fresh:
@@ -293,7 +284,7 @@ def main() -> None:
         print(f"[task {i}/{len(tasks)}] {name} ...", end=" ", flush=True)
         runs[name] = {"spec": spec, "leantune_train": leantune_train_runs(name, spec), "held_out": True}
         print(f"leantune train: {describe(runs[name]['leantune_train'])}", flush=True)
-        write_results(results)
+        write_results_file(args.results, results)
     print_table(results, device)
 
 
@@ -308,10 +299,6 @@ def tcmalloc_env() -> dict | None:
 
     found = find_allocator()
     return None if found is None else {"LD_PRELOAD": str(found[1]), **QUIET}
-
-
-def write_results(results: dict) -> None:
-    write_results_file(RESULTS, results)
 
 
 def print_table(results: dict, device: str) -> None:

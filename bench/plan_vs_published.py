@@ -32,7 +32,7 @@ from leantune.plan.memory import CUDA_CONTEXT_BYTES, GiB, estimate_peak_memory  
 from leantune.plan.presets import PRESETS  # noqa: E402
 from leantune.plan.setup import Setup  # noqa: E402
 from leantune.plan.shapes import ModelShape  # noqa: E402
-from leantune.plan.timing import estimate_time, flops_per_token  # noqa: E402
+from leantune.plan.timing import estimate_time  # noqa: E402
 
 GB = 1e9
 # LLaMA-65B (Touvron et al. 2023, table 2): the QLoRA paper's largest model
@@ -187,10 +187,8 @@ FITTED = {"8b-lora-ckpt", "8b-lora", "8b-lora-ckpt-b8", "8b-dora-ckpt", "3b-full
 
 
 def speed_row(case_id: str, model: str, setup: Setup, gpu, tokens_per_s: float, source: str, **extra) -> dict:
-    shape = shape_of(model)
-    fpt = flops_per_token(shape, setup)
-    predicted = estimate_time(shape, setup, gpu, tokens=1.0)
-    implied = tokens_per_s * fpt / (setup.gpus * gpu.bf16_tflops * 1e12)
+    predicted = estimate_time(shape_of(model), setup, gpu, tokens=1.0)
+    implied = tokens_per_s * predicted.flops_per_token / (setup.gpus * gpu.bf16_tflops * 1e12)
     return {"id": case_id, "source": source, "model": model, "gpu": gpu.name, "gpus": setup.gpus,
             "setup": asdict(setup), "published_tokens_per_s": tokens_per_s,
             "predicted_tokens_per_s": round(predicted.tokens_per_s, 1), "planner_mfu": round(predicted.mfu, 4),

@@ -64,9 +64,10 @@ class MicroBatchShape:
 
 def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) -> MicroBatchShape:
     """The largest of the run's first micro-batches (at most one epoch, at most SIZED_MICRO_BATCHES) after packing:
-    the data order is fixed by the seed (data/batches.first_epoch_micro_batches), so these are the micro-batches the run will
-    have. Packed in one row, a micro-batch of 8 short examples is one row of their summed length less the shared
-    prefix - not 8 x the longest example of the data set, which overstates activations two-fold on chat data."""
+    the data order is fixed by the seed (data/batches.first_epoch_micro_batches), so these are the micro-batches the
+    run will have. Packed in one row, a micro-batch of 8 short examples is one row of their summed length less the
+    shared prefix - not 8 x the longest example of the data set, which overstates activations two-fold on chat
+    data."""
     largest, labelled = (0, 0, 0), 0
     limit = min(micro_batches, SIZED_MICRO_BATCHES)
     for chosen in first_epoch_micro_batches(examples, batches.micro_batch_size, seed, limit):
@@ -128,15 +129,15 @@ def check_memory_plan(config, model_config: dict, rows: list, dtype: torch.dtype
     setup = setup_from_run_config(config, seq_len=seq_len, dtype="fp32" if dtype == torch.float32 else "bf16",
                                   device=device, loss_positions=labelled, **several)
     memory = estimate_peak_memory(shape_from_hf_config(model_config, config.model.base), setup)
-    if data_bytes and device == "cpu":
-        # On a CPU the data is in the same memory as the model: the rows and their tokens, held as Python lists
-        # (~0.1 GiB for tweets-sentiment's 37,500 examples), measured while they were read and tokenised.
-        memory = replace(memory, overhead=memory.overhead + data_bytes)
+    # On a CPU the data is in the same memory as the model: the rows and their tokens, held as Python lists
+    # (~0.1 GiB for tweets-sentiment's 37,500 examples), measured while they were read and tokenised.
+    data_bytes = data_bytes if device == "cpu" else 0
+    memory = replace(memory, overhead=memory.overhead + data_bytes)
     gib = memory.as_gib()
     atomic.write_json(run.path / "plan.json", {"setup": setup.__dict__, "memory_gib": gib, "seconds": seconds})
     note(f"plan: peak ~{gib['total']:.2f} GiB for {shape_text} "
          f"(weights {gib['weights']:.2f}, activations {gib['activations']:.2f}, logits {gib['logits']:.2f}, "
-         f"overhead {gib['overhead']:.2f}{f', of which data {data_bytes / GiB:.2f}' if data_bytes and device == 'cpu' else ''})")
+         f"overhead {gib['overhead']:.2f}{f', of which data {data_bytes / GiB:.2f}' if data_bytes else ''})")
     limit = config.hardware.memory_gib
     if limit and memory.total > limit * GiB:
         message = (f"The plan predicts {gib['total']:.2f} GiB at peak, more than hardware.memory_gib={limit:g}. Lower "
