@@ -285,7 +285,6 @@ def main() -> None:
     parser.add_argument("--part", choices=("detection", "update", "both"), default="both")
     args = parser.parse_args()
     results = load_results(RESULTS)
-    results.pop("_provenance", None)
     results["settings"] = {"alpha": ALPHA, "sizes": SIZES, "null_seeds": NULL_SEEDS, "shift_seeds": SHIFT_SEEDS,
                            "model_signals_up_to_n": MODEL_SIGNAL_MAX_N, "usd_per_hour": PRICE, "parent": PARENT}
     say("parent: LoRA on sms-spam (trained once per commit)")

@@ -199,7 +199,6 @@ def main() -> None:
         print_table(load_results(QLORA_RESULTS))
         return
     results = load_results(RESULTS)
-    results.pop("_provenance", None)
     for task in tasks:
         log(f"{task}: training a LoRA run")
         run = cached({"id": "train", "task": task, **TRAIN}, "train", task, "lora")

@@ -220,7 +220,6 @@ def main() -> None:
     started = time.monotonic()
     hf_dir_for(SHARED["model.base"])  # convert the GGUF once, before parallel workers would race to
     results = {} if args.fresh else load_results(args.results)  # only what this commit measured is kept
-    results.pop("_provenance", None)
     jobs_done = results.setdefault("jobs", {})
     methods = available_methods([m for m in args.only.split(",") if m])
     tasks, seeds = [t for t in args.tasks.split(",") if t], [int(s) for s in args.seeds.split(",")]

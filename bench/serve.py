@@ -229,7 +229,6 @@ def main() -> None:
     from leantune.serve.api import build, running
 
     results = load_results(RESULTS)
-    results.pop("_provenance", None)
     paths = adapters(16)
     client_counts = [int(c) for c in args.clients.split(",")]
     adapter_counts = [int(n) for n in args.adapters.split(",")]
