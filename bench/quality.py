@@ -14,7 +14,8 @@ memorising its own questions.
 A job (task, method, seed) trains and scores in a fresh process, so its peak memory is its own. Jobs run in
 parallel (--jobs); tokens/s is reported only by jobs that ran alone (--jobs 1, or --solo-speed: every method on
 the first task at the first seed alone, first). Per task and method: mean and 95% t-interval over the seeds of the task score and of the
-general-suite change, trainable parameters, peak memory, tokens/s, and dollars per run at the price used.
+general-suite change, trainable parameters, peak memory, tokens/s, and dollars per run at the price used (a GPU:
+the run's catalog price; a CPU job that ran alone: CPU_USD_PER_HOUR).
 
     python bench/quality.py --jobs 8                         # everything; jobs this commit already measured are kept
     python bench/quality.py --only lora,full --tasks sms-spam --results bench/results/quality_some.json
@@ -78,6 +79,10 @@ METHODS["lora-dropout-0"] = {"method.name": "lora", "method.dropout": 0.0}
 GENERAL_FILE = WORK / "trivia-general.jsonl"
 for _name in ("lora+ewc", "lora+replay"):
     METHODS[_name].update({"forgetting.ewc_data": str(GENERAL_FILE), "forgetting.replay_data": str(GENERAL_FILE)})
+# A CPU run has no catalog price: the tables bill a job that ran alone on the 2-core machine at the on-demand price of
+# a cloud VM of that size (AWS m7g.large, 2 vCPU / 8 GiB, us-east-1, $0.0816/h as published in June 2026). A job
+# that shared the CPU with others gets no dollars, as it gets no tokens/s: its wall time was not its own.
+CPU_USD_PER_HOUR = 0.0816
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95%, by degrees of freedom
 
 
@@ -278,6 +283,16 @@ def suite_changes(rows: list[dict], base: dict) -> dict:
     return out
 
 
+def job_cost_usd(result: dict) -> float | None:
+    """The run's own bill where it had a price (a GPU's catalog price); on a CPU its billed seconds at
+    CPU_USD_PER_HOUR when it ran alone."""
+    if result.get("cost_usd") is not None:
+        return result["cost_usd"]
+    if result.get("device") == "cpu" and result.get("alone") and result.get("billed_seconds"):
+        return result["billed_seconds"] * CPU_USD_PER_HOUR / 3600
+    return None
+
+
 def paired_difference(rows: list[dict], reference: dict) -> tuple[float, float]:
     """Mean and 95% half-width of (this method's score - the reference's) seed by seed: the seed draws the held-out
     examples and the data order, so a paired difference removes what the draw does to both."""
@@ -307,7 +322,7 @@ def summarise(jobs: dict) -> dict:
             paired = [r["general"] - base[r["seed"]]["general"] for r in rows if r["seed"] in base]
             change, change_ci = interval(paired) if paired else (float("nan"), float("nan"))
             speed = [r["tokens_per_s"] for r in rows if r.get("alone") and r.get("tokens_per_s")]
-            costs = [r["cost_usd"] for r in rows if r.get("cost_usd") is not None]
+            costs = [job_cost_usd(r) for r in rows if job_cost_usd(r) is not None]
             out[task][method] = {
                 "seeds": sorted(r["seed"] for r in rows), "metric": rows[0]["metric"],
                 "score_mean": score, "score_ci95": score_ci, "scores": [r["score"] for r in rows],

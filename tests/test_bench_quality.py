@@ -43,3 +43,11 @@ def test_a_seed_lora_lacks_is_left_out_of_the_paired_difference(quality):
     jobs = {"l0": job("lora", 0, 0.9), "e0": job("lora+ewc", 0, 0.8), "e1": job("lora+ewc", 1, 0.1)}
     row = quality.summarise(jobs)["sms-spam"]["lora+ewc"]
     assert row["minus_lora_mean"] == pytest.approx(-0.1)
+
+
+def test_dollars_per_run_only_where_the_wall_time_was_the_jobs_own(quality):
+    cpu = {"device": "cpu", "billed_seconds": 3600.0, "cost_usd": None}
+    assert quality.job_cost_usd({**cpu, "alone": True}) == pytest.approx(quality.CPU_USD_PER_HOUR)
+    assert quality.job_cost_usd({**cpu, "alone": False}) is None  # it shared the CPU: half a machine, not a price
+    gpu = {"device": "cuda", "billed_seconds": 60.0, "cost_usd": 0.05, "alone": False}
+    assert quality.job_cost_usd(gpu) == 0.05  # a GPU run's own bill at its catalog price
