@@ -138,3 +138,29 @@ def test_ewc_through_a_4bit_base_is_refused(tiny_model_dir, chat_file, tmp_path)
     with pytest.raises(ConfigError, match="4-bit quantised base"):
         train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path, **{"method.name": "qlora",
                                                                            "forgetting.ewc_lambda": 1.0}))
+
+
+def test_a_replay_run_trains_on_the_task_examples_of_the_run_without_it(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """Same seed, with and without replay: the task's rows arrive in the same order (the replayed ones between
+    them), so the pair differs by the replay alone, not by which task examples were drawn."""
+    import leantune.training.recipe as recipe
+
+    seen: list[list] = []
+    real = recipe.micro_batches_for_step
+
+    def recording(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        seen[-1].extend(row for mb in batches for row in mb)
+        return batches
+
+    monkeypatch.setattr(recipe, "micro_batches_for_step", recording)
+    runs = {"plain": {}, "replay": {"forgetting.replay_fraction": 0.2, "forgetting.replay_balance": "examples"}}
+    for name, extra in runs.items():
+        seen.append([])
+        train(None, tiny_overrides(tiny_model_dir, chat_file, tmp_path / name,
+                                   **{"training.max_steps": 4, "data.packing": False, **extra}))
+    plain, replay = seen
+    is_task = [r.source.startswith(str(chat_file)) for r in replay]  # a task row names the chat file as its source
+    assert 0 < is_task.count(False) < len(replay)
+    task_rows = [tuple(r.input_ids) for r, task in zip(replay, is_task) if task]
+    assert task_rows == [tuple(r.input_ids) for r in plain][: len(task_rows)]

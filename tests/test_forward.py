@@ -34,6 +34,20 @@ def test_sequence_logprobs_are_per_row(tiny_model_dir):
     assert (both < 0).all()
 
 
+def test_replayed_rows_are_spread_through_the_task_order_which_they_leave_unchanged():
+    task, replayed = 100, 9  # items 0..99 the task's, 100..108 appended by replay
+    for seed, epoch in ((0, 0), (3, 1)):
+        order = epoch_order(task + replayed, seed, epoch, mixed_in=replayed)
+        assert sorted(order) == list(range(task + replayed))
+        assert [i for i in order if i < task] == epoch_order(task, seed, epoch)  # the run without replay's order
+        places = [k for k, i in enumerate(order) if i >= task]
+        assert max(b - a for a, b in zip([-1, *places], [*places, len(order)])) <= -(-task // (replayed + 1)) + 1
+    # the first steps of a short run get their share: 4 steps of 8 rows (32 of 109) hold 2 or 3 of the 9
+    steps = [micro_batches_for_step(list(range(task + replayed)), s, 8, 1, seed=0, mixed_in=replayed) for s in range(4)]
+    assert sum(i >= task for step in steps for mb in step for i in mb) in (2, 3)
+    assert epoch_order(10, 1, 0, mixed_in=0) == epoch_order(10, 1, 0)
+
+
 def test_batches_are_a_function_of_seed_and_step():
     examples = list(range(10))
     assert epoch_order(10, 1, 0) == epoch_order(10, 1, 0) != epoch_order(10, 1, 1)

@@ -19,11 +19,28 @@ SHARED_PREFIX = "shared_prefix"  # batch key: the length of the prefix the row's
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a layout of their own
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+def epoch_order(n: int, seed: int, epoch: int, mixed_in: int = 0) -> list[int]:
+    """The order of items 0..n-1 in this epoch. The last `mixed_in` items (rows replay appended to the task's)
+    are spread evenly through the others, and the others keep the order a run without them takes (theirs is the
+    generator's first draw): a run with replay trains on the task's examples in the same order as the run without
+    it at the same seed, so the two differ by the replayed rows alone and compare as a pair."""
     import torch  # only when training: `data check` and the planner use this module without torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+    primary = n - mixed_in
+    order = torch.randperm(primary, generator=generator).tolist()
+    if not mixed_in:
+        return order
+    extra = [primary + i for i in torch.randperm(mixed_in, generator=generator).tolist()]
+    # the j-th mixed-in row goes after (j + 1) * primary // (mixed_in + 1) task rows: every stretch of steps gets
+    # its share, instead of replay arriving in clumps (or not at all within a short run)
+    merged, j = [], 0
+    for placed, index in enumerate(order):
+        while j < mixed_in and (j + 1) * primary // (mixed_in + 1) <= placed:
+            merged.append(extra[j])
+            j += 1
+        merged.append(index)
+    return merged + extra[j:]
 
 
 def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -86,14 +103,14 @@ def pack_examples(examples: list[TokenizedExample], capacity: int, groups: list[
 
 
 def micro_batches_for_step(
-    examples: list[TokenizedExample], step: int, micro_batch_size: int, grad_accum: int, seed: int
+    examples: list[TokenizedExample], step: int, micro_batch_size: int, grad_accum: int, seed: int, mixed_in: int = 0
 ) -> list[list[TokenizedExample]]:
     """The micro-batches of optimizer step `step` (0-based). Epochs follow each other without a gap;
-    the last step of an epoch may be smaller."""
+    the last step of an epoch may be smaller. `mixed_in`: the last rows of `examples` are replay's (epoch_order)."""
     per_step = micro_batch_size * grad_accum
     steps_per_epoch = -(-len(examples) // per_step)
     epoch, within = divmod(step, steps_per_epoch)
-    order = epoch_order(len(examples), seed, epoch)
+    order = epoch_order(len(examples), seed, epoch, mixed_in)
     chosen = [examples[i] for i in order[within * per_step : (within + 1) * per_step]]
     return [chosen[i : i + micro_batch_size] for i in range(0, len(chosen), micro_batch_size)]
 
@@ -179,21 +196,23 @@ def pack_micro_batch(examples: list[TokenizedExample], capacity: int | None, sha
     return pack_examples(examples, capacity, balanced_packing([len(e.input_ids) for e in examples], capacity))
 
 
-def first_epoch_micro_batches(items: list, micro_batch_size: int, seed: int, limit: int | None = None) -> Iterator[list]:
+def first_epoch_micro_batches(items: list, micro_batch_size: int, seed: int, limit: int | None = None,
+                              mixed_in: int = 0) -> Iterator[list]:
     """The first epoch's micro-batches of `items` (examples, or anything listed in their order) as a run with this
     seed takes them (micro_batches_for_step's order), at most `limit` of them."""
-    order = epoch_order(len(items), seed, 0)
+    order = epoch_order(len(items), seed, 0, mixed_in)
     for start in range(0, len(order), micro_batch_size)[:limit]:
         yield [items[i] for i in order[start : start + micro_batch_size]]
 
 
-def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, capacity: int | None = None) -> float:
+def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, capacity: int | None = None,
+                     mixed_in: int = 0) -> float:
     """Share of the token slots a step pays for that are padding: random micro-batches right-padded to their
     longest row, or (capacity given) each micro-batch packed into rows of at most `capacity` first."""
     if not lengths:
         return 0.0
     paid = real = 0
-    for chosen in first_epoch_micro_batches(lengths, micro_batch_size, seed):
+    for chosen in first_epoch_micro_batches(lengths, micro_batch_size, seed, mixed_in=mixed_in):
         batch = [min(length, capacity or length) for length in chosen]
         if capacity is not None:
             batch = [sum(batch[i] for i in b) for b in balanced_packing(batch, capacity)]
@@ -202,25 +221,26 @@ def padding_fraction(lengths: list[int], micro_batch_size: int, seed: int = 0, c
     return 1 - real / paid
 
 
-def shared_prefix_fraction(examples: list[TokenizedExample], micro_batch_size: int, seed: int = 0) -> float:
+def shared_prefix_fraction(examples: list[TokenizedExample], micro_batch_size: int, seed: int = 0,
+                           mixed_in: int = 0) -> float:
     """Share of the tokens of the first epoch's micro-batches that a shared prefix saves computing."""
     saved = total = 0
-    for batch in first_epoch_micro_batches(examples, micro_batch_size, seed):
+    for batch in first_epoch_micro_batches(examples, micro_batch_size, seed, mixed_in=mixed_in):
         saved += shared_prefix_length(batch) * (len(batch) - 1)
         total += sum(len(e.input_ids) for e in batch)
     return saved / max(total, 1)
 
 
 def packing_note(examples: list[TokenizedExample], micro_batch: int, seed: int, max_seq_len: int,
-                 one_row: bool = False, shared_saving: float | None = None) -> str:
+                 one_row: bool = False, shared_saving: float | None = None, mixed_in: int = 0) -> str:
     """What packing does to this run's micro-batches (shared_saving: shared_prefix_fraction, when prefixes are shared)."""
     lengths = [len(e.input_ids) for e in examples]
-    before = padding_fraction(lengths, micro_batch, seed)
+    before = padding_fraction(lengths, micro_batch, seed, mixed_in=mixed_in)
     if one_row:
         shared = (f"; the examples' common prefix computed once per micro-batch: {shared_saving:.1%} of the tokens"
                   if shared_saving is not None else "")
         return (f"packing: each micro-batch's {micro_batch} examples in one row, attention example by example; "
                 f"padding {before:.1%} -> 0% of paid token slots{shared}")
-    after = padding_fraction(lengths, micro_batch, seed, capacity=max_seq_len)
+    after = padding_fraction(lengths, micro_batch, seed, capacity=max_seq_len, mixed_in=mixed_in)
     return (f"packing: each micro-batch's {micro_batch} examples packed into rows of <= {max_seq_len} tokens; "
             f"padding {before:.1%} -> {after:.1%} of paid token slots")

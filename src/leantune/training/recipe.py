@@ -135,7 +135,10 @@ class FineTuneRecipe:
         self.train_data, stats = self.objective.tokenize(tokenizer, train_examples)
         self.eval_data, _ = self.objective.tokenize(tokenizer, self.eval_examples)
         self.note(f"data: {stats.examples} train / {len(self.eval_data)} eval examples, {stats.describe(d.max_seq_len, d.truncation)}")
+        task_rows = len(self.train_data)
         self.train_data = mix_replay(self.objective, tokenizer, self.train_data, self.config, self.note)
+        # replay's rows follow the task's; the batch order spreads them through the task's own order (epoch_order)
+        self.replayed_rows = len(self.train_data) - task_rows
         if not self.train_data:
             raise DataError(f"No training example is left after fitting to data.max_seq_len={d.max_seq_len} "
                             f"(data.truncation={d.truncation}). Raise max_seq_len or use truncation: keep_end.")
@@ -205,10 +208,11 @@ class FineTuneRecipe:
         share = one_row and d.share_prefix
         self.batches = replace(self.batches, one_row=one_row, share_prefix=share)
         # what the time plan discounts: the first epoch's share of tokens that shared prefixes leave uncomputed
-        self.shared_saving = shared_prefix_fraction(self.train_data, t.micro_batch_size, t.seed) if share else 0.0
+        self.shared_saving = shared_prefix_fraction(self.train_data, t.micro_batch_size, t.seed,
+                                                    self.replayed_rows) if share else 0.0
         self.run.update_info(packed_one_row=one_row, shared_prefix=share, shared_prefix_saving=round(self.shared_saving, 4))
         self.note(packing_note(self.train_data, t.micro_batch_size, t.seed, d.max_seq_len, one_row,
-                               self.shared_saving if share else None))
+                               self.shared_saving if share else None, self.replayed_rows))
 
     def _check_plan(self, model_config: dict, force: bool) -> None:
         rows = self.objective.rows(self.train_data)
@@ -217,7 +221,8 @@ class FineTuneRecipe:
         if self.planned_s:  # prefixes computed once per micro-batch are tokens not computed
             self.planned_s *= 1 - self.shared_saving
         t = self.config.training
-        packed = largest_micro_batch(self.batches, self.train_data, t.seed, self.total_steps * t.grad_accum) \
+        packed = largest_micro_batch(self.batches, self.train_data, t.seed, self.total_steps * t.grad_accum,
+                                     self.replayed_rows) \
             if self.batches.packing and self.world.size == 1 else None
         check_memory_plan(self.config, model_config, rows, self.compute_dtype, self.device, self.run, self.planned_s,
                           force, self.note, self.world.size, packed, self.data_memory.bytes)
@@ -299,7 +304,8 @@ class FineTuneRecipe:
         t = self.config.training
         started = time.perf_counter()
         with self.clock.phase("train"):
-            micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum, t.seed)
+            micro_batches = micro_batches_for_step(self.train_data, self.progress.step, t.micro_batch_size, t.grad_accum,
+                                                   t.seed, self.replayed_rows)
             share = replace(distributed.my_share(micro_batches, self.world), scaling=self.scaling)
             with autocast(self.device, self.autocast_dtype, cache=not self.sharded), \
                     saved_activations(t.activation_offload, self.device):

@@ -62,7 +62,7 @@ class MicroBatchShape:
     labelled: int
 
 
-def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) -> MicroBatchShape:
+def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int, mixed_in: int = 0) -> MicroBatchShape:
     """The largest of the run's first micro-batches (at most one epoch, at most SIZED_MICRO_BATCHES) after packing:
     the data order is fixed by the seed (data/batches.first_epoch_micro_batches), so these are the micro-batches the
     run will have. Packed in one row, a micro-batch of 8 short examples is one row of their summed length less the
@@ -70,7 +70,7 @@ def largest_micro_batch(batches, examples: list, seed: int, micro_batches: int) 
     data."""
     largest, labelled = (0, 0, 0), 0
     limit = min(micro_batches, SIZED_MICRO_BATCHES)
-    for chosen in first_epoch_micro_batches(examples, batches.micro_batch_size, seed, limit):
+    for chosen in first_epoch_micro_batches(examples, batches.micro_batch_size, seed, limit, mixed_in):
         rows = batches.layout(chosen)
         shape = (len(rows), max(len(r.input_ids) for r in rows), len(chosen))
         if shape[0] * shape[1] > largest[0] * largest[1]:

@@ -4,7 +4,12 @@ rehearsing what the base model could already do.
 `replay_fraction` is a share of the trained tokens by default (`replay_balance: tokens`): the loss is a mean over
 trained tokens, so that is the share of the loss replay takes. Balanced by examples instead, 10% of rows were 40%
 of the trained tokens on sms-spam (trivia answers are long, spam/ham labels one token) and the task was not
-learned (bench/results/quality.json). DPO rows (pairs) have no label tokens and are balanced by examples."""
+learned (bench/results/quality.json). DPO rows (pairs) have no label tokens and are balanced by examples.
+
+The replayed rows are appended after the task's, and the batch order (data/batches.epoch_order) spreads them evenly
+through the task rows' own order: the run meets the same task examples in the same order as the run without replay
+at its seed. Until that, the order was one permutation of both together, so adding replay also drew other task
+examples (on sms-spam, 40 steps see 320 of ~5,000), and its effect on the task could not be told from the draw's."""
 
 from __future__ import annotations
 
