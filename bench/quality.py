@@ -325,7 +325,7 @@ def summarise(jobs: dict) -> dict:
             paired = [r["general"] - base[r["seed"]]["general"] for r in rows if r["seed"] in base]
             change, change_ci = interval(paired) if paired else (float("nan"), float("nan"))
             speed = [r["tokens_per_s"] for r in rows if r.get("alone") and r.get("tokens_per_s")]
-            costs = [job_cost_usd(r) for r in rows if job_cost_usd(r) is not None]
+            costs = [cost for cost in map(job_cost_usd, rows) if cost is not None]
             out[task][method] = {
                 "seeds": sorted(r["seed"] for r in rows), "metric": rows[0]["metric"],
                 "score_mean": score, "score_ci95": score_ci, "scores": [r["score"] for r in rows],
