@@ -51,3 +51,14 @@ def test_dollars_per_run_only_where_the_wall_time_was_the_jobs_own(quality):
     assert quality.job_cost_usd({**cpu, "alone": False}) is None  # it shared the CPU: half a machine, not a price
     gpu = {"device": "cuda", "billed_seconds": 60.0, "cost_usd": 0.05, "alone": False}
     assert quality.job_cost_usd(gpu) == 0.05  # a GPU run's own bill at its catalog price
+
+
+def test_the_table_shows_the_whole_suites_change_beside_its_parts(quality, capsys):
+    # the base answers 50% of every suite; EWC 49% of the whole suite, 40% of trivia and 60% of the analogies
+    base = {**job("base", 0, 0.5), "general": 0.50, "trivia": 0.50, "analogies": 0.50}
+    ewc = {**job("lora+ewc", 0, 0.9), "general": 0.49, "trivia": 0.40, "analogies": 0.60}
+    quality.print_tables({"jobs": {"b": base, "e": ewc}})
+    header, _, _, row = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert "general change (335)" in header
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[6:9] == ["-1.0 pt", "-10.0 pt", "+10.0 pt"]
