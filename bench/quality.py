@@ -282,7 +282,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 def suite_changes(rows: list[dict], base: dict) -> dict:
     out = {}
-    for suite in ("trivia", "analogies"):
+    for suite in ("general", "trivia", "analogies"):
         paired = [r[suite] - base[r["seed"]][suite] for r in rows if r["seed"] in base]
         mean, ci = interval(paired) if paired else (float("nan"), float("nan"))
         out.update({f"{suite}_change_mean": mean, f"{suite}_change_ci95": ci})
@@ -325,8 +325,6 @@ def summarise(jobs: dict) -> dict:
         out[task] = {}
         for method, rows in by_method.items():
             score, score_ci = interval([r["score"] for r in rows])
-            paired = [r["general"] - base[r["seed"]]["general"] for r in rows if r["seed"] in base]
-            change, change_ci = interval(paired) if paired else (float("nan"), float("nan"))
             speed = [r["tokens_per_s"] for r in rows if r.get("alone") and r.get("tokens_per_s")]
             costs = [cost for cost in map(job_cost_usd, rows) if cost is not None]
             out[task][method] = {
@@ -337,9 +335,9 @@ def summarise(jobs: dict) -> dict:
                 "vs_lora": score / lora_mean if lora_mean else None,
                 **dict(zip(("minus_lora_mean", "minus_lora_ci95"), paired_difference(rows, lora))),
                 "general_mean": sum(r["general"] for r in rows) / len(rows),
-                "general_change_mean": change, "general_change_ci95": change_ci,
-                # by suite: trivia is knowledge the model had (EWC and replay see its other half); the analogies share
-                # the one-word answer form of the tasks, so training can raise them (word-forms most: same prompt form)
+                # the whole suite and each part: trivia is knowledge the model had (EWC and replay see its other
+                # half); the analogies share the one-word answer form of the tasks, so training can raise them
+                # (word-forms most: same prompt form)
                 **suite_changes(rows, base),
                 "trainable": rows[0].get("trainable"), "trainable_pct": rows[0].get("trainable_pct"),
                 "peak_memory_mib": max((r.get("peak_memory_mib") or 0) for r in rows) or None,

@@ -154,8 +154,9 @@ class ForgettingConfig(_Section):
     """Protection of what the base model already knows (second seed: catastrophic forgetting)."""
 
     # measured (bench/results/quality_forgetting.json, SmolLM2-135M, 40 LoRA steps, 3 tasks x 3 seeds): 3e3 held the
-    # base's trivia within noise at 88-97% of LoRA's task score, 1e3 lost 6-8 trivia points on two tasks, 1e4 kept
-    # trivia at 89-92%. The penalty scales with the Fisher, so another model or protected data wants its own sweep.
+    # base's trivia within noise at 88-97% of LoRA's task score, 1e3 lost 6-8 trivia points on two tasks, 1e4 held
+    # trivia at 89-92% of LoRA's task score; on tweets, over 6 seeds, 3e3 cost a real 5.0 +- 3.9 points. The penalty
+    # scales with the Fisher, so another model or protected data wants its own sweep.
     ewc_lambda: float = Field(0.0, ge=0, description="EWC strength; 0: off (3e3 measured on SmolLM2-135M). "
                               "Penalty: lambda * sum F * (weight change)^2")
     ewc_data: str = Field("trivia", description="general text the Fisher information is estimated on; 'parent': "
